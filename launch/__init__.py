@@ -1,0 +1,1 @@
+"""absl entry points: ``python -m launch.train``, ``launch.local_cluster``, ``launch.tpu_vm``, benchmarks."""

@@ -1,0 +1,98 @@
+"""Name -> optimizer class registry, and Keras serialization registration.
+
+Every tfopt optimizer is registered twice, in one decorator:
+  * here, under its snake_case name (``tfopt.get("adam")``);
+  * with Keras, under the package ``tfopt`` (``"tfopt>Adam"``), so that
+    ``keras.optimizers.deserialize`` and ``.keras`` files find it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import keras
+
+PACKAGE = "tfopt"
+
+_T = TypeVar("_T", bound=type)
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[_T], _T]:
+    """Class decorator: registers an optimizer as ``name`` and as ``"tfopt>Class"``."""
+
+    def decorator(cls: _T) -> _T:
+        if name in _REGISTRY:
+            raise ValueError(
+                f"An optimizer named {name!r} is already registered "
+                f"({_REGISTRY[name].__name__}). Received: {cls.__name__}."
+            )
+        keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def available() -> list[str]:
+    """The snake_case names accepted by :func:`get`, in registration order."""
+    return list(_REGISTRY)
+
+
+def _lookup(name: str) -> type:
+    key = name.strip()
+    if key.startswith(PACKAGE + ">"):
+        key = key[len(PACKAGE) + 1 :]
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    for cls in _REGISTRY.values():  # Also accept the class name: "Adam".
+        if cls.__name__ == key:
+            return cls
+    raise ValueError(
+        f"Unknown tfopt optimizer {name!r}. Valid names: {', '.join(available())}. "
+        "Keras built-ins are available through keras.optimizers.get()."
+    )
+
+
+def get(name_or_config: str | Mapping[str, Any], **overrides: Any) -> keras.optimizers.Optimizer:
+    """Builds a tfopt optimizer from a name or a config.
+
+    Args:
+      name_or_config: a name from :func:`available` (``"adam"``), a class name
+        (``"Adam"`` or ``"tfopt>Adam"``), a ``get_config()`` dict, or a Keras
+        serialized dict (``{"class_name": ..., "config": ...}``).
+      **overrides: hyperparameters that replace the config's.
+
+    Returns:
+      A new optimizer instance.
+
+    Raises:
+      ValueError: unknown name, or a bad hyperparameter.
+
+    Example:
+      >>> import tfopt
+      >>> opt = tfopt.get("sgd", learning_rate=0.1, momentum=0.9)
+      >>> type(opt).__name__, float(opt.momentum)
+      ('SGD', 0.9)
+    """
+    if isinstance(name_or_config, str):
+        return _lookup(name_or_config)(**overrides)
+    if isinstance(name_or_config, Mapping):
+        if "class_name" in name_or_config:
+            cls = _lookup(str(name_or_config["class_name"]))
+            config = dict(name_or_config.get("config", {}))
+        elif "name" in name_or_config:
+            config = dict(name_or_config)
+            cls = _lookup(str(config["name"]))
+        else:
+            raise ValueError(
+                "A tfopt config needs 'class_name' (Keras serialized form) or 'name'. "
+                f"Received keys: {sorted(name_or_config)}."
+            )
+        config.update(overrides)
+        return cls.from_config(config)
+    raise ValueError(
+        "tfopt.get() takes a name or a config dict. "
+        f"Received: {type(name_or_config).__name__} {name_or_config!r}."
+    )
