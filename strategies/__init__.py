@@ -1,3 +1,51 @@
-"""strategies: build any tf.distribute strategy from flags, Python or the environment."""
+"""strategies: build any tf.distribute strategy from flags, Python or the environment.
 
-__all__: list[str] = []
+```python
+import strategies
+
+strategy = strategies.build("auto")          # or build(strategies.flags.config_from_flags())
+print(strategies.describe(strategy))
+```
+
+`strategies.flags` (absl flags) is imported on first use, so importing this
+package defines no flags; scripts that parse flags must import it explicitly:
+``from strategies import flags as strategy_flags``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from strategies import cluster
+from strategies._builders import split_cpu  # noqa: F401  (registers the built-in strategies)
+from strategies._config import StrategyConfig
+from strategies._detect import detect
+from strategies._errors import StrategyError
+from strategies._factory import build, describe, is_server_task
+from strategies._registry import available, register
+from strategies._resolve import task_role
+from strategies._server import serve_forever
+
+__all__ = [
+    "StrategyConfig",
+    "StrategyError",
+    "available",
+    "build",
+    "cluster",
+    "describe",
+    "detect",
+    "flags",
+    "is_server_task",
+    "register",
+    "serve_forever",
+    "task_role",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import strategies` never defines absl flags that could
+    # clash with a user's own; `strategies.flags.x` still works once imported.
+    if name == "flags":
+        return importlib.import_module("strategies.flags")
+    raise AttributeError(f"module 'strategies' has no attribute {name!r}")

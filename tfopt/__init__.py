@@ -9,9 +9,31 @@ registered with Keras as ``"tfopt>ClassName"`` for ``.keras`` files and
 from tfopt._registry import available, get
 
 # Optimizer modules register themselves on import; the order here is the
-# order of tfopt.available().
+# order of tfopt.available(), so import sorting is off for them.
+# isort: off
+from tfopt._gradient_descent import GradientDescent
+from tfopt._sgd import SGD
+from tfopt._dynamic_gradient_descent import DynamicGradientDescent
+from tfopt._adagrad import Adagrad
+from tfopt._adam import Adam
+from tfopt._lars import LARS
+from tfopt._lamb import LAMB
+from tfopt._radam import RAdam
+from tfopt._lookahead import Lookahead
+from tfopt._lazy_adam import LazyAdam
+# isort: on
 
 __all__ = [
+    "Adagrad",
+    "Adam",
+    "DynamicGradientDescent",
+    "GradientDescent",
+    "LAMB",
+    "LARS",
+    "LazyAdam",
+    "Lookahead",
+    "RAdam",
+    "SGD",
     "available",
     "get",
 ]

@@ -1,0 +1,330 @@
+"""TFDS image-classification data for `launch.train`: find or prepare it, then batch it.
+
+Two rules keep a run from hanging on a network that is not there:
+
+* Prepared data is looked for first (``builder.is_prepared()``), and then read
+  with ``tfds.load(..., download=False)``, so TFDS never reaches for the
+  network when the data is local.
+* A dataset that is not prepared is built only if it is one of this project's
+  local builders (``digits``: its source ships inside scikit-learn) or if the
+  download host answers within a few seconds. Otherwise `DataError` says which
+  dataset, which directory, and how to prepare it. (Offline, TFDS 4.9 would
+  otherwise retry the network for about 200 s before failing.)
+
+Batching follows ``tf.distribute``'s conventions: ``--batch_size`` is global.
+Single-host strategies get one dataset of global batches, which Keras splits
+across replicas; multi-worker, parameter-server and TPU strategies get a
+``dataset_fn(input_context)`` of per-replica batches, one input pipeline per
+host, sharded by example (TFDS datasets often have fewer files than hosts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+LOCAL_DATASETS = ("digits",)
+# mnist, fashion_mnist and most TFDS downloads are served from here; a host
+# that cannot reach it in _PROBE_TIMEOUT_S is treated as offline.
+_PROBE_HOST = ("storage.googleapis.com", 443)
+_PROBE_TIMEOUT_S = 3.0
+_SHUFFLE_BUFFER_MAX = 60_000
+
+InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+
+
+class DataError(ValueError):
+    """Data that cannot be found, prepared or used; the message says how to fix it."""
+
+
+def default_data_dir() -> str:
+    """TFDS's own default: ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``.
+
+    Sharing TFDS's directory means a dataset prepared by any TFDS tool (e.g.
+    ``tfds build mnist``) is found without a flag.
+    """
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
+
+
+def network_reachable(timeout: float = _PROBE_TIMEOUT_S) -> bool:
+    """Whether the TFDS download host accepts a TCP connection within ``timeout`` s."""
+    try:
+        socket.create_connection(_PROBE_HOST, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """A prepared TFDS image-classification dataset and what a model needs to know of it."""
+
+    name: str
+    data_dir: str
+    image_key: str
+    label_key: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    num_examples: dict[str, int]
+
+    def load(self, split: str, *, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        """``(image uint8 [H, W, C], label int64)`` pairs of ``split``, read offline."""
+        read_config = tfds.ReadConfig(shuffle_seed=seed)
+        ds = tfds.load(
+            self.name,
+            split=split,
+            data_dir=self.data_dir,
+            download=False,
+            shuffle_files=shuffle_files,
+            read_config=read_config,
+        )
+        return ds.map(
+            lambda ex: (ex[self.image_key], ex[self.label_key]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+
+def _register_local_builders() -> None:
+    # Importing the module registers the builder with TFDS under its name.
+    import launch.datasets.digits  # noqa: F401
+
+
+def _how_to_prepare(name: str, data_dir: str) -> str:
+    return (
+        f"prepare it on a machine with internet access with `tfds build {name} "
+        f"--data_dir=DIR` and copy DIR/{name} into {data_dir}, or pass --data_dir=DIR"
+    )
+
+
+def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    _register_local_builders()
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(
+            f"Unknown TFDS dataset: --dataset={name!r}; tfds.list_builders() lists the names."
+        ) from None
+    except (OSError, ValueError, tf.errors.OpError) as e:  # e.g. a corrupt dataset_info.json
+        raise DataError(
+            f"Cannot read dataset {name!r} in --data_dir={data_dir}: {_first_line(e)}; "
+            f"delete {os.path.join(data_dir, name)} and prepare it again."
+        ) from None
+
+
+def check_available(
+    name: str, data_dir: str | None = None, *, is_online: Callable[[], bool] = network_reachable
+) -> tfds.core.DatasetBuilder:
+    """Raises `DataError` unless ``name`` is prepared, local, or downloadable now.
+
+    Touches only files (no TensorFlow device), so a launcher can call it before
+    building a strategy, and fail in a fraction of a second rather than after a
+    cluster has formed.
+
+    Args:
+      name: A TFDS dataset name, e.g. ``"digits"``, ``"mnist"``, ``"cifar10"``.
+      data_dir: Where TFDS data lives; ``None`` means :func:`default_data_dir`.
+      is_online: Returns whether downloads can work (a seam for tests).
+
+    Returns:
+      The dataset's TFDS builder.
+    """
+    data_dir = _resolve_dir(data_dir)
+    builder = _builder(name, data_dir)
+    if not builder.is_prepared() and name not in LOCAL_DATASETS and not is_online():
+        raise DataError(
+            f"Dataset {name!r} is not prepared in --data_dir={data_dir} and this machine is "
+            f"offline; {_how_to_prepare(name, data_dir)}."
+        )
+    return builder
+
+
+def prepare(
+    name: str, data_dir: str | None = None, *, is_online: Callable[[], bool] = network_reachable
+) -> ImageDataset:
+    """Finds ``name`` in ``data_dir``, preparing it first when that is possible.
+
+    Local builders (``digits``) are prepared from the copy bundled with
+    scikit-learn; other datasets are downloaded only if :func:`check_available`
+    finds the machine online. TFDS shows its own progress bars.
+
+    Args:
+      name: A TFDS dataset name, e.g. ``"digits"``, ``"mnist"``, ``"cifar10"``.
+      data_dir: Where TFDS data lives; ``None`` means :func:`default_data_dir`.
+      is_online: Returns whether downloads can work (a seam for tests).
+
+    Returns:
+      The dataset's shapes, classes and split sizes.
+
+    Raises:
+      DataError: unknown dataset, not prepared and offline, unreadable metadata,
+        or not an image-classification dataset.
+    """
+    data_dir = _resolve_dir(data_dir)
+    builder = check_available(name, data_dir, is_online=is_online)
+    if not builder.is_prepared():
+        builder.download_and_prepare()
+    return _describe(builder, name, data_dir)
+
+
+def _resolve_dir(data_dir: str | None) -> str:
+    return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+
+
+def _describe(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> ImageDataset:
+    info = builder.info
+    keys = info.supervised_keys
+    if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
+        raise DataError(
+            f"--dataset={name!r} is not an image-classification dataset: it has no "
+            f"(image, label) supervised keys. Received: supervised_keys={keys!r}."
+        )
+    image_key, label_key = keys
+    image, label = info.features[image_key], info.features[label_key]
+    if not isinstance(image, tfds.features.Image) or not isinstance(label, tfds.features.ClassLabel):
+        raise DataError(
+            f"--dataset={name!r} is not an image-classification dataset: it needs an Image input "
+            f"and a ClassLabel target. Received: {image_key}={type(image).__name__}, "
+            f"{label_key}={type(label).__name__}."
+        )
+    if None in image.shape:
+        raise DataError(
+            f"--dataset={name!r} has images of varying size, which the launcher's models do not "
+            f"resize. Received: image shape={image.shape}."
+        )
+    splits = {split: info.splits[split].num_examples for split in info.splits}
+    for needed in ("train", "test"):
+        if needed not in splits:
+            raise DataError(
+                f"--dataset={name!r} needs 'train' and 'test' splits. Received: splits={sorted(splits)}."
+            )
+    return ImageDataset(
+        name=name,
+        data_dir=data_dir,
+        image_key=image_key,
+        label_key=label_key,
+        input_shape=tuple(image.shape),
+        num_classes=label.num_classes,
+        num_examples=splits,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def uses_input_fn(strategy: tf.distribute.Strategy) -> bool:
+    """Whether ``strategy`` should read per-host pipelines of per-replica batches.
+
+    Multi-worker and parameter-server strategies need one pipeline per worker;
+    TPU pods need one per host and static shapes. Single-host strategies are
+    simplest and fastest with one dataset of global batches.
+    """
+    per_host = (
+        tf.distribute.MultiWorkerMirroredStrategy,
+        tf.distribute.experimental.ParameterServerStrategy,
+        tf.distribute.TPUStrategy,
+    )
+    return isinstance(strategy, per_host)
+
+
+def drops_remainder(strategy: tf.distribute.Strategy) -> bool:
+    """TPUs compile for one batch shape, so a partial last batch is dropped there."""
+    return isinstance(strategy, tf.distribute.TPUStrategy)
+
+
+def check_batch_size(global_batch_size: int, num_replicas: int) -> None:
+    """Every replica gets the same share of a global batch."""
+    if global_batch_size < 1 or global_batch_size % num_replicas:
+        raise DataError(
+            f"--batch_size is global and must be a positive multiple of the {num_replicas} "
+            f"replicas. Received: batch_size={global_batch_size}."
+        )
+
+
+def _pipeline(
+    data: ImageDataset,
+    split: str,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int | None,
+    drop_remainder: bool,
+    repeat: bool,
+    shard: tuple[int, int] | None,
+) -> tf.data.Dataset:
+    # Sharding by example is disjoint only if every host reads the files in
+    # the same order, so file shuffling is for unsharded pipelines only.
+    ds = data.load(split, shuffle_files=training and shard is None, seed=seed)
+    if shard is not None:
+        ds = ds.shard(*shard)
+    # The decoded uint8 images are small; cache them so epochs after the first
+    # skip decoding (the model rescales them itself).
+    ds = ds.cache()
+    if training:
+        buffer = min(data.num_examples[split], _SHUFFLE_BUFFER_MAX)
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if repeat:
+        # After batch, so every epoch ends on the same example boundary.
+        ds = ds.repeat()
+    options = tf.data.Options()
+    # Explicit, so TF never tries (and warns about) FILE sharding: a pipeline
+    # is either already sharded by us (OFF) or sharded by example (DATA).
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+        if shard is not None
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
+    options.deterministic = seed is not None
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def make_input(
+    data: ImageDataset,
+    split: str,
+    *,
+    global_batch_size: int,
+    strategy: tf.distribute.Strategy,
+    training: bool,
+    seed: int | None = None,
+    repeat: bool = False,
+) -> tf.data.Dataset | InputFn:
+    """The ``data`` argument of `strategies.fit` for ``split``.
+
+    Args:
+      data: From :func:`prepare`.
+      split: A TFDS split, e.g. ``"train"`` or ``"test"``.
+      global_batch_size: Examples per step over all replicas.
+      strategy: Decides global batches vs per-replica ``dataset_fn``, and
+        ``drop_remainder`` (TPUs need static shapes).
+      training: Shuffle (seeded by ``seed``) and reshuffle every epoch.
+      seed: Makes the order reproducible.
+      repeat: Repeat forever (when the caller sets ``steps_per_epoch``).
+
+    Returns:
+      A ``tf.data.Dataset`` of global batches, or ``dataset_fn(input_context)``.
+    """
+    check_batch_size(global_batch_size, strategy.num_replicas_in_sync)
+    drop_remainder = drops_remainder(strategy)
+    kwargs = dict(training=training, seed=seed, drop_remainder=drop_remainder, repeat=repeat)
+    if not uses_input_fn(strategy):
+        return _pipeline(data, split, global_batch_size, shard=None, **kwargs)
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+        shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
+        return _pipeline(data, split, per_replica, shard=shard, **kwargs)
+
+    return dataset_fn
+
+
+def steps_per_epoch(data: ImageDataset, split: str, global_batch_size: int, *, drop_remainder: bool) -> int:
+    """Steps that read ``split`` once: the last partial batch counts unless dropped."""
+    n = data.num_examples[split]
+    return n // global_batch_size if drop_remainder else -(-n // global_batch_size)

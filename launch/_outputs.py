@@ -1,0 +1,102 @@
+"""What a run leaves in ``--model_dir`` besides the model: ``summary.json`` and a plot.
+
+Both files are written to a temporary name and then renamed, so a run killed
+while writing never leaves a half-written file in place of a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "curves.png"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with NumPy/TF scalars as Python numbers and NaN/inf as strings.
+
+    JSON has no NaN, and ``json.dumps`` would otherwise write a non-standard
+    ``NaN`` that strict parsers reject.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "numpy"):  # a TF or Keras tensor / variable
+        value = value.numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_summary(model_dir: str, summary: Mapping[str, Any]) -> str:
+    """Writes ``summary`` as ``model_dir/summary.json`` and returns the path."""
+    path = os.path.join(model_dir, SUMMARY_FILE)
+    text = json.dumps(jsonable(summary), indent=2, sort_keys=False) + "\n"
+    _write_atomically(path, text.encode())
+    return path
+
+
+def plot_curves(model_dir: str, history: Mapping[str, Sequence[float]], title: str = "") -> str:
+    """Plots loss and accuracy per epoch (train, and eval when present) to a PNG.
+
+    Uses Matplotlib's Agg canvas directly, not ``pyplot``, so it changes no
+    global backend (e.g. a notebook's inline one) and needs no display.
+
+    Args:
+      model_dir: Where to write ``curves.png``.
+      history: ``keras.callbacks.History.history``: ``{"loss": [...],
+        "accuracy": [...], "val_loss": [...], "val_accuracy": [...]}``.
+      title: The figure's title.
+
+    Returns:
+      The path of the PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        for key, label in ((metric, "train"), (f"val_{metric}", "eval")):
+            values = history.get(key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    path = os.path.join(model_dir, PLOT_FILE)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+"""TFDS dataset builders that ship with this project (registered on import)."""

@@ -1,0 +1,95 @@
+"""`auto`: pick a strategy from what this process can see, in one fixed order.
+
+Each probe is a module-level function so tests can fake it; `detect` looks
+them up at call time.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from collections.abc import Mapping
+
+from strategies import _resolve
+from strategies._config import StrategyConfig
+
+
+def detect(config: StrategyConfig | None = None, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """Returns ``(strategy_name, reason)`` for ``strategy="auto"``.
+
+    The order, and why:
+
+    1. A TPU: if one is attached, the user rented it to use it.
+    2. A cluster (host flags, ``TF_CONFIG`` or Slurm): a scheduler or the user
+       said this process is one of several, and training alone would
+       silently diverge from its peers. With ``ps`` tasks it is
+       `parameter_server`, otherwise `multi_worker_mirrored`.
+    3. More than one GPU: `mirrored` over all of them.
+    4. Otherwise `one_device` on the GPU if there is one, else the CPU.
+
+    Example:
+
+    ```python
+    name, reason = strategies.detect()
+    logging.info("strategy=%s because %s", name, reason)
+    ```
+    """
+    config = config or StrategyConfig()
+    environ = os.environ if environ is None else environ
+    tpu = tpu_probe(config, environ)
+    if tpu is not None:
+        return "tpu", tpu
+    found = _resolve.resolve(config, environ)
+    if found is not None:
+        jobs = ", ".join(f"{len(v)} {k}" for k, v in found.spec.items())
+        if "ps" in found.spec:
+            return "parameter_server", f"{found.source} describes a cluster with ps tasks ({jobs})"
+        return "multi_worker_mirrored", f"{found.source} describes a cluster ({jobs})"
+    gpus = gpu_count()
+    if gpus > 1:
+        return "mirrored", f"{gpus} GPUs are visible"
+    if gpus == 1:
+        return "one_device", "1 GPU is visible"
+    return "one_device", "no TPU, cluster or GPU found; using the CPU"
+
+
+def tpu_probe(config: StrategyConfig, environ: Mapping[str, str]) -> str | None:
+    """Why a TPU looks reachable, or None; never contacts the network.
+
+    A real connection can take minutes to time out, so auto-detection only
+    reads local evidence and lets the `tpu` builder do the connecting.
+    """
+    if config.tpu is not None:
+        return f"--tpu={config.tpu} was given"
+    for var in ("TPU_NAME", "COLAB_TPU_ADDR"):
+        if environ.get(var):
+            return f"{var}={environ[var]} is set"
+    # TPU VMs expose chips as /dev/accel* (v2-v4) or /dev/vfio/N (v5e and later);
+    # /dev/vfio alone is common on other hosts, so it also needs libtpu.
+    if glob.glob("/dev/accel[0-9]*"):
+        return "TPU devices /dev/accel* are present"
+    if glob.glob("/dev/vfio/[0-9]*") and importlib.util.find_spec("libtpu") is not None:
+        return "libtpu is installed and /dev/vfio devices are present"
+    return None
+
+
+def gpu_count() -> int:
+    """Number of physical GPUs TensorFlow sees."""
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def tpu_argument(config: StrategyConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``tpu`` argument for `TPUClusterResolver` implied by config or environment."""
+    environ = os.environ if environ is None else environ
+    if config.tpu is not None:
+        return config.tpu
+    if environ.get("TPU_NAME"):
+        return environ["TPU_NAME"]
+    if environ.get("COLAB_TPU_ADDR"):
+        return "grpc://" + environ["COLAB_TPU_ADDR"]
+    if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"):
+        return "local"
+    return None

@@ -1,0 +1,283 @@
+"""Every Keras 3 / TensorFlow workaround that `strategies.fit` needs, in one place.
+
+Each fix names the upstream report and the versions it was written and tested
+for (keras 3.15.x with TensorFlow 2.21.x, CPU, 2 logical devices and 2-process
+clusters on 127.0.0.1). Each one touches Keras internals, so each first calls
+`check_versions`: on any other Keras or TensorFlow version it raises
+`KerasCompatError` instead of patching blindly. Set the environment variable
+``STRATEGIES_ALLOW_UNVERIFIED_KERAS=1`` to try them anyway, after running
+``tests/strategies/test_keras_compat.py`` on that version.
+
+Every fix is installed on one model or optimizer *instance*; no Keras class or
+module is monkeypatched, so code outside `strategies.fit` is never affected.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras.src import tree
+from keras.src.optimizers import base_optimizer
+
+VERIFIED_KERAS = ((3, 15),)
+VERIFIED_TENSORFLOW = ((2, 21),)
+ALLOW_UNVERIFIED_ENV = "STRATEGIES_ALLOW_UNVERIFIED_KERAS"
+
+_Base = base_optimizer.BaseOptimizer
+
+
+class KerasCompatError(RuntimeError):
+    """A workaround was needed on a Keras/TensorFlow version it was not verified on."""
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+def _pretty(verified: tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(f"{a}.{b}.x" for a, b in verified)
+
+
+def check_versions(workaround: str, keras_version: str | None = None,
+                   tf_version: str | None = None) -> None:
+    """Raises `KerasCompatError` unless this Keras/TF pair is one the fixes were verified on.
+
+    Args:
+        workaround: what is about to be patched and why (the upstream issue), for the message.
+        keras_version: defaults to the installed ``keras.__version__``.
+        tf_version: defaults to the installed ``tf.__version__``.
+    """
+    keras_version = keras_version or keras.__version__
+    tf_version = tf_version or tf.__version__
+    ok = (_major_minor(keras_version) in VERIFIED_KERAS
+          and _major_minor(tf_version) in VERIFIED_TENSORFLOW)
+    if ok or os.environ.get(ALLOW_UNVERIFIED_ENV) == "1":
+        return
+    raise KerasCompatError(
+        f"strategies.fit needs a workaround for {workaround}, which was written and tested "
+        f"for keras {_pretty(VERIFIED_KERAS)} with tensorflow {_pretty(VERIFIED_TENSORFLOW)}; "
+        f"this is keras {keras_version} with tensorflow {tf_version}. Check whether the upstream "
+        "bug is fixed, run tests/strategies/test_keras_compat.py, then extend VERIFIED_* in "
+        f"strategies/_keras_compat.py (or set {ALLOW_UNVERIFIED_ENV}=1 to try it anyway)."
+    )
+
+
+def _install(obj: Any, name: str, function: Callable[..., Any]) -> None:
+    # object.__setattr__: Keras' __setattr__ would try to track the bound method.
+    object.__setattr__(obj, name, types.MethodType(function, obj))
+
+
+# ---------------------------------------------------------------------------
+# 1. Gradients: all-reduce first, then accumulate / clip / update replica-locally.
+#
+# Keras 3's TF optimizer all-reduces inside `_backend_update_step`, i.e. *after*
+# `_clip_gradients`, so clipnorm/global_clipnorm clip each replica's partial
+# gradient (2 replicas with g=2, SGD(1), clipnorm=1 move w by -2, one device by
+# -1; the same defect as tensorflow/tensorflow#33929). The all-reduce and the
+# update are merge_calls, and gradient accumulation / EMA overwrite put them in
+# an `ops.cond`, where MirroredStrategy forbids merge_call
+# (keras-team/keras#20582). Fix: all-reduce before anything else. The reduced
+# gradient is then identical on every replica, so each replica can update its
+# own copy of every (aggregation="none") variable with no further
+# synchronisation -- what TF itself does when merge_call is disabled -- and the
+# backend-agnostic BaseOptimizer code paths, free of merge_call, are correct.
+# ---------------------------------------------------------------------------
+
+
+def _all_reduce_then_apply(self: Any, grads: list[Any], trainable_variables: list[Any]) -> None:
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        # Keras divides each replica's loss by num_replicas, so SUM is the mean gradient.
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
+    _Base._backend_apply_gradients(self, grads, trainable_variables)
+
+
+def _replica_local_update_step(self: Any, grads: list[Any], trainable_variables: list[Any],
+                               learning_rate: Any) -> None:
+    # Same contract as TFOptimizer._backend_update_step (update_step sees
+    # tf.Variables, which tfopt's fused kernels need), minus the merge_call.
+    for grad, variable in zip(grads, trainable_variables, strict=True):
+        self.update_step(grad, getattr(variable, "value", variable), learning_rate)
+
+
+def synchronize_gradients(optimizer: keras.optimizers.Optimizer) -> None:
+    """Makes ``optimizer`` all-reduce before clipping, accumulating and EMA, on every replica.
+
+    Safe with any strategy (with one replica the all-reduce is skipped), but
+    only needed where ``num_replicas_in_sync > 1``.
+    """
+    check_versions("clipping before the all-reduce (tensorflow/tensorflow#33929) and "
+                   "merge_call inside a cond (keras-team/keras#20582)")
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise KerasCompatError(
+            "strategies.fit cannot yet synchronize a LossScaleOptimizer (mixed_float16) across "
+            "replicas: Keras checks its finite-ness on one replica's unreduced gradients. Use "
+            "mixed_bfloat16, or clip_gradients='per_replica'. "
+            f"Received: optimizer={type(optimizer).__name__}."
+        )
+    _install(optimizer, "_backend_apply_gradients", _all_reduce_then_apply)
+    _install(optimizer, "_backend_update_step", _replica_local_update_step)
+    for name in ("_backend_increment_gradient_accumulators", "_apply_weight_decay",
+                 "_overwrite_model_variables_with_average_value"):
+        _install(optimizer, name, getattr(_Base, name))
+
+
+def needs_merge_call_in_cond(optimizer: keras.optimizers.Optimizer) -> bool:
+    """Whether stock Keras would merge_call inside a cond with this optimizer (keras#20582)."""
+    return bool(optimizer.gradient_accumulation_steps
+                or (optimizer.use_ema and optimizer.ema_overwrite_frequency))
+
+
+# ---------------------------------------------------------------------------
+# 2. Building the model without pulling a batch (keras-team/keras#20585,
+# tensorflow/tensorflow#72388). Under MultiWorkerMirroredStrategy,
+# `TensorFlowTrainer._maybe_symbolic_build` calls an eager
+# `strategy.reduce("MEAN", batch, axis=None)` on PerReplica inputs, which
+# raises "Attempt to convert a value (PerReplica...) to a Tensor". Only shapes
+# and dtypes are needed to build, and the dataset's element_spec has them.
+# ---------------------------------------------------------------------------
+
+
+def build_from_spec(model: keras.Model, element_spec: Any) -> None:
+    """Builds ``model``, its compiled loss/metrics and optimizer from a batch's TensorSpecs."""
+    check_versions("the symbolic build under MultiWorkerMirroredStrategy (keras-team/keras#20585)")
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=element_spec)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+
+
+def build_without_batches(model: keras.Model, element_spec: Any) -> None:
+    """Makes ``model.fit``/``evaluate`` build from ``element_spec`` instead of a reduced batch."""
+    build_from_spec(model, element_spec)
+
+    def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+        if data_batch is not None:  # train_on_batch & co. pass a real batch.
+            element = tree.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), data_batch)
+            build_from_spec(self, element)
+
+    _install(model, "_maybe_symbolic_build", _maybe_symbolic_build)
+
+
+# ---------------------------------------------------------------------------
+# 3. The train/test functions for multi-replica strategies.
+# * keras-team/keras#20585: `reduce_per_replica` reduces scalar logs under
+#   MultiWorkerMirroredStrategy with `strategy.reduce("MEAN", v, axis=0)`:
+#   "Invalid reduction dimension 0 for input with 0 dimensions".
+# * keras-team/keras#19246: with steps_per_execution > 1 under
+#   MirroredStrategy, Keras' Optional-based while_loop fails with "You must
+#   feed a value for placeholder tensor 'while/cond/Placeholder'".
+# Keras calls `model.train_function(iterator)` and builds it only when it is
+# None, so setting these attributes is enough.
+# ---------------------------------------------------------------------------
+
+
+def _step_function(model: keras.Model, step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    strategy = model.distribute_strategy
+    steps = int(model.steps_per_execution)
+
+    def one_step(data: Any) -> Any:
+        outputs = strategy.run(step, args=(data,))
+        # Logs are per-replica partial results; Keras averages them, so do we.
+        return tree.map_structure(
+            lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None), outputs)
+
+    @tf.function(reduce_retracing=True)
+    def multi_step(iterator: Any) -> Any:
+        # The first `next` raises OutOfRangeError at the end of the data, which
+        # Keras' EpochIterator turns into StopIteration; later steps of the
+        # same execution stop early instead, keeping the steps already taken.
+        outputs = one_step(next(iterator))
+        for _ in tf.range(steps - 1):
+            optional = iterator.get_next_as_optional()
+            if not optional.has_value():
+                break
+            outputs = one_step(optional.get_value())
+        return outputs
+
+    one_step_function = tf.function(one_step, reduce_retracing=True)
+
+    def function(iterator: Any) -> Any:
+        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+            return multi_step(iterator)
+        outputs = None  # train_on_batch / test_on_batch hand over a Python generator.
+        for data in iterator:
+            outputs = one_step_function(data)
+        return outputs
+
+    return function
+
+
+def install_step_functions(model: keras.Model) -> None:
+    """Gives ``model`` train/test functions that work under Mirrored and multi-worker strategies."""
+    check_versions("scalar log reduction under MultiWorkerMirroredStrategy "
+                   "(keras-team/keras#20585) and steps_per_execution > 1 under "
+                   "MirroredStrategy (keras-team/keras#19246)")
+    model.train_function = _step_function(model, model.train_step)
+    model.test_function = _step_function(model, model.test_step)
+
+
+# ---------------------------------------------------------------------------
+# 4. Atomic counters under ParameterServerStrategy (keras-team/keras#18668,
+# #18624). `KerasVariable.assign_add` is `self.assign(self + value)`: a read
+# then a write. Workers that run steps concurrently lose increments, so after
+# 120 scheduled steps `optimizer.iterations` read 91 here, and the metrics'
+# totals and counts are short too. TF's own assign_add on the parameter
+# server's variable is one atomic op.
+# ---------------------------------------------------------------------------
+
+
+def _atomic_assign_add(self: Any, value: Any) -> Any:
+    return self.value.assign_add(tf.cast(value, self.value.dtype))
+
+
+def _atomic_assign_sub(self: Any, value: Any) -> Any:
+    return self.value.assign_sub(tf.cast(value, self.value.dtype))
+
+
+def make_counters_atomic(model: keras.Model) -> None:
+    """Makes the optimizer's step counter and every metric variable update atomically."""
+    check_versions("non-atomic counters under ParameterServerStrategy (keras-team/keras#18668)")
+    optimizer = model.optimizer
+    counters = [optimizer._iterations] + list(model.metrics_variables)
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:
+        counters.append(inner._iterations)
+    for variable in counters:
+        _install(variable, "assign_add", _atomic_assign_add)
+        _install(variable, "assign_sub", _atomic_assign_sub)
+
+
+# ---------------------------------------------------------------------------
+# 5. Private state that the training loops read or set.
+# ---------------------------------------------------------------------------
+
+
+def set_initial_epoch(model: keras.Model, epoch: int) -> None:
+    """Makes a running ``model.fit`` start at ``epoch``, as keras.callbacks.BackupAndRestore does.
+
+    Keras reads ``model._initial_epoch`` right after ``on_train_begin``.
+    """
+    check_versions("resuming model.fit at an epoch (Model._initial_epoch)")
+    model._initial_epoch = int(epoch)
+
+
+def examples_seen(model: keras.Model) -> float | None:
+    """Examples counted by the loss tracker since the last ``reset_metrics``, or None.
+
+    Keras' default ``train_step`` weights the loss tracker by the batch size,
+    so its ``count`` is the exact number of examples, summed over replicas.
+    A custom ``train_step`` that skips the tracker leaves it at 0 (-> None).
+    """
+    tracker = getattr(model, "_loss_tracker", None)
+    count = getattr(tracker, "count", None)
+    if count is None:
+        return None
+    value = float(keras.ops.convert_to_numpy(count))
+    return value or None

@@ -1,0 +1,124 @@
+"""Where this process's cluster comes from: host flags, ``TF_CONFIG`` or Slurm."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from strategies import cluster as cluster_lib
+from strategies._config import StrategyConfig
+from strategies._errors import StrategyError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """A resolved cluster and this process's place in it."""
+
+    spec: dict[str, list[str]]
+    task_type: str
+    task_index: int
+    source: str  # "flags", "TF_CONFIG" or "Slurm", for messages and logs.
+
+    @property
+    def is_chief(self) -> bool:
+        return cluster_lib.is_chief(self.spec, self.task_type, self.task_index)
+
+    @property
+    def task(self) -> tuple[str, int]:
+        return self.task_type, self.task_index
+
+    def resolver(self, num_gpus: int = 0) -> tf.distribute.cluster_resolver.ClusterResolver:
+        """A resolver equivalent to ``TFConfigClusterResolver``, without touching ``os.environ``."""
+        import tensorflow as tf
+
+        return tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(self.spec),
+            task_type=self.task_type,
+            task_id=self.task_index,
+            rpc_layer="grpc",
+            num_accelerators={"GPU": num_gpus} if num_gpus else None,
+        )
+
+
+def resolve(config: StrategyConfig, environ: Mapping[str, str] | None = None) -> Cluster | None:
+    """Returns the cluster from, in order, host fields, ``TF_CONFIG``, Slurm; else None.
+
+    Explicit flags win over the environment because a user who typed them meant
+    them; ``TF_CONFIG`` wins over Slurm because schedulers that set it (Vertex,
+    `launch.local_cluster`) describe the TensorFlow job exactly.
+    """
+    environ = os.environ if environ is None else environ
+    if config.has_cluster_hosts:
+        spec: dict[str, list[str]] = {}
+        if config.chief_host:
+            spec["chief"] = [config.chief_host]
+        if config.worker_hosts:
+            spec["worker"] = list(config.worker_hosts)
+        if config.ps_hosts:
+            spec["ps"] = list(config.ps_hosts)
+        return Cluster(spec, config.task_type, config.task_index, "flags")
+    raw = environ.get("TF_CONFIG", "").strip()
+    if raw and raw != "{}":
+        parsed = cluster_lib.validate(raw)
+        spec = {job: list(addrs) for job, addrs in parsed["cluster"].items()}
+        return Cluster(spec, parsed["task"]["type"], parsed["task"]["index"], "TF_CONFIG")
+    if slurm_num_tasks(environ) > 1:
+        return _from_slurm(environ)
+    return None
+
+
+def slurm_num_tasks(environ: Mapping[str, str]) -> int:
+    """Number of tasks in this Slurm step, or 0 outside Slurm."""
+    if "SLURM_PROCID" not in environ:
+        return 0
+    raw = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1"))
+    try:
+        return int(raw)
+    except ValueError:
+        raise StrategyError(
+            f"`SLURM_STEP_NUM_TASKS` must be an integer; run inside `srun`. Received: "
+            f"SLURM_STEP_NUM_TASKS={raw!r}."
+        ) from None
+
+
+def _from_slurm(environ: Mapping[str, str]) -> Cluster:
+    # SlurmClusterResolver reads os.environ itself, so `environ` must be it here.
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    try:
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            jobs={"worker": slurm_num_tasks(environ)},
+            gpus_per_node=gpus,
+            gpus_per_task=gpus and None,
+            # CUDA_VISIBLE_DEVICES is read when TF initializes, which has
+            # already happened here; setting it now would only mislead.
+            auto_set_gpu=False,
+        )
+        spec = resolver.cluster_spec().as_dict()
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise StrategyError(
+            f"`SLURM_*` environment could not describe a cluster ({e}); run the job with `srun` "
+            f"or give --worker_hosts. Received: SLURM_PROCID={environ.get('SLURM_PROCID')!r}."
+        ) from None
+    return Cluster({k: list(v) for k, v in spec.items()}, resolver.task_type, resolver.task_id, "Slurm")
+
+
+def task_role(config: StrategyConfig, environ: Mapping[str, str] | None = None) -> str:
+    """This process's role: ``chief``, ``worker``, ``ps`` or ``evaluator``.
+
+    A process outside any cluster is its own ``chief``. Launch code uses this to
+    send parameter-server ``worker``/``ps`` tasks to `strategies.serve_forever`
+    and everyone else to `strategies.build`.
+    """
+    found = resolve(config, environ)
+    if found is None:
+        return "chief"
+    if found.is_chief:
+        return "chief"
+    return found.task_type

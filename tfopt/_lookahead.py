@@ -1,0 +1,216 @@
+"""Lookahead (Zhang et al., 2019): wraps any Keras 3 optimizer, as optax.lookahead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from tfopt._registry import register
+from tfopt._validation import check_unit_interval
+
+
+@register("lookahead")
+class Lookahead(keras.optimizers.Optimizer):
+    """Lookahead: k fast steps forward, one slow step back, as ``optax.lookahead``.
+
+    The wrapped ``optimizer`` takes every step on the model's variables (the
+    "fast" weights). Lookahead keeps a "slow" copy of each variable, as
+    optimizer state, and every ``sync_period`` steps pulls both together. With
+    ``t`` the 1-based step and ``w`` the variable after the inner step (the
+    definition of ``optax/_src/lookahead.py``, ``reset_state=False``)::
+
+        if t % sync_period == 0:
+            slow = slow + slow_step_size * (w - slow)
+            w = slow
+
+    The slow weights start equal to the variables. Between synchronizations
+    the model holds the fast weights; right after one, fast and slow agree,
+    so a run of a multiple of ``sync_period`` steps ends on the slow weights.
+
+    How it fits Keras 3 (the shape of Keras' own ``LossScaleOptimizer`` and
+    ``MultiOptimizer`` wrappers):
+
+    * ``apply`` runs the whole inner ``apply`` (its clipping, weight decay,
+      EMA, loss scale and all-reduce), then the synchronization as this
+      optimizer's own ``update_step``, so that Keras places it on each
+      replica's copy under ``tf.distribute`` (``MirroredStrategy`` works).
+    * ``variables`` are Lookahead's (iterations and slow weights) followed by
+      the inner optimizer's: ``.keras`` files and checkpoints keep both.
+    * ``learning_rate`` and ``loss_scale_factor`` are the inner optimizer's.
+    * ``get_config`` nests ``keras.optimizers.serialize(optimizer)``.
+
+    Clipping, weight decay, EMA and the other Keras options belong to the
+    inner optimizer; passing them to ``Lookahead`` is an error.
+
+    Args:
+      optimizer: the inner ("fast") optimizer, any ``keras.optimizers.Optimizer``
+        (Keras' or tfopt's), not yet built on other variables.
+      sync_period: number of fast steps between synchronizations, an int >= 1.
+      slow_step_size: fraction of the way the slow weights move towards the
+        fast ones at each synchronization, in (0, 1].
+      name: the optimizer's name.
+
+    Reference:
+      Zhang et al., "Lookahead Optimizer: k steps forward, 1 step back", 2019,
+      https://arxiv.org/abs/1907.08610
+
+    Example:
+      >>> import keras, tfopt
+      >>> opt = tfopt.Lookahead(tfopt.RAdam(1e-3), sync_period=6)  # "Ranger"
+      >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+      >>> model.compile(optimizer=opt, loss="mse")
+      >>> type(keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+      ...      .inner_optimizer).__name__
+      'RAdam'
+    """
+
+    def __init__(
+        self,
+        optimizer: keras.optimizers.Optimizer,
+        sync_period: int = 6,
+        slow_step_size: float = 0.5,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise ValueError(
+                "`optimizer` must be a keras.optimizers.Optimizer instance. "
+                f"Received: optimizer={optimizer!r}."
+            )
+        if getattr(optimizer, "gradient_accumulation_steps", None):
+            raise ValueError(
+                "Lookahead counts applied steps; wrap an optimizer without "
+                "`gradient_accumulation_steps`. Received: "
+                f"gradient_accumulation_steps={optimizer.gradient_accumulation_steps}."
+            )
+        if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
+            raise ValueError(
+                f"`sync_period` must be an int >= 1. Received: sync_period={sync_period!r}."
+            )
+        check_unit_interval("slow_step_size", slow_step_size, closed_right=True)
+        if slow_step_size == 0:
+            raise ValueError(
+                "`slow_step_size` must be in (0, 1]: at 0 the weights would be reset "
+                f"every sync. Received: slow_step_size={slow_step_size}."
+            )
+        for key, value in kwargs.items():
+            raise ValueError(
+                f"Lookahead takes no `{key}`: set it on the inner optimizer. "
+                f"Received: {key}={value!r}."
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = optimizer
+        self.sync_period = sync_period
+        self.slow_step_size = slow_step_size
+
+    def build(self, var_list: list[Any]) -> None:
+        if self.built:
+            return
+        if not self.inner_optimizer.built:
+            self.inner_optimizer.build(var_list)
+        super().build(var_list)
+        self._slow_weights = [
+            None
+            if self._overwrite_variable_with_gradient(variable)
+            else self.add_variable_from_reference(
+                variable, name="slow", initializer=_value_of(variable)
+            )
+            for variable in var_list
+        ]
+
+    def apply(self, grads: list[Any], trainable_variables: list[Any] | None = None) -> None:
+        if trainable_variables is None:
+            trainable_variables = self._trainable_variables
+        trainable_variables = list(trainable_variables)
+        if not self.built:
+            self.build(trainable_variables)
+        self.inner_optimizer.apply(grads, trainable_variables)
+        # The synchronization needs no gradient. Scalar stand-ins route it
+        # through Keras' per-variable update path, which runs update_step on
+        # each replica's copy under tf.distribute, without all-reducing the
+        # real gradients a second time.
+        synced = [
+            v for v in trainable_variables if not self._overwrite_variable_with_gradient(v)
+        ]
+        if synced:
+            super().apply([ops.zeros((), dtype=v.dtype) for v in synced], synced)
+        else:
+            self._iterations.assign_add(1)
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        del gradient, learning_rate  # The inner optimizer has used them.
+        slow = self._slow_weights[self._get_variable_index(variable)]
+        slow_step_size = ops.cast(self.slow_step_size, variable.dtype)
+
+        def synchronize() -> None:
+            self.assign(slow, slow + slow_step_size * (variable - slow))
+            self.assign(variable, slow)
+
+        is_sync_step = ops.equal((self.iterations + 1) % self.sync_period, 0)
+        ops.cond(is_sync_step, synchronize, lambda: None)
+
+    @property
+    def variables(self) -> list[Any]:
+        return self._variables[:] + self.inner_optimizer.variables
+
+    def set_weights(self, weights: list[Any]) -> None:
+        if not self.built:
+            raise ValueError(
+                "Call `optimizer.build(trainable_variables)` before `set_weights()`."
+            )
+        for variable, weight in zip(self.variables, weights, strict=True):
+            variable.assign(weight)
+
+    @property
+    def learning_rate(self) -> Any:
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def loss_scale_factor(self) -> float | None:
+        inner = getattr(self, "inner_optimizer", None)
+        return None if inner is None else inner.loss_scale_factor
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value: float | None) -> None:
+        # The base constructor sets None before the inner optimizer exists; a
+        # LossScaleOptimizer around Lookahead later sets None to take over.
+        inner = getattr(self, "inner_optimizer", None)
+        if inner is not None:
+            inner.loss_scale_factor = value
+
+    def finalize_variable_values(self, var_list: list[Any]) -> None:
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "optimizer": keras.optimizers.serialize(self.inner_optimizer),
+            "sync_period": self.sync_period,
+            "slow_step_size": self.slow_step_size,
+        }
+
+    @classmethod
+    def from_config(
+        cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+    ) -> Lookahead:
+        config = dict(config)
+        optimizer = keras.optimizers.deserialize(
+            config.pop("optimizer"), custom_objects=custom_objects
+        )
+        return cls(optimizer, **config)
+
+
+def _value_of(variable: Any) -> Any:
+    """An initializer returning ``variable``'s value when the slot is created."""
+
+    def initializer(shape: Any, dtype: Any = None) -> Any:
+        del shape
+        return ops.cast(ops.convert_to_tensor(variable), dtype or variable.dtype)
+
+    return initializer
