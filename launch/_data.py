@@ -109,7 +109,7 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
         raise DataError(
             f"Unknown TFDS dataset: --dataset={name!r}; tfds.list_builders() lists the names."
         ) from None
-    except (OSError, ValueError, tf.errors.OpError) as e:  # e.g. a corrupt dataset_info.json
+    except Exception as e:  # noqa: BLE001  Unreadable files in data_dir fail in many types (protobuf's ParseError, OSError, ...).
         raise DataError(
             f"Cannot read dataset {name!r} in --data_dir={data_dir}: {_first_line(e)}; "
             f"delete {os.path.join(data_dir, name)} and prepare it again."
@@ -281,7 +281,9 @@ def _pipeline(
         if shard is not None
         else tf.data.experimental.AutoShardPolicy.DATA
     )
-    options.deterministic = seed is not None
+    # Sharding by example needs the same order on every host, and a fixed
+    # seed should give a fixed order; parallel map/interleave must not reorder.
+    options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

@@ -56,9 +56,23 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 
 def write_summary(model_dir: str, summary: Mapping[str, Any]) -> str:
-    """Writes ``summary`` as ``model_dir/summary.json`` and returns the path."""
+    """Writes ``summary`` into ``model_dir/summary.json`` and returns the path.
+
+    Keys already in the file that ``summary`` does not set are kept:
+    `strategies.fit` writes its own summary first, and this one extends it.
+    """
     path = os.path.join(model_dir, SUMMARY_FILE)
-    text = json.dumps(jsonable(summary), indent=2, sort_keys=False) + "\n"
+    merged: dict[str, Any] = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                merged = json.load(f)
+        except (OSError, ValueError):
+            merged = {}  # Unreadable: replaced below, as a whole.
+        if not isinstance(merged, dict):
+            merged = {}
+    merged.update(jsonable(summary))
+    text = json.dumps(merged, indent=2) + "\n"
     _write_atomically(path, text.encode())
     return path
 

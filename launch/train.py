@@ -19,6 +19,8 @@ import os
 # Keep TF's C++ INFO/WARNING chatter out of the user's terminal unless asked.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import hashlib  # noqa: E402
+import json  # noqa: E402
 import logging as std_logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -65,11 +67,13 @@ _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     "steps_per_execution", 1, "Steps per tf.function call (raise it on TPUs).", lower_bound=1
 )
 _MODEL_DIR = flags.DEFINE_string(
-    "model_dir", None, "Output directory. Default: runs/<dataset>-<model> under the current directory."
-)
+    "model_dir", None, "Output and checkpoint directory; a run restarted with the same one resumes. "
+    "Default: a new runs/<dataset>-<model>-<time> (one per cluster: -cluster-<hash>).",
+)  # fmt: skip
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds weights, shuffling and dropout.")
 
 PROG = "launch.train"
+_METRICS = ("accuracy", "loss")
 
 
 class UsageError(ValueError):
@@ -119,8 +123,26 @@ class _Timer(keras.callbacks.Callback):
         self.seconds = time.perf_counter() - self.start - self.eval_seconds
 
 
+def default_model_dir(strategy: tf.distribute.Strategy, dataset: str, model: str) -> str:
+    """``runs/<dataset>-<model>-<suffix>``: a new directory per run, one per cluster.
+
+    A single process gets a timestamp. The processes of a cluster (workers, or
+    the hosts of a TPU pod) each compute the default themselves, so they derive
+    it from what they share, the cluster spec, instead of their clocks. Pass
+    ``--model_dir`` to resume a run.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if sum(len(tasks) for tasks in spec.values()) > 1:
+        digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+        suffix = f"cluster-{digest}"
+    else:
+        suffix = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{dataset}-{model}-{suffix}")
+
+
 def train() -> dict[str, Any]:
-    """Runs the job the flags describe and returns its summary (see `_outputs`)."""
+    """Runs the job the flags describe; returns its summary ({} on a server task)."""
     config = strategy_flags.config_from_flags()
     if strategies.is_server_task(config):
         # A parameter-server worker/ps runs no Python training code of its own.
@@ -128,35 +150,33 @@ def train() -> dict[str, Any]:
         return {}
     _optimizers.check_name(_OPTIMIZER.value)
     data_dir = _DATA_DIR.value or _data.default_data_dir()
-    model_dir = _MODEL_DIR.value or os.path.join("runs", f"{_DATASET.value}-{_MODEL.value}")
-    # Fails fast, before any cluster wait, for data that is neither local nor downloadable.
+    # Files only: fails fast, before any cluster wait, for data that is
+    # neither local nor downloadable.
     _data.check_available(_DATASET.value, data_dir)
 
-    strategy = strategies.build(config)  # First: it may split the CPU before TF initializes.
-    logging.info("Strategy: %s", strategies.describe(strategy))
+    strategy = strategies.build(config)  # First TF call: it may split the CPU.
     data = _data.prepare(_DATASET.value, data_dir)
+    model_dir = _MODEL_DIR.value or default_model_dir(strategy, data.name, _MODEL.value)
     steps = _STEPS_PER_EPOCH.value or _data.steps_per_epoch(
         data, "train", _BATCH_SIZE.value, drop_remainder=_data.drops_remainder(strategy)
     )
-    # Per-host pipelines repeat, so every worker runs the same number of steps.
+    # Per-host pipelines repeat, so that every worker runs the same number of steps.
     repeat = _STEPS_PER_EPOCH.value is not None or _data.uses_input_fn(strategy)
     inputs = dict(global_batch_size=_BATCH_SIZE.value, strategy=strategy, seed=_SEED.value)
     train_input = _data.make_input(data, "train", training=True, repeat=repeat, **inputs)
     eval_input = _data.make_input(data, "test", training=False, **inputs)
-
-    total_steps = steps * _EPOCHS.value
     try:
         lr = _schedules.build_schedule(
-            _LR_SCHEDULE.value, _LEARNING_RATE.value, total_steps, _WARMUP_STEPS.value
+            _LR_SCHEDULE.value, _LEARNING_RATE.value, steps * _EPOCHS.value, _WARMUP_STEPS.value
         )
-        # Built once here so that a bad value fails now, as a user error, and
-        # not inside the training loop; model_fn builds the real ones.
         _models.check_args(_MODEL.value, data.input_shape, data.num_classes)
-        probe = _optimizers.make(_OPTIMIZER.value, _hyperparameters(lr))
+        # Built once here so that a bad value is reported as a user error now,
+        # not from inside the training loop; model_fn builds the real one.
+        optimizer_config = _optimizers.make(_OPTIMIZER.value, _hyperparameters(lr)).get_config()
     except ValueError as e:
         raise UsageError(str(e)) from None
 
-    def model_fn() -> Any:
+    def model_fn() -> keras.Model:
         model = _models.build_model(_MODEL.value, data.input_shape, data.num_classes)
         _compile(model, _optimizers.make(_OPTIMIZER.value, _hyperparameters(lr)))
         return model
@@ -168,7 +188,7 @@ def train() -> dict[str, Any]:
         train_input,
         strategy=strategy,
         epochs=_EPOCHS.value,
-        # A finite dataset ends each epoch itself, which also lets its cache
+        # A finite dataset ends each epoch by itself, which also lets its cache
         # complete; stopping it one step short would discard the cache.
         steps_per_epoch=steps if repeat else None,
         validation_data=eval_input,
@@ -176,19 +196,20 @@ def train() -> dict[str, Any]:
         model_dir=model_dir,
         steps_per_execution=_STEPS_PER_EXECUTION.value,
     )
-    summary = _summarize(strategy, data, history, probe, timer, steps, model_dir)
+    summary = _summarize(strategy, data, history, optimizer_config, timer, steps, model_dir)
     if strategy.extended.should_checkpoint:  # Only the chief writes.
-        os.makedirs(model_dir, exist_ok=True)
         paths = [
             _outputs.write_summary(model_dir, summary),
             _outputs.plot_curves(
                 model_dir, history.history, f"{data.name} / {_MODEL.value} / {_OPTIMIZER.value}"
             ),
         ]
+        accuracy = summary["eval"].get("accuracy")
         print(
-            f"eval accuracy {summary['eval'].get('accuracy', float('nan')):.4f}, "
-            f"{summary['train_seconds']:.1f} s of training. Wrote {', '.join(paths)}, "
-            f"model.keras and TensorBoard logs (tensorboard --logdir {model_dir})."
+            f"{PROG}: eval accuracy {accuracy if accuracy is None else round(accuracy, 4)} "
+            f"after {summary['train_seconds']:.1f} s of training. Wrote {paths[0]}, {paths[1]}, "
+            f"{os.path.join(model_dir, 'model.keras')} and TensorBoard logs "
+            f"(tensorboard --logdir {os.path.join(model_dir, 'logs')})."
         )
     return summary
 
@@ -197,16 +218,18 @@ def _summarize(
     strategy: tf.distribute.Strategy,
     data: _data.ImageDataset,
     history: keras.callbacks.History,
-    optimizer: keras.optimizers.Optimizer,
+    optimizer_config: dict[str, Any],
     timer: _Timer,
-    steps: int,
+    steps_per_epoch: int,
     model_dir: str,
 ) -> dict[str, Any]:
     logs = history.history
     last = {k: v[-1] for k, v in logs.items() if v}
-    examples = _EPOCHS.value * steps * _BATCH_SIZE.value
+    epochs_run = len(history.epoch)
     if _STEPS_PER_EPOCH.value is None and not _data.uses_input_fn(strategy):
-        examples = _EPOCHS.value * data.num_examples["train"]  # The last batch is partial.
+        examples = epochs_run * data.num_examples["train"]  # The last batch of each epoch is partial.
+    else:
+        examples = epochs_run * steps_per_epoch * _BATCH_SIZE.value
     seconds = timer.seconds
     return {
         "strategy": strategies.describe(strategy),
@@ -219,20 +242,20 @@ def _summarize(
             "num_examples": data.num_examples,
         },
         "model": {"name": _MODEL.value, "params": history.model.count_params()},
-        "optimizer": {"name": _OPTIMIZER.value, "config": optimizer.get_config()},
+        "optimizer": {"name": _OPTIMIZER.value, "config": optimizer_config},
         "lr_schedule": _LR_SCHEDULE.value,
         "mixed_precision": keras.mixed_precision.global_policy().name,
         "batch_size": _BATCH_SIZE.value,
         "epochs": _EPOCHS.value,
-        "steps_per_epoch": steps,
-        "steps": steps * _EPOCHS.value,
+        "steps_per_epoch": steps_per_epoch,
+        "steps": int(history.model.optimizer.iterations.numpy()),
         "seed": _SEED.value,
         "train_seconds": seconds,
         "examples_per_second": examples / seconds if seconds > 0 else None,
-        "train": {k: v for k, v in last.items() if not k.startswith("val_")},
-        "eval": {k[len("val_") :]: v for k, v in last.items() if k.startswith("val_")},
+        "train": {k: last[k] for k in _METRICS if k in last},
+        "eval": {k: last[f"val_{k}"] for k in _METRICS if f"val_{k}" in last},
         "history": logs,
-        "model_dir": os.path.abspath(model_dir),
+        "model_dir": model_dir,
     }
 
 

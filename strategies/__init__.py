@@ -23,6 +23,7 @@ from strategies._config import StrategyConfig
 from strategies._detect import detect
 from strategies._errors import StrategyError
 from strategies._factory import build, describe, is_server_task
+from strategies._fit import fit
 from strategies._registry import available, register
 from strategies._resolve import task_role
 from strategies._server import serve_forever
@@ -35,6 +36,7 @@ __all__ = [
     "cluster",
     "describe",
     "detect",
+    "fit",
     "flags",
     "is_server_task",
     "register",

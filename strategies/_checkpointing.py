@@ -138,8 +138,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._epoch_step = self._offset
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # `batch` is the last step of this execution, counted in this fit call.
-        step_in_epoch = self._offset + batch + 1
+        # `batch` is the last step of this execution, counted in this fit call;
+        # Keras does not clamp it to the epoch's length (a partial last execution).
+        total = self.params.get("steps") if self.params else None
+        step_in_epoch = self._offset + (min(batch + 1, total) if total else batch + 1)
         before = self._global
         self._global += step_in_epoch - self._epoch_step
         self._epoch_step = step_in_epoch

@@ -217,7 +217,7 @@ def check_address(key: str, address: str) -> None:
     """Raises a `StrategyError` naming ``key`` unless ``address`` is ``host:port``."""
     match = _ADDRESS.match(address)
     if not match or not 1 <= int(match["port"]) <= 65535:
-        raise invalid(key, address, "'host:port' addresses with a port in 1..65535", "e.g. 10.0.0.2:2222")
+        raise invalid(key, address, "a 'host:port' address with a port in 1..65535", "e.g. 10.0.0.2:2222")
 
 
 def _check_device(device: str) -> None:

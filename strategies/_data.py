@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import tensorflow as tf
 
 DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
-Data = Union[tf.data.Dataset, DatasetFn]
+Data = tf.data.Dataset | DatasetFn
 
 
 def check(data: Any, name: str = "data") -> None:

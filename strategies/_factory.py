@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
-import keras
 import tensorflow as tf
 from absl import logging
 
@@ -51,9 +51,19 @@ def build(config_or_name: StrategyConfig | str | None = None, **overrides: Any) 
         logging.info("strategy=auto chose %s: %s", name, reason)
         config = resolve_auto(config, name, reason)
     strategy = _registry.get_builder(config.strategy)(config)
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    set_mixed_precision(config.mixed_precision)
     logging.info("Built %s", describe(strategy))
     return strategy
+
+
+def set_mixed_precision(policy: str) -> None:
+    """Sets Keras' global dtype policy, importing Keras only when that changes anything."""
+    # A Keras imported later starts at float32 anyway; not importing it keeps
+    # parameter-server tasks and plain-TF users from paying for it.
+    if policy != "float32" or "keras" in sys.modules:
+        import keras
+
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def to_config(config_or_name: StrategyConfig | str | None, overrides: dict[str, Any]) -> StrategyConfig:
@@ -107,16 +117,16 @@ def describe(strategy: tf.distribute.Strategy) -> str:
     Example: ``"MirroredStrategy: 2 replicas on /job:localhost/replica:0/task:0/device:CPU:0,
     ...:CPU:1 (all-reduce: CollectiveAllReduce)"``.
     """
-    kind = type(strategy).__name__
+    kind = _public_name(strategy)
     ext = strategy.extended
     n = strategy.num_replicas_in_sync
-    replicas = f"{n} replica{'s' if n != 1 else ''}"
-    if kind == "_DefaultDistributionStrategy":
+    replicas = _plural(n, "replica")
+    if kind == "DefaultStrategy":
         return "DefaultStrategy: 1 replica on the default device (no distribution)"
     if getattr(strategy, "_is_parameter_server_strategy_v2", False):
         partitioner = getattr(ext, "_variable_partitioner", None)
         return (
-            f"ParameterServerStrategy: {ext._num_workers} workers, {ext._num_ps} ps "
+            f"ParameterServerStrategy: {_plural(ext._num_workers, 'worker')}, {ext._num_ps} ps "
             f"(partitioner: {type(partitioner).__name__ if partitioner else 'none'})"
         )
     devices = _short_devices(list(ext.worker_devices))
@@ -125,12 +135,32 @@ def describe(strategy: tf.distribute.Strategy) -> str:
         impl = getattr(getattr(options, "implementation", None), "name", "AUTO")
         role = f"{ext._task_type} {ext._task_id}" if ext._task_type else "single worker"
         return (
-            f"MultiWorkerMirroredStrategy: {replicas} across {ext._num_workers} worker(s); "
+            f"MultiWorkerMirroredStrategy: {replicas} across {_plural(ext._num_workers, 'worker')}; "
             f"this is {role}{' (chief)' if ext.should_checkpoint else ''} on {devices} (communication: {impl})"
         )
     cross = getattr(ext, "_cross_device_ops", None) or getattr(ext, "_inferred_cross_device_ops", None)
     suffix = f" (all-reduce: {type(cross).__name__})" if cross is not None and n > 1 else ""
     return f"{kind}: {replicas} on {devices}{suffix}"
+
+
+def _public_name(strategy: tf.distribute.Strategy) -> str:
+    """The tf.distribute name a user knows (TF's classes have internal names and aliases)."""
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return "DefaultStrategy"
+    for cls, name in (
+        # Its class is named CollectiveAllReduceStrategy.
+        (tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+        (tf.distribute.MirroredStrategy, "MirroredStrategy"),
+        (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy"),
+        (tf.distribute.TPUStrategy, "TPUStrategy"),
+    ):
+        if isinstance(strategy, cls):
+            return name
+    return type(strategy).__name__
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _short_devices(devices: list[str]) -> str:

@@ -14,7 +14,9 @@ module is monkeypatched, so code outside `strategies.fit` is never affected.
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -106,30 +108,31 @@ def _replica_local_update_step(self: Any, grads: list[Any], trainable_variables:
         self.update_step(grad, getattr(variable, "value", variable), learning_rate)
 
 
-def synchronize_gradients(optimizer: keras.optimizers.Optimizer) -> None:
+def synchronize_gradients(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
     """Makes ``optimizer`` all-reduce before clipping, accumulating and EMA, on every replica.
 
-    Safe with any strategy (with one replica the all-reduce is skipped), but
-    only needed where ``num_replicas_in_sync > 1``.
+    Wrappers that hand the gradients to an ``inner_optimizer`` (Keras'
+    LossScaleOptimizer, tfopt's SkipNonFinite and Lookahead) are left as they
+    are and the innermost optimizer, the one that clips and applies, is
+    patched. Safe with one replica (the all-reduce is skipped), but only
+    needed where ``num_replicas_in_sync > 1``. Returns the patched optimizer.
     """
     check_versions("clipping before the all-reduce (tensorflow/tensorflow#33929) and "
                    "merge_call inside a cond (keras-team/keras#20582)")
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise KerasCompatError(
-            "strategies.fit cannot yet synchronize a LossScaleOptimizer (mixed_float16) across "
-            "replicas: Keras checks its finite-ness on one replica's unreduced gradients. Use "
-            "mixed_bfloat16, or clip_gradients='per_replica'. "
-            f"Received: optimizer={type(optimizer).__name__}."
-        )
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
     _install(optimizer, "_backend_apply_gradients", _all_reduce_then_apply)
     _install(optimizer, "_backend_update_step", _replica_local_update_step)
     for name in ("_backend_increment_gradient_accumulators", "_apply_weight_decay",
                  "_overwrite_model_variables_with_average_value"):
         _install(optimizer, name, getattr(_Base, name))
+    return optimizer
 
 
 def needs_merge_call_in_cond(optimizer: keras.optimizers.Optimizer) -> bool:
     """Whether stock Keras would merge_call inside a cond with this optimizer (keras#20582)."""
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
     return bool(optimizer.gradient_accumulation_steps
                 or (optimizer.use_ema and optimizer.ema_overwrite_frequency))
 
@@ -255,7 +258,39 @@ def make_counters_atomic(model: keras.Model) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 5. Private state that the training loops read or set.
+# 5. Several MirroredStrategy objects in one process (tensorflow/tensorflow#62790).
+# Each MirroredStrategy numbers its collective groups from 1 and its collective
+# instances from 100, while the collective runtime caches instances per
+# process. Over CPUs (RING collectives) or GPUs (NCCL), a second strategy whose
+# model has other shapes then fails with "Shape mismatch in the collective
+# instance 100", and every collective after it in the process is aborted.
+# TF's own tests avoid it with the class attribute `_collective_key_base`.
+# ---------------------------------------------------------------------------
+
+_KEY_BASE_STRIDE = 10_000
+_key_bases = itertools.count(1)
+_key_base_lock = threading.Lock()
+
+
+def mirrored_strategy(devices: list[str] | None = None,
+                      cross_device_ops: tf.distribute.CrossDeviceOps | None = None,
+                      ) -> tf.distribute.MirroredStrategy:
+    """``tf.distribute.MirroredStrategy(devices, cross_device_ops)`` with collective keys
+    that no other strategy in this process uses."""
+    check_versions("collective keys shared by MirroredStrategy objects "
+                   "(tensorflow/tensorflow#62790)")
+    cls = tf.distribute.MirroredStrategy
+    with _key_base_lock:
+        previous = cls._collective_key_base
+        cls._collective_key_base = next(_key_bases) * _KEY_BASE_STRIDE
+        try:
+            return cls(devices=devices, cross_device_ops=cross_device_ops)
+        finally:
+            cls._collective_key_base = previous
+
+
+# ---------------------------------------------------------------------------
+# 6. Private state that the training loops read or set.
 # ---------------------------------------------------------------------------
 
 

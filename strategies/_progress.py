@@ -75,8 +75,10 @@ class EpochProgress(keras.callbacks.Callback):
         self._examples: float | None = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # `batch` is the last step of this execution (steps_per_execution aware).
-        self._steps = batch + 1
+        # `batch` is the last step of this execution; Keras does not clamp it
+        # to the epoch's length when the last execution is partial.
+        total = self.params.get("steps") if self.params else None
+        self._steps = min(batch + 1, total) if total else batch + 1
         self._end = time.perf_counter()
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:

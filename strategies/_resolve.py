@@ -91,11 +91,16 @@ def _from_slurm(environ: Mapping[str, str]) -> Cluster:
     import tensorflow as tf
 
     gpus = len(tf.config.list_physical_devices("GPU"))
+    # SlurmClusterResolver (TF 2.21) lists one task per GPU slot, zipping tasks
+    # with range(0, gpus_per_node, gpus_per_task), so a CPU-only node would
+    # list none. There, give it one notional slot per task; the slots are never
+    # used because auto_set_gpu=False.
+    slots, per_task = (gpus, None) if gpus else (1 << 16, 1)
     try:
         resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
             jobs={"worker": slurm_num_tasks(environ)},
-            gpus_per_node=gpus,
-            gpus_per_task=gpus and None,
+            gpus_per_node=slots,
+            gpus_per_task=per_task,
             # CUDA_VISIBLE_DEVICES is read when TF initializes, which has
             # already happened here; setting it now would only mislead.
             auto_set_gpu=False,

@@ -21,7 +21,7 @@ def kind(strategy: tf.distribute.Strategy) -> str:
         return MULTI_WORKER
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         return MIRRORED
-    if isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+    if isinstance(strategy, tf.distribute.TPUStrategy):
         return TPU
     return SINGLE
 

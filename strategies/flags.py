@@ -124,11 +124,11 @@ def parse_notebook_flags(argv: Sequence[str] | None = None, **values: Any) -> St
             that are not this module's flags are ignored, unless one looks like
             a misspelling of a flag.
         **values: Flag values as Python values, applied after ``argv``, e.g.
-            ``strategy="mirrored", virtual_cpus=2``.
+            ``strategy="mirrored", virtual_cpus=2``. ``None`` means the default.
 
     Raises:
         StrategyError: On an unknown keyword, a misspelled flag, or any value or
-            combination that `StrategyConfig` rejects.
+            combination that `StrategyConfig` rejects; ``FLAGS`` is then unchanged.
 
     Example:
 
@@ -144,18 +144,23 @@ def parse_notebook_flags(argv: Sequence[str] | None = None, **values: Any) -> St
                 f"`{name}` is not a strategies flag; valid flags are {sorted(HOLDERS)}. Received: {name}={value!r}."
             )
         given[name] = value
-    for holder in HOLDERS.values():
-        flags.FLAGS[holder.name].unparse()
-    for name, value in given.items():
-        if value is None:
-            continue  # None means the flag's default, as in StrategyConfig.
-        try:
-            flags.FLAGS[name].parse(value)
-        except (flags.IllegalFlagValueError, ValueError, TypeError) as e:
-            raise invalid(name, value, f"a valid --{name} value ({_first_line(e)})") from None
+    # Check everything before touching FLAGS, so a bad call changes nothing.
+    parsed = {name: _parse(name, value) for name, value in given.items() if value is not None}
+    config = StrategyConfig(**{name: parsed.get(name, flags.FLAGS[name].default) for name in HOLDERS})
+    for name in HOLDERS:
+        flags.FLAGS[name].unparse()
+        if name in parsed:
+            flags.FLAGS[name].parse(given[name])  # Sets .present, as a command line would.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    return config_from_flags()
+    return config
+
+
+def _parse(name: str, value: Any) -> Any:
+    try:
+        return flags.FLAGS[name].parser.parse(value)
+    except (flags.IllegalFlagValueError, ValueError, TypeError) as e:
+        raise invalid(name, value, f"a valid --{name} value ({_first_line(e)})") from None
 
 
 def _our_args(argv: Sequence[str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ from tfopt._radam import RAdam
 from tfopt._lookahead import Lookahead
 from tfopt._lazy_adam import LazyAdam
 # isort: on
+from tfopt._skip_nonfinite import SkipNonFinite, SkippedSteps
 
 __all__ = [
     "Adagrad",
@@ -34,6 +35,8 @@ __all__ = [
     "Lookahead",
     "RAdam",
     "SGD",
+    "SkipNonFinite",
+    "SkippedSteps",
     "available",
     "get",
 ]

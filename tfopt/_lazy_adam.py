@@ -113,7 +113,7 @@ class LazyAdam(keras.optimizers.Optimizer):
 
         # A row may appear several times (one id twice in a batch, or once per
         # replica after an all-reduce): update it once, with its summed gradient.
-        pass  # MUTATION
+        gradient = _sparse.sum_duplicates(gradient)
         rows = gradient.indices
         g = ops.cast(gradient.values, dtype)
         m_rows = ops.take(m, rows, axis=0)

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import keras
 
+from tfopt._skip_nonfinite import SkipNonFinite
+
 PACKAGE = "tfopt"
 
 _T = TypeVar("_T", bound=type)
@@ -55,13 +57,17 @@ def _lookup(name: str) -> type:
     )
 
 
-def get(name_or_config: str | Mapping[str, Any], **overrides: Any) -> keras.optimizers.Optimizer:
+def get(
+    name_or_config: str | Mapping[str, Any], *, skip_nonfinite: bool = False, **overrides: Any
+) -> keras.optimizers.Optimizer:
     """Builds a tfopt optimizer from a name or a config.
 
     Args:
       name_or_config: a name from :func:`available` (``"adam"``), a class name
         (``"Adam"`` or ``"tfopt>Adam"``), a ``get_config()`` dict, or a Keras
         serialized dict (``{"class_name": ..., "config": ...}``).
+      skip_nonfinite: wrap the optimizer in :class:`tfopt.SkipNonFinite`, which
+        skips (on all replicas) each step whose gradients hold NaN or Inf.
       **overrides: hyperparameters that replace the config's.
 
     Returns:
@@ -76,6 +82,13 @@ def get(name_or_config: str | Mapping[str, Any], **overrides: Any) -> keras.opti
       >>> type(opt).__name__, float(opt.momentum)
       ('SGD', 0.9)
     """
+    optimizer = _get(name_or_config, **overrides)
+    if skip_nonfinite:
+        optimizer = SkipNonFinite(optimizer)
+    return optimizer
+
+
+def _get(name_or_config: str | Mapping[str, Any], **overrides: Any) -> keras.optimizers.Optimizer:
     if isinstance(name_or_config, str):
         return _lookup(name_or_config)(**overrides)
     if isinstance(name_or_config, Mapping):

@@ -26,6 +26,8 @@ def _restore_flags(monkeypatch):
     # reads, and restore every value (and the parsed bit) afterwards.
     monkeypatch.setitem(FLAGS.__dict__, "__flags_parsed", True)
     with flagsaver.flagsaver():
+        for name in strategy_flags.HOLDERS:  # Start from defaults, whatever ran before.
+            FLAGS[name].unparse()
         yield
 
 
@@ -116,6 +118,13 @@ def test_notebook_parse_mixes_argv_and_keywords():
     config = strategy_flags.parse_notebook_flags(argv, task_index=1, cluster_timeout=5)
     assert config.worker_hosts == ("h:1", "h:2") and config.task_index == 1
     assert config.cluster_timeout == 5.0
+
+
+def test_failed_notebook_parse_changes_no_flag():
+    strategy_flags.parse_notebook_flags(strategy="mirrored", virtual_cpus=2)
+    with pytest.raises(StrategyError, match="`tpu` must be left unset"):
+        strategy_flags.parse_notebook_flags(["prog", "--strategy=mirrored", "--tpu=local"])
+    assert strategy_flags.config_from_flags() == StrategyConfig(strategy="mirrored", virtual_cpus=2)
 
 
 def test_notebook_parse_rejects_unknown_keyword():

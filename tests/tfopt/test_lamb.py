@@ -61,7 +61,7 @@ def _problem(steps=5, seed=1):
 
 
 def _variables(params):
-    return [keras.Variable(p, dtype="float32", name=n) for p, n in zip(params, ["kernel", "bias"])]
+    return [keras.Variable(p, dtype="float32", name=n) for p, n in zip(params, ["kernel", "bias"], strict=True)]
 
 
 def _run(optimizer, params, grads):
@@ -120,7 +120,7 @@ def test_weight_decay_sits_inside_the_trust_ratio():
         tfopt.LAMB(lr, weight_decay=weight_decay).apply(
             [tf.constant(g, tf.float32) for g in grads[0]], variables
         )
-        for v, p in zip(variables, params):
+        for v, p in zip(variables, params, strict=True):
             step = np.linalg.norm(v.numpy() - p)
             np.testing.assert_allclose(step, lr * np.linalg.norm(p), rtol=1e-5)
 

@@ -61,7 +61,7 @@ def _problem(steps=5, seed=0):
 
 
 def _run(optimizer, params, grads, names=("dense/kernel", "dense/bias")):
-    variables = [keras.Variable(p, dtype="float32", name=n.split("/")[-1]) for p, n in zip(params, names)]
+    variables = [keras.Variable(p, dtype="float32", name=n.split("/")[-1]) for p, n in zip(params, names, strict=True)]
     out = []
     for step_grads in grads:
         optimizer.apply([tf.constant(g, tf.float32) for g in step_grads], variables)
@@ -103,7 +103,7 @@ def test_exclusions_map_onto_optax_masks():
 def test_exclusion_regexes_work_on_plain_tf_variables():
     # tf.Variable has no `.path`; its name ("dense/bias:0") is matched instead.
     params, grads = _problem(steps=2)
-    variables = [tf.Variable(p, dtype=tf.float32, name=n) for p, n in zip(params, ["dense/kernel", "dense/bias"])]
+    variables = [tf.Variable(p, dtype=tf.float32, name=n) for p, n in zip(params, ["dense/kernel", "dense/bias"], strict=True)]
     opt = tfopt.LARS(1.0, exclude_from_layer_adaptation=["dense/bias"])
     for step_grads in grads:
         opt.apply([tf.constant(g, tf.float32) for g in step_grads], variables)

@@ -134,13 +134,19 @@ def _embedding_step(strategy, ids_per_replica):
     return table.numpy()
 
 
-def test_mirrored_sparse_update_matches_one_device():
-    # Each replica looks up row 2; the all-reduced IndexedSlices then repeat
-    # row 2 across replicas, which LazyAdam must sum before its update.
-    mirrored = _embedding_step(tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]), [[0, 2], [2, 4]])
-    one_device = _embedding_step(tf.distribute.OneDeviceStrategy("CPU:0"), [[0, 2, 2, 4]])
-    np.testing.assert_allclose(mirrored, one_device, rtol=1e-6)
-    np.testing.assert_array_equal(mirrored[[1, 3, 5]], TABLE[[1, 3, 5]].astype(np.float32))
+@pytest.mark.parametrize(
+    ("devices", "ids_per_replica"),
+    [(["CPU:0", "CPU:1"], [[0, 2], [2, 4]]), (["CPU:0"], [[0, 2, 2, 4]])],
+    ids=["mirrored", "one-device"],
+)
+def test_distributed_sparse_update_matches_the_reference(devices, ids_per_replica):
+    # Under Mirrored each replica looks up row 2: the all-reduced IndexedSlices
+    # repeat it across replicas, and LazyAdam must sum the two before updating.
+    updated = _embedding_step(tf.distribute.MirroredStrategy(devices), ids_per_replica)
+    rows = [i for ids in ids_per_replica for i in ids]
+    expected = lazy_adam([TABLE], [[(rows, np.tile([1.0, -3.0], (len(rows), 1)))]], learning_rate=1e-2)
+    np.testing.assert_allclose(updated, expected[0][0], rtol=2e-5, atol=1e-6)
+    np.testing.assert_array_equal(updated[[1, 3, 5]], TABLE[[1, 3, 5]].astype(np.float32))
 
 
 @pytest.mark.parametrize(

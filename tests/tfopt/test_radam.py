@@ -123,7 +123,7 @@ def test_float16_variables_keep_float32_step_scalars():
     for step_grads in grads:
         opt.apply([tf.constant(g, tf.float16) for g in step_grads], variables)
     expected = radam(params, grads, learning_rate=1e-2, beta_2=0.9)[-1]
-    for v, want in zip(variables, expected):
+    for v, want in zip(variables, expected, strict=True):
         np.testing.assert_allclose(v.numpy().astype(np.float64), want, rtol=2e-3, atol=2e-3)
 
 

@@ -1,0 +1,293 @@
+r"""Optimizer step time against a memory roof: ``python -m launch.bench_optimizers``.
+
+An optimizer step is memory-bound, so the yardstick is bandwidth. For each
+tfopt optimizer, and its Keras counterpart where Keras has one, with and
+without XLA, on one fp32 variable of each ``--sizes`` (default 1M, 16M and
+64M parameters, M = 2**20), it measures:
+
+* the median wall time of ``optimizer.apply`` in a ``tf.function``;
+* the bytes a step must move at least: every state array (variable, moments)
+  read and written once, the gradient read once; Adam: 7 x 4 B per parameter.
+  LARS and LAMB also need per-layer norms, which this count leaves out;
+* the achieved GB/s (those bytes over the median time);
+* the fraction of a roof measured in the same run: an XLA-compiled
+  element-wise kernel moving the same arrays (each state array read and
+  written, the gradient read), timed alternately with the optimizer step so
+  both see the same machine load. 1.0 means "as fast as memory allows".
+
+It writes ``optimizers.json`` (every number, machine and git state),
+``optimizers.png`` (fraction of the roof per optimizer) and ``optimizers.md``
+(the README table) to ``--output_dir``. ``--quick`` runs 1M parameters with
+few repeats, in about a minute; the default run takes several minutes on a
+2-core CPU::
+
+    python -m launch.bench_optimizers --quick
+    python -m launch.bench_optimizers --optimizers=adam,lamb --sizes=16M --xla=off
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import dataclasses  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+import tfopt  # noqa: E402
+from launch import _outputs  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """How to build one benchmarked optimizer pair, and what a step must move."""
+
+    make: Callable[[], keras.optimizers.Optimizer]
+    keras: Callable[[], keras.optimizers.Optimizer] | None
+    state_arrays: int  # variable + slots, each read and written once per step
+    extra_bytes: float = 0.0  # per parameter per step, amortized (Lookahead's sync)
+
+
+_SYNC_PERIOD = 6
+SPECS: dict[str, Spec] = {
+    "gradient_descent": Spec(lambda: tfopt.get("gradient_descent"), lambda: keras.optimizers.SGD(), 1),
+    "sgd": Spec(
+        lambda: tfopt.get("sgd", momentum=0.9), lambda: keras.optimizers.SGD(momentum=0.9), 2
+    ),
+    "dynamic_gradient_descent": Spec(lambda: tfopt.get("dynamic_gradient_descent"), None, 2),
+    "adagrad": Spec(lambda: tfopt.get("adagrad"), keras.optimizers.Adagrad, 2),
+    "adam": Spec(lambda: tfopt.get("adam"), keras.optimizers.Adam, 3),
+    "lars": Spec(lambda: tfopt.get("lars", weight_decay=1e-4), None, 2),
+    "lamb": Spec(lambda: tfopt.get("lamb", weight_decay=1e-2), keras.optimizers.Lamb, 3),
+    "radam": Spec(lambda: tfopt.get("radam"), None, 3),
+    # Lookahead(Adam): Adam's arrays, plus variable and slow weights read and
+    # written once every sync_period steps.
+    "lookahead": Spec(
+        lambda: tfopt.Lookahead(tfopt.get("adam"), sync_period=_SYNC_PERIOD),
+        None,
+        3,
+        extra_bytes=4 * 4 / _SYNC_PERIOD,
+    ),
+    "lazy_adam": Spec(lambda: tfopt.get("lazy_adam"), keras.optimizers.Adam, 3),
+}
+
+_SIZES = flags.DEFINE_list(
+    "sizes", ["1M", "16M", "64M"], "Parameter counts, with an optional K (2**10) or M (2**20) suffix."
+)
+_OPTIMIZERS = flags.DEFINE_list(
+    "optimizers", None, f"tfopt optimizers to time (default: all of {', '.join(SPECS)})."
+)
+_XLA = flags.DEFINE_enum("xla", "both", ["both", "off", "on"], "Time steps without XLA, with it, or both.")
+_KERAS = flags.DEFINE_bool("keras", True, "Also time each optimizer's Keras counterpart.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per configuration.", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, XLA).", lower_bound=0)
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run: --sizes=1M --repeats=5 unless those are given.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/bench_optimizers", "Where to write the results.")
+
+_SIZE_RE = re.compile(r"^(\d+)([KkMm]?)$")
+
+
+class UsageError(ValueError):
+    """A bad flag value: reported as one line, exit status 2."""
+
+
+def parse_size(text: str) -> int:
+    """``"16M"`` -> 16 * 2**20; ``"1000"`` -> 1000."""
+    match = _SIZE_RE.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise UsageError(f"--sizes takes positive counts such as 1M, 64K or 1000. Received: {text!r}.")
+    return int(match.group(1)) << {"": 0, "K": 10, "M": 20}[match.group(2).upper()]
+
+
+def _shape(n: int) -> tuple[int, ...]:
+    # A layer-like 2-D kernel where the count allows it.
+    return (n // 1024, 1024) if n % 1024 == 0 else (n,)
+
+
+def _median_ms(times: Sequence[float]) -> float:
+    return 1e3 * statistics.median(times)
+
+
+def measure(optimizer: keras.optimizers.Optimizer, n: int, state_arrays: int, xla: bool,
+            repeats: int, warmup: int) -> dict[str, Any]:
+    """Times ``optimizer``'s step on ``n`` params, alternating with its roof kernel."""
+    shape = _shape(n)
+    variable = keras.Variable(tf.random.normal(shape, stddev=0.1), name="kernel")
+    gradient = tf.random.normal(shape, stddev=0.01)
+    optimizer.build([variable])
+    step = tf.function(lambda g: optimizer.apply([g], [variable]), jit_compile=xla)
+
+    # The roof: the same arrays, each state array read and written once and the
+    # gradient read once, in XLA-fused element-wise loops.
+    roof_state = [tf.Variable(tf.random.normal(shape)) for _ in range(state_arrays)]
+
+    @tf.function(jit_compile=True)
+    def roof(g):
+        roof_state[0].assign(roof_state[0] * 0.5 + g)
+        for x in roof_state[1:]:
+            x.assign(x * 0.5)
+
+    for _ in range(warmup):
+        step(gradient)
+        roof(gradient)
+    step_times, roof_times = [], []
+    for _ in range(repeats):
+        for fn, times in ((step, step_times), (roof, roof_times)):
+            start = time.perf_counter()
+            fn(gradient)
+            times.append(time.perf_counter() - start)
+    if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
+        raise RuntimeError(f"{type(optimizer).__name__} produced non-finite weights.")
+    return {"step_ms": _median_ms(step_times), "roof_ms": _median_ms(roof_times),
+            "step_ms_all": [1e3 * t for t in step_times]}
+
+
+def run_benchmark(names: Sequence[str], sizes: Sequence[int], xla_modes: Sequence[bool],
+                  with_keras: bool, repeats: int, warmup: int) -> list[dict[str, Any]]:
+    """One row per (optimizer, implementation, XLA, size)."""
+    rows = []
+    for n in sizes:
+        for name in names:
+            spec = SPECS[name]
+            impls = [("tfopt", spec.make)] + ([("keras", spec.keras)] if with_keras and spec.keras else [])
+            for xla in xla_modes:
+                for impl, make in impls:
+                    optimizer = make()
+                    logging.info("%s %s (%s) xla=%s params=%d", impl, name, type(optimizer).__name__, xla, n)
+                    timing = measure(optimizer, n, spec.state_arrays, xla, repeats, warmup)
+                    roof_bytes = 4 * n * (2 * spec.state_arrays + 1)
+                    step_bytes = roof_bytes + spec.extra_bytes * n
+                    roof_gbps = roof_bytes / timing["roof_ms"] / 1e6
+                    rows.append({
+                        "optimizer": name, "implementation": impl, "class": type(optimizer).__name__,
+                        "xla": xla, "params": n, "bytes_per_step": step_bytes,
+                        "step_ms": timing["step_ms"], "step_ms_all": timing["step_ms_all"],
+                        "gb_per_s": step_bytes / timing["step_ms"] / 1e6,
+                        "roof_ms": timing["roof_ms"], "roof_gb_per_s": roof_gbps,
+                        "fraction_of_roof": step_bytes / roof_gbps / 1e6 / timing["step_ms"],
+                    })  # fmt: skip
+                    logging.info("  %.2f ms, %.1f GB/s, %.0f%% of roof",
+                                 rows[-1]["step_ms"], rows[-1]["gb_per_s"], 100 * rows[-1]["fraction_of_roof"])
+                    del optimizer
+                    gc.collect()
+    return rows
+
+
+def _size_label(n: int) -> str:
+    return f"{n >> 20}M" if n % (1 << 20) == 0 else (f"{n >> 10}K" if n % 1024 == 0 else str(n))
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """tfopt vs Keras, side by side: one line per (optimizer, size, XLA)."""
+    keras_rows = {(r["optimizer"], r["params"], r["xla"]): r for r in rows if r["implementation"] == "keras"}
+    lines = [
+        "| optimizer | params | XLA | tfopt ms | tfopt GB/s | tfopt % roof | Keras | Keras ms | Keras % roof | tfopt/Keras |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["implementation"] != "tfopt":
+            continue
+        k = keras_rows.get((r["optimizer"], r["params"], r["xla"]))
+        theirs = (f"{k['class']} | {k['step_ms']:.2f} | {100 * k['fraction_of_roof']:.0f}% | "
+                  f"{r['step_ms'] / k['step_ms']:.2f}") if k else "none | | |"
+        lines.append(
+            f"| {r['optimizer']} | {_size_label(r['params'])} | {'on' if r['xla'] else 'off'} | "
+            f"{r['step_ms']:.2f} | {r['gb_per_s']:.1f} | {100 * r['fraction_of_roof']:.0f}% | {theirs} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Bars of the fraction of the roof, one panel per size."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sizes = sorted({r["params"] for r in rows})
+    names = list(dict.fromkeys(r["optimizer"] for r in rows))
+    series = sorted({(r["implementation"], r["xla"]) for r in rows}, key=lambda s: (s[0] != "tfopt", s[1]))
+    fig = Figure(figsize=(max(8, 1.1 * len(names)), 3.2 * len(sizes)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(sizes), 1, squeeze=False)[:, 0]
+    width = 0.8 / len(series)
+    for ax, n in zip(axes, sizes, strict=True):
+        by_key = {(r["optimizer"], r["implementation"], r["xla"]): r for r in rows if r["params"] == n}
+        for i, (impl, xla) in enumerate(series):
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
+            ys = [by_key[(o, impl, xla)]["fraction_of_roof"] if (o, impl, xla) in by_key else 0 for o in names]
+            ax.bar(xs, ys, width, label=f"{impl}, XLA {'on' if xla else 'off'}")
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(names)), names, rotation=20)
+        ax.set_ylabel("fraction of roof")
+        ax.set_title(f"{_size_label(n)} fp32 parameters")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(ncols=len(series), fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+def _git_state() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+uncommitted changes" if dirty else "")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"launch.bench_optimizers: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected positional arguments {list(argv[1:])}; every option is a --flag.")
+    try:
+        sizes = [parse_size(s) for s in (["1M"] if _QUICK.value and not _SIZES.present else _SIZES.value)]
+        names = _OPTIMIZERS.value or [n for n in SPECS if n in tfopt.available()]
+        unknown = [n for n in names if n not in SPECS]
+        if unknown:
+            raise UsageError(f"--optimizers takes {', '.join(SPECS)}. Received: {','.join(unknown)}.")
+    except UsageError as e:
+        _fail(str(e))
+    repeats = 5 if _QUICK.value and not _REPEATS.present else _REPEATS.value
+    xla_modes = {"both": [False, True], "off": [False], "on": [True]}[_XLA.value]
+
+    rows = run_benchmark(names, sizes, xla_modes, _KERAS.value, repeats, _WARMUP.value)
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    result = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__},
+        "git": _git_state(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "repeats": repeats, "warmup": _WARMUP.value, "rows": rows,
+    }  # fmt: skip
+    paths = [os.path.join(_OUTPUT_DIR.value, f"optimizers.{ext}") for ext in ("json", "png", "md")]
+    with open(paths[0], "w") as f:
+        json.dump(_outputs.jsonable(result), f, indent=1)
+    plot(rows, paths[1])
+    with open(paths[2], "w") as f:
+        f.write(markdown_table(rows))
+    print(markdown_table(rows))
+    print("Wrote " + ", ".join(paths))
+
+
+def run(argv: list[str] | None = None) -> None:
+    app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,182 @@
+r"""Prints (or, with ``--execute``, runs) the gcloud commands for a Cloud TPU VM run.
+
+    python -m launch.tpu_vm --name=my-tpu --zone=us-central2-b --accelerator_type=v4-8
+    python -m launch.tpu_vm --name=my-tpu --zone=us-central2-b --execute -- --epochs=30
+
+The steps, each a command you can copy:
+
+1. ``package``: ``git archive`` of this checkout (skipped when ``--source`` is
+   already something pip can fetch, such as ``git+https://...``).
+2. ``create``: ``gcloud compute tpus tpu-vm create`` on a base Ubuntu runtime.
+3. ``copy``: ``gcloud compute tpus tpu-vm scp`` of the archive to every host.
+4. ``install``: on every host, ``tensorflow-tpu`` from Google's libtpu wheel
+   index plus this project's other requirements, then the project itself with
+   ``--no-deps`` (its ``tensorflow`` requirement would otherwise pull the CPU
+   wheel over ``tensorflow-tpu``).
+5. ``train``: ``python3 -m launch.train --strategy=tpu --tpu=local`` on
+   ``--worker=all``. On a pod slice every host must run this same command: TF
+   forms the TPU system only when all hosts join, and each host feeds its own
+   share of every batch. Arguments after ``--`` go to ``launch.train``.
+6. ``delete`` (only in ``--steps``): deletes the VM.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from absl import app, flags
+
+PROG = "launch.tpu_vm"
+STEPS = ("package", "create", "copy", "install", "train", "delete")
+LIBTPU_INDEX = "https://storage.googleapis.com/libtpu-tf-releases/index.html"
+TENSORFLOW_TPU = "tensorflow-tpu==2.21.*"
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ARCHIVE = "tfopt-strategies.tar.gz"
+
+_NAME = flags.DEFINE_string("name", None, "TPU VM name (lowercase letters, digits, '-').")
+_ZONE = flags.DEFINE_string("zone", None, "GCP zone, e.g. us-central2-b.")
+_PROJECT = flags.DEFINE_string("project", None, "GCP project (default: gcloud's configured one).")
+_ACCELERATOR = flags.DEFINE_string("accelerator_type", "v4-8", "TPU type, e.g. v4-8, v5litepod-8, v4-32.")
+_RUNTIME = flags.DEFINE_string(
+    "runtime_version", "tpu-ubuntu2204-base", "TPU VM image; tensorflow-tpu is pip-installed on it."
+)
+_SPOT = flags.DEFINE_bool("spot", False, "Create a Spot (preemptible) TPU VM.")
+_SOURCE = flags.DEFINE_string(
+    "source", _ROOT, "This project: a local git checkout (archived and copied), or a pip spec such as "
+    "git+https://github.com/ORG/REPO.",
+)  # fmt: skip
+_STEPS = flags.DEFINE_multi_enum(
+    "steps", ["package", "create", "copy", "install", "train"], list(STEPS), "Steps to print or run, in order."
+)
+_EXECUTE = flags.DEFINE_bool("execute", False, "Run the commands instead of printing them.")
+
+
+def _requirements(setup_cfg: str = os.path.join(_ROOT, "setup.cfg")) -> list[str]:
+    """This project's install_requires, with tensorflow replaced by tensorflow-tpu."""
+    parser = configparser.ConfigParser()
+    parser.read(setup_cfg)
+    lines = parser.get("options", "install_requires", fallback="").split("\n")
+    keep = [r.strip() for r in lines if r.strip() and not r.strip().startswith("#")]
+    return [TENSORFLOW_TPU] + [r for r in keep if not _is_tensorflow(r)]
+
+
+def _is_tensorflow(requirement: str) -> bool:
+    name = requirement.split(";")[0]
+    for sep in "=<>!~[ ":
+        name = name.split(sep)[0]
+    return name.lower() == "tensorflow"
+
+
+def _is_pip_spec(source: str) -> bool:
+    return "://" in source or source.startswith("git+")
+
+
+def commands(
+    *,
+    name: str,
+    zone: str,
+    project: str | None = None,
+    accelerator_type: str = "v4-8",
+    runtime_version: str = "tpu-ubuntu2204-base",
+    spot: bool = False,
+    source: str = _ROOT,
+    steps: Sequence[str] = STEPS[:-1],
+    train_args: Sequence[str] = (),
+) -> list[list[str]]:
+    """The commands of ``steps``, as argv lists, in the order of ``STEPS``.
+
+    Args:
+      name: TPU VM name.
+      zone: GCP zone.
+      project: GCP project, or ``None`` for gcloud's default.
+      accelerator_type: e.g. ``"v4-8"`` (one host) or ``"v4-32"`` (a 4-host pod slice).
+      runtime_version: The VM image.
+      spot: Create a Spot VM.
+      source: A local checkout, or a pip spec that every host can fetch.
+      steps: A subset of ``STEPS``.
+      train_args: Extra ``launch.train`` flags, e.g. ``["--dataset=cifar10"]``.
+
+    Returns:
+      One argv list per command. Remote commands run on ``--worker=all``.
+
+    Example:
+      >>> cmds = commands(name="t", zone="us-central2-b", steps=["train"])
+      >>> cmds[0][:5]
+      ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
+    """
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"`steps` must be among {list(STEPS)}. Received: steps={unknown}.")
+    scope = [f"--zone={zone}"] + ([f"--project={project}"] if project else [])
+    tpu_vm = ["gcloud", "compute", "tpus", "tpu-vm"]
+    local = not _is_pip_spec(source)
+    archive = os.path.join("/tmp", _ARCHIVE)
+    project_spec = f"~/{_ARCHIVE}" if local else shlex.quote(source)
+    # Double quotes keep the printed command readable inside gcloud's single-quoted --command.
+    requirements = " ".join('"' + r + '"' for r in _requirements())
+    install = (
+        f"python3 -m pip install --upgrade pip && "
+        f"python3 -m pip install {requirements} -f {LIBTPU_INDEX} && "
+        f"python3 -m pip install --no-deps {project_spec}"
+    )
+    train = shlex.join(["python3", "-m", "launch.train", "--strategy=tpu", "--tpu=local", *train_args])
+    by_step = {
+        "package": [["git", "-C", source, "archive", "--format=tar.gz", "--prefix=tfopt-strategies/",
+                     "-o", archive, "HEAD"]] if local else [],
+        "create": [[*tpu_vm, "create", name, *scope, f"--accelerator-type={accelerator_type}",
+                    f"--version={runtime_version}", *(["--spot"] if spot else [])]],
+        "copy": [[*tpu_vm, "scp", archive, f"{name}:~/{_ARCHIVE}", *scope, "--worker=all"]] if local else [],
+        "install": [[*tpu_vm, "ssh", name, *scope, "--worker=all", f"--command={install}"]],
+        "train": [[*tpu_vm, "ssh", name, *scope, "--worker=all", f"--command={train}"]],
+        "delete": [[*tpu_vm, "delete", name, *scope, "--quiet"]],
+    }  # fmt: skip
+    return [cmd for step in STEPS if step in steps for cmd in by_step[step]]
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: Sequence[str], runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+    """Prints the commands, or runs them in order and stops at the first failure."""
+    for flag in (_NAME, _ZONE):
+        if not flag.value:
+            _fail(f"--{flag.name} is required. Received: {flag.name}={flag.value!r}.")
+    try:
+        cmds = commands(
+            name=_NAME.value, zone=_ZONE.value, project=_PROJECT.value, accelerator_type=_ACCELERATOR.value,
+            runtime_version=_RUNTIME.value, spot=_SPOT.value, source=_SOURCE.value, steps=_STEPS.value,
+            train_args=argv[1:],
+        )  # fmt: skip
+    except ValueError as e:
+        _fail(str(e))
+    for cmd in cmds:
+        print(shlex.join(cmd), flush=True)
+        if _EXECUTE.value:
+            result = runner(cmd, check=False)
+            if result.returncode:
+                print(f"{PROG}: step failed with status {result.returncode}: {cmd[0]} {cmd[1:4]}", file=sys.stderr)
+                sys.exit(result.returncode)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e))
+
+
+def run() -> None:
+    """Console entry point."""
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()
