@@ -16,15 +16,22 @@ Single-host strategies get one dataset of global batches, which Keras splits
 across replicas; multi-worker, parameter-server and TPU strategies get a
 ``dataset_fn(input_context)`` of per-replica batches, one input pipeline per
 host, sharded by example (TFDS datasets often have fewer files than hosts).
+
+A split small enough (``IN_MEMORY_MAX_BYTES``) is decoded once into memory, as
+NumPy arrays given to ``model.fit`` would be; larger ones stream from TFDS.
+Neither uses ``Dataset.cache()``, whose shared in-memory cache can serve a
+truncated epoch when another iterator of the same dataset stops early.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -34,6 +41,9 @@ LOCAL_DATASETS = ("digits",)
 _PROBE_HOST = ("storage.googleapis.com", 443)
 _PROBE_TIMEOUT_S = 3.0
 _SHUFFLE_BUFFER_MAX = 60_000
+# A split whose decoded images fit in this many bytes (mnist: 47 MB, cifar10:
+# 150 MB) is read into memory once; larger ones stream from TFDS each epoch.
+IN_MEMORY_MAX_BYTES = 256 * 2**20
 
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
@@ -74,7 +84,11 @@ class ImageDataset:
 
     def load(self, split: str, *, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
         """``(image uint8 [H, W, C], label int64)`` pairs of ``split``, read offline."""
-        read_config = tfds.ReadConfig(shuffle_seed=seed)
+        # No TFDS auto-cache: an in-memory cache shared by several iterators
+        # can serve a truncated epoch when one of them stops early (TF warns
+        # "the partially cached contents ... will be discarded"), and
+        # Keras/tf.distribute open and abandon iterators to inspect a batch.
+        read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
         ds = tfds.load(
             self.name,
             split=split,
@@ -87,6 +101,16 @@ class ImageDataset:
             lambda ex: (ex[self.image_key], ex[self.label_key]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+
+    def split_bytes(self, split: str) -> int:
+        """Bytes of ``split``'s decoded uint8 images."""
+        return self.num_examples[split] * math.prod(self.input_shape)
+
+    def read_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """All of ``split`` as NumPy ``(images, labels)``, in the order TFDS stores it."""
+        ds = self.load(split).batch(self.num_examples[split])
+        images, labels = next(iter(tfds.as_numpy(ds)))
+        return images, labels
 
 
 def _register_local_builders() -> None:
@@ -248,8 +272,8 @@ def check_batch_size(global_batch_size: int, num_replicas: int) -> None:
 
 
 def _pipeline(
-    data: ImageDataset,
-    split: str,
+    source: tuple[np.ndarray, np.ndarray] | Callable[[], tf.data.Dataset],
+    num_examples: int,
     batch_size: int,
     *,
     training: bool,
@@ -258,16 +282,14 @@ def _pipeline(
     repeat: bool,
     shard: tuple[int, int] | None,
 ) -> tf.data.Dataset:
-    # Sharding by example is disjoint only if every host reads the files in
-    # the same order, so file shuffling is for unsharded pipelines only.
-    ds = data.load(split, shuffle_files=training and shard is None, seed=seed)
+    if isinstance(source, tuple):
+        ds = tf.data.Dataset.from_tensor_slices(source)
+    else:
+        ds = source()
     if shard is not None:
         ds = ds.shard(*shard)
-    # The decoded uint8 images are small; cache them so epochs after the first
-    # skip decoding (the model rescales them itself).
-    ds = ds.cache()
     if training:
-        buffer = min(data.num_examples[split], _SHUFFLE_BUFFER_MAX)
+        buffer = min(num_examples, _SHUFFLE_BUFFER_MAX)
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if repeat:
@@ -313,15 +335,32 @@ def make_input(
       A ``tf.data.Dataset`` of global batches, or ``dataset_fn(input_context)``.
     """
     check_batch_size(global_batch_size, strategy.num_replicas_in_sync)
-    drop_remainder = drops_remainder(strategy)
-    kwargs = dict(training=training, seed=seed, drop_remainder=drop_remainder, repeat=repeat)
-    if not uses_input_fn(strategy):
-        return _pipeline(data, split, global_batch_size, shard=None, **kwargs)
+    per_host = uses_input_fn(strategy)
+    source: tuple[np.ndarray, np.ndarray] | Callable[[], tf.data.Dataset]
+    if data.split_bytes(split) <= IN_MEMORY_MAX_BYTES:
+        # Decoded once, here, and then served from memory like NumPy arrays
+        # given to model.fit: no per-epoch decoding and no shared cache.
+        source = data.read_arrays(split)
+    else:
+        # Sharding by example is disjoint only if every host reads the files
+        # in the same order, so file shuffling is for unsharded pipelines only.
+        def source() -> tf.data.Dataset:
+            return data.load(split, shuffle_files=training and not per_host, seed=seed)
+
+    kwargs = dict(
+        num_examples=data.num_examples[split],
+        training=training,
+        seed=seed,
+        drop_remainder=drops_remainder(strategy),
+        repeat=repeat,
+    )
+    if not per_host:
+        return _pipeline(source, batch_size=global_batch_size, shard=None, **kwargs)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = input_context.get_per_replica_batch_size(global_batch_size)
         shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
-        return _pipeline(data, split, per_replica, shard=shard, **kwargs)
+        return _pipeline(source, batch_size=per_replica, shard=shard, **kwargs)
 
     return dataset_fn
 

@@ -193,11 +193,11 @@ class LocalCluster:
             self._say(f"[local_cluster] {reason}; stopped every task.")
         return Result(code, reason, failed, {t.name: list(t.lines) for t in self.tasks})
 
-    def stop(self) -> None:
-        """Kills every task's process group: SIGTERM, then SIGKILL after a grace period."""
+    def stop(self, first_signal: int = signal.SIGTERM) -> None:
+        """Kills every task's process group: ``first_signal``, then SIGKILL after a grace period."""
         alive = [t.process for t in self.tasks if t.process is not None]
         for process in alive:
-            _signal_group(process, signal.SIGTERM)
+            _signal_group(process, first_signal)
         deadline = time.monotonic() + _GRACE_SECONDS
         for process in alive:
             try:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from strategies import cluster
-from strategies._builders import split_cpu  # noqa: F401  (registers the built-in strategies)
+from strategies import (
+    _builders,  # noqa: F401  (registers the built-in strategies, in order)
+    cluster,
+)
 from strategies._config import StrategyConfig
 from strategies._detect import detect
 from strategies._errors import StrategyError

@@ -180,12 +180,10 @@ def _check_values(c: StrategyConfig) -> None:
         raise invalid("strategy", c.strategy, one_of(_registry.available()))
     if c.mixed_precision not in MIXED_PRECISION:
         raise invalid("mixed_precision", c.mixed_precision, one_of(MIXED_PRECISION))
-    if c.strategy in BUILTIN:
-        choices = ALL_REDUCE.get(c.strategy, ALL_REDUCE_CHOICES if c.strategy == "auto" else ())
-        if c.all_reduce not in choices and c.all_reduce != "auto":
-            raise invalid(
-                "all_reduce", c.all_reduce, f"{one_of(choices or ('auto',))} for strategy={c.strategy!r}"
-            )
+    # Other built-in strategies read no all_reduce; _check_used rejects one.
+    choices = ALL_REDUCE.get(c.strategy, ALL_REDUCE_CHOICES)
+    if c.all_reduce not in choices:
+        raise invalid("all_reduce", c.all_reduce, f"{one_of(choices)} for strategy={c.strategy!r}")
     if c.device is not None:
         _check_device(c.device)
     if c.num_gpus is not None and c.num_gpus < 1:

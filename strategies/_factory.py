@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -99,7 +100,7 @@ def resolve_auto(config: StrategyConfig, name: str, reason: str) -> StrategyConf
         raise StrategyError(f"{e} (strategy=auto chose {name!r} because {reason}.)") from None
 
 
-def is_server_task(config: StrategyConfig, environ: dict[str, str] | None = None) -> bool:
+def is_server_task(config: StrategyConfig, environ: Mapping[str, str] | None = None) -> bool:
     """Whether this process is a parameter-server ``worker``/``ps`` task.
 
     Such a process runs `strategies.serve_forever` instead of `build`.

@@ -193,6 +193,9 @@ def wait_for_peers(
         StrategyError: If a peer is unreachable after ``timeout`` seconds, or
             ``task``'s own port is taken by another process.
     """
+    for name in ([task] if task is not None else []) + list(peers or []):
+        if name[0] not in cluster or not 0 <= name[1] < len(cluster[name[0]]):
+            raise _bad("task", name, f"a (task_type, task_index) of the cluster {dict(cluster)}")
     if peers is None:
         peers = [(job, i) for job, addrs in cluster.items() for i in range(len(addrs))]
     pending = {(job, i): cluster[job][i] for job, i in peers if (job, i) != task}

@@ -138,7 +138,9 @@ class Adam(keras.optimizers.Optimizer):
         # m ← beta_1 · m + (1 − beta_1) · g
         self.assign_add(m, ops.multiply(ops.subtract(g, m), ops.cast(1 - beta_1, dtype)))
         # v ← beta_2 · v + (1 − beta_2) · g²
-        self.assign_add(v, ops.multiply(ops.subtract(ops.square(g), v), ops.cast(1 - beta_2, dtype)))
+        self.assign_add(
+            v, ops.multiply(ops.subtract(ops.square(g), v), ops.cast(1 - beta_2, dtype))
+        )
         if v_hat is not None:
             # v̂ ← max(v̂, v)
             self.assign(v_hat, ops.maximum(v_hat, v))

@@ -55,7 +55,8 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
         ``learning_rate / (1 − learning_rate_decay) = 0.1`` per unit gradient,
         as ``SGD(0.01, momentum=0.9)`` does.
       learning_rate_decay: the factor ``α`` is multiplied by after every step,
-        in (0, 1]. Defaults to 0.99. (Keras reserves the name ``decay``.)
+        in (0, 1]. Defaults to 0.99. (Keras 3 reserves ``decay``, and ignores
+        it with a warning; here it is an error.)
       fused: ``"auto"`` (default) updates with TensorFlow's fused
         ``ResourceApplyMomentum`` kernel (momentum = 1 is exactly this rule)
         where it applies: TensorFlow backend, float16/bfloat16/float32/float64
@@ -84,6 +85,11 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
         fused: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
+        if "decay" in kwargs:  # Keras would warn and ignore it: not for a decaying rule.
+            raise ValueError(
+                "DynamicGradientDescent's step decay is `learning_rate_decay` (Keras reserves "
+                f"`decay` and ignores it). Received: decay={kwargs['decay']}."
+            )
         check_learning_rate(learning_rate)
         check_positive("learning_rate_decay", learning_rate_decay)
         check_unit_interval("learning_rate_decay", learning_rate_decay, closed_right=True)

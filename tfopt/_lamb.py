@@ -127,13 +127,14 @@ class LAMB(keras.optimizers.Optimizer):
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
+        # Scalars in float32 or wider: bfloat16 rounds beta_2 = 0.999 to 1, and
+        # the trust ratio overflows float16.
+        scalar_dtype = keras.backend.result_type(dtype, "float32")
+        lr = ops.cast(learning_rate, scalar_dtype)
         # The trust ratio needs the whole-layer update norm: densify slices.
         g = ops.cast(_sparse.densify(gradient), dtype)
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
-        # Scalars in float32 or wider: bfloat16 rounds beta_2 = 0.999 to 1.
-        scalar_dtype = keras.backend.result_type(dtype, "float32")
         beta_1 = ops.convert_to_tensor(self.beta_1, scalar_dtype)
         beta_2 = ops.convert_to_tensor(self.beta_2, scalar_dtype)
         t = ops.cast(self.iterations + 1, scalar_dtype)
@@ -151,7 +152,7 @@ class LAMB(keras.optimizers.Optimizer):
         # w = w - learning_rate * r * u
         if self._adapts[index]:
             lr = lr * trust_ratio(variable, update)
-        self.assign_sub(variable, lr * update)
+        self.assign_sub(variable, ops.cast(lr * ops.cast(update, scalar_dtype), dtype))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

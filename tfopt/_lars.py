@@ -134,21 +134,27 @@ class LARS(keras.optimizers.Optimizer):
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
+        # The trust ratio is float32 or wider: it overflows float16.
+        scalar_dtype = keras.backend.result_type(dtype, "float32")
+        lr = ops.cast(learning_rate, scalar_dtype)
         # The trust ratio needs the whole-layer gradient norm: densify slices.
-        gradient = ops.cast(_sparse.densify(gradient), dtype)
+        g = ops.cast(_sparse.densify(gradient), dtype)
         momentum = ops.convert_to_tensor(self.momentum, dtype)
         index = self._get_variable_index(variable)
         m = self._momentums[index]
 
+        # g = g + weight_decay * w
         if self._decays[index]:
-            gradient = gradient + ops.convert_to_tensor(self.weight_decay, dtype) * variable
+            g = g + ops.convert_to_tensor(self.weight_decay, dtype) * variable
+        # r = trust_coefficient * ||w|| / (||g|| + eps)
         if self._adapts[index]:
-            lr = lr * trust_ratio(variable, gradient, self.trust_coefficient, self.eps)
-        step = -lr * gradient
-        self.assign(m, momentum * m + step)
+            lr = lr * trust_ratio(variable, g, self.trust_coefficient, self.eps)
+        # u = -learning_rate * r * g;  m = momentum * m + u
+        u = ops.cast(-lr * ops.cast(g, scalar_dtype), dtype)
+        self.assign(m, momentum * m + u)
+        # w = w + (u + momentum * m  if nesterov else  m)
         if self.nesterov:
-            self.assign_add(variable, step + momentum * m)
+            self.assign_add(variable, u + momentum * m)
         else:
             self.assign_add(variable, m)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tfopt._registry import register
@@ -199,7 +201,8 @@ class Lookahead(keras.optimizers.Optimizer):
     def from_config(
         cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
     ) -> Lookahead:
-        config = dict(config)
+        # Keras' deserialize() edits the dict it is given; keep the caller's.
+        config = copy.deepcopy(config)
         optimizer = keras.optimizers.deserialize(
             config.pop("optimizer"), custom_objects=custom_objects
         )
@@ -211,6 +214,10 @@ def _value_of(variable: Any) -> Any:
 
     def initializer(shape: Any, dtype: Any = None) -> Any:
         del shape
-        return ops.cast(ops.convert_to_tensor(variable), dtype or variable.dtype)
+        # Without a strategy, Keras' fit builds the optimizer while tracing the
+        # first train step. Reading the value eagerly lets TensorFlow lift the
+        # slot's creation out of that function, which XLA requires.
+        with tf.init_scope():
+            return ops.cast(ops.convert_to_tensor(variable), dtype or variable.dtype)
 
     return initializer

@@ -30,9 +30,7 @@ def sum_duplicates(gradient: Any) -> Any:
     if not is_sparse(gradient):
         return gradient
     unique_indices, positions = tf.unique(gradient.indices)
-    values = tf.math.unsorted_segment_sum(
-        gradient.values, positions, tf.shape(unique_indices)[0]
-    )
+    values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(unique_indices)[0])
     return tf.IndexedSlices(values, unique_indices, gradient.dense_shape)
 
 

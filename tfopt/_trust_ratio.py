@@ -31,10 +31,12 @@ def l2_norm(x: Any) -> Any:
 def trust_ratio(param: Any, update: Any, trust_coefficient: float = 1.0, eps: float = 0.0) -> Any:
     """Scalar ``trust_coefficient * ||param|| / (||update|| + eps)``, 1 on zero norms.
 
-    Returned in ``param``'s dtype, ready to multiply ``update`` with.
+    Returned in float32 or wider, never float16: near convergence ``||update||``
+    gets tiny and the ratio overflows float16 (65504), while the scaled update
+    ``ratio * update`` (norm ``||param||``) does not. Multiply in this dtype.
     """
     param_norm = l2_norm(param)
     update_norm = l2_norm(update)
     ratio = trust_coefficient * param_norm / (update_norm + ops.cast(eps, param_norm.dtype))
     zero_norm = ops.logical_or(ops.equal(param_norm, 0.0), ops.equal(update_norm, 0.0))
-    return ops.cast(ops.where(zero_norm, ops.ones_like(ratio), ratio), ops.dtype(param))
+    return ops.where(zero_norm, ops.ones_like(ratio), ratio)

@@ -165,9 +165,12 @@ def test_global_batches_for_single_host_strategies(digits: _data.ImageDataset) -
     assert _data.steps_per_epoch(digits, "test", 32, drop_remainder=True) == 11
 
 
-def test_per_replica_input_fn_shards_disjointly(digits: _data.ImageDataset, monkeypatch) -> None:
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "streamed"])
+def test_per_replica_input_fn_shards_disjointly(digits: _data.ImageDataset, monkeypatch, in_memory: bool) -> None:
     # As for MultiWorkerMirrored: 2 hosts x 2 replicas, global batch 32.
     monkeypatch.setattr(_data, "uses_input_fn", lambda strategy: True)
+    if not in_memory:
+        monkeypatch.setattr(_data, "IN_MEMORY_MAX_BYTES", 0)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     dataset_fn = _data.make_input(digits, "test", global_batch_size=32, strategy=strategy, training=False)
     shards = []

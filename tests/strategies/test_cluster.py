@@ -228,3 +228,8 @@ def test_server_loop_stops_at_its_timeout_while_the_chief_lives():
     with sock:
         _server._wait_for_chief(_ps_cluster(chief), cluster_timeout=5, timeout=0.3, poll=0.05)
         assert cluster_lib.reachable(chief)
+
+
+def test_wait_for_peers_rejects_a_task_outside_the_cluster():
+    with pytest.raises(StrategyError, match="`task` must be a"):
+        cluster_lib.wait_for_peers({"worker": ["127.0.0.1:1"]}, timeout=1, task=("worker", 1))

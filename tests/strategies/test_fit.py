@@ -53,7 +53,7 @@ def _model_fn(optimizer_fn, steps_per_execution: int = 1):
 
 
 def _fit(strategy, optimizer_fn, **kwargs) -> keras.callbacks.History:
-    kwargs.setdefault("epochs", 2)
+    kwargs.setdefault("epochs", 1)
     kwargs.setdefault("verbose", 0)
     return strategies.fit(_model_fn(optimizer_fn), kwargs.pop("data", _dataset()),
                           strategy=strategy, **kwargs)
@@ -111,7 +111,7 @@ def test_per_replica_clipping_keeps_keras_order():
     x = np.ones((4, 1), np.float32)
     data = tf.data.Dataset.from_tensor_slices((x, x)).batch(4)
     moves = {clip: float(strategies.fit(model_fn, data, strategy=_mirrored(), epochs=1,
-                                        verbose=0, clip_gradients=clip).model.get_weights()[0])
+                                        verbose=0, clip_gradients=clip).model.get_weights()[0][0, 0])
              for clip in ("after_all_reduce", "per_replica")}
     assert moves == pytest.approx({"after_all_reduce": -1.0, "per_replica": -2.0})
 
@@ -119,11 +119,11 @@ def test_per_replica_clipping_keeps_keras_order():
 def test_history_has_per_epoch_logs_and_the_model_under_default_strategy():
     history = _fit(tf.distribute.get_strategy(), lambda: keras.optimizers.SGD(0.1),
                    validation_data=_dataset(2))
-    assert history.epoch == [0, 1]
+    assert history.epoch == [0]
     assert set(history.history) >= {"loss", "mae", "val_loss", "val_mae", "steps_per_second",
                                     "examples_per_second"}
     assert isinstance(history.model, keras.Model)
-    assert int(history.model.optimizer.iterations.numpy()) == 2 * STEPS
+    assert int(history.model.optimizer.iterations.numpy()) == STEPS
 
 
 def test_progress_line_reports_metrics_and_throughput(capsys):
@@ -142,7 +142,7 @@ def test_progress_line_reports_metrics_and_throughput(capsys):
 
 def test_model_dir_gets_outputs_and_a_rerun_resumes(tmp_path):
     sgd = lambda: keras.optimizers.SGD(0.1)  # noqa: E731
-    first = _fit(_one_device(), sgd, model_dir=tmp_path)
+    first = _fit(_one_device(), sgd, model_dir=tmp_path, epochs=2)
     assert {"checkpoints", "logs", "model.keras", "summary.json"} <= set(os.listdir(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 2 * STEPS and summary["num_replicas"] == 1

@@ -84,15 +84,26 @@ HYPERPARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
         "rosenbrock": {"learning_rate": 0.05},
         "linear_regression": {"learning_rate": 0.05},
     },
-    # LARS and LAMB step by a fixed fraction of ||θ|| (the trust ratio), so
-    # they settle only as the rate decays; halving every 100 steps suffices.
+    # LARS and LAMB step by a fixed fraction of ||θ|| (the trust ratio): on
+    # the curved problems they settle only as the rate decays.
     "lars": {
-        "default": {
+        # The tiny models start with zero biases, whose first LARS step is
+        # learning_rate * g (trust ratio 1); 1.0 makes mixed_float16 skip steps.
+        "default": {"learning_rate": 0.1},
+        "quadratic": {"learning_rate": 1.0},
+        "rosenbrock": {
+            "learning_rate": keras.optimizers.schedules.ExponentialDecay(10.0, 100, 0.5)
+        },
+        "linear_regression": {
             "learning_rate": keras.optimizers.schedules.ExponentialDecay(10.0, 100, 0.5)
         },
     },
     "lamb": {
-        "default": {
+        "quadratic": {"learning_rate": 0.01},
+        "rosenbrock": {
+            "learning_rate": keras.optimizers.schedules.ExponentialDecay(0.05, 100, 0.5)
+        },
+        "linear_regression": {
             "learning_rate": keras.optimizers.schedules.ExponentialDecay(0.05, 100, 0.5)
         },
     },
@@ -101,8 +112,10 @@ HYPERPARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 FACTORIES: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
-    # Lookahead around tfopt.Adam; Keras' options (clipnorm, ...) go to Adam.
-    "lookahead": lambda problem, **overrides: tfopt.Lookahead(make("adam", problem, **overrides)),
+    # Lookahead around tfopt.SGD with momentum; Keras' options (clipnorm, ...)
+    # belong to the inner optimizer. (Around constant-rate Adam it stalls near
+    # 1e-2 on Rosenbrock, where Adam alone keeps a small limit cycle.)
+    "lookahead": lambda problem, **overrides: tfopt.Lookahead(make("sgd", problem, **overrides)),
 }
 
 STEPS: dict[str, dict[str, int]] = {
@@ -116,18 +129,22 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "dynamic_gradient_descent": {"quadratic": 1e-2, "rosenbrock": 1e-2},
 }
 
-EXPECTED_FAILURES: dict[str, dict[str, str]] = {
-    "dynamic_gradient_descent": {"linear_regression": _DGD_REASON},
-    "lazy_adam": {
-        "sparse": "LazyAdam leaves rows absent from an IndexedSlices gradient untouched, by "
-        "definition, where the dense gradient decays their moments (test_lazy_adam.py)."
-    },
-}
-
+_SCALE_INVARIANT = (
+    "Without weight decay, a LARS step is invariant to the scale of each variable's gradient "
+    "(the trust ratio divides by ||g||), so clipping cannot change it."
+)
 _COUPLED_DECAY = (
     "weight_decay is this optimizer's own decay, inside the trust ratio, never Keras' "
     "decoupled one (checked in its own test module)."
 )
+EXPECTED_FAILURES: dict[str, dict[str, str]] = {
+    "dynamic_gradient_descent": {"linear_regression": _DGD_REASON},
+    "lars": {
+        "clipnorm": _SCALE_INVARIANT,
+        "global_clipnorm": _SCALE_INVARIANT,
+    },
+}
+
 SKIPS: dict[str, dict[str, str]] = {
     "lars": {"weight_decay": _COUPLED_DECAY},
     "lamb": {"weight_decay": _COUPLED_DECAY},

@@ -82,8 +82,7 @@ def test_converges(name, problem):
     theta, loss = _minimize(cases.make(name, problem), loss_fn, theta0, steps)
     assert np.isfinite(theta.numpy()).all(), f"{name} diverged on {problem}: θ={theta.numpy()}"
     assert loss / scale < cases.tolerance(name, problem), (
-        f"{name} on {problem}: loss/scale={loss / scale:.3g} after {steps} steps, "
-        f"θ={theta.numpy()}"
+        f"{name} on {problem}: loss/scale={loss / scale:.3g} after {steps} steps, θ={theta.numpy()}"
     )
 
 

@@ -1,0 +1,189 @@
+"""launch.local_cluster: per-task TF_CONFIG, prefixed output, exit codes, and no orphans.
+
+The tasks are small Python programs (no TensorFlow), so these run in seconds;
+real training clusters are in tests/strategies/test_fit_cluster.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from launch import local_cluster
+
+pytestmark = pytest.mark.cluster
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _program(body: str) -> list[str]:
+    prelude = ("import json, os, subprocess, sys, time\n"
+               "task = json.loads(os.environ['TF_CONFIG'])['task']\n"
+               "name = f\"{task['type']}{task['index']}\"\n")
+    return [sys.executable, "-c", prelude + textwrap.dedent(body)]
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (a killed orphan stays a zombie until init reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _eventually_dead(pids: list[int], timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def test_each_task_gets_its_own_tf_config_and_prefix():
+    out = io.StringIO()
+    result = local_cluster.run_cluster(
+        _program("print('cluster', json.dumps(json.loads(os.environ['TF_CONFIG'])['cluster']))\n"
+                 "print('I am', name)\n"
+                 "time.sleep(1.5 if name == 'chief0' else 0)"),  # The chief's exit ends it.
+        workers=2, ps=1, chief=True, timeout=30, output=out)
+    assert result.returncode == 0, result.reason
+    lines = out.getvalue().splitlines()
+    for task, index in (("chief", 0), ("worker", 0), ("worker", 1), ("ps", 0)):
+        assert f"[{task} {index}] I am {task}{index}" in lines
+    clusters = {line.split(" cluster ", 1)[1] for line in lines if " cluster " in line}
+    assert len(clusters) == 1  # Every task sees the same cluster, and only its task differs.
+    spec = json.loads(clusters.pop())
+    addresses = [a for job in ("chief", "worker", "ps") for a in spec[job]]
+    assert len(spec["worker"]) == 2 and len(spec["ps"]) == 1 and len(spec["chief"]) == 1
+    assert len(set(addresses)) == 4 and all(a.startswith("127.0.0.1:") for a in addresses)
+
+
+def test_a_failed_task_stops_the_cluster_and_leaves_no_process(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    program = _program(f"""
+        if name == "worker0":  # Starts a grandchild, then waits forever.
+            child = subprocess.Popen(["sleep", "300"])
+            open({str(pid_file)!r} + ".tmp", "w").write(str(child.pid))
+            os.replace({str(pid_file)!r} + ".tmp", {str(pid_file)!r})
+            time.sleep(300)
+        while not os.path.exists({str(pid_file)!r}):
+            time.sleep(0.05)
+        sys.exit(3)
+    """)
+    started = time.monotonic()
+    with local_cluster.LocalCluster(program, workers=2, timeout=60, output=None) as cluster:
+        result = cluster.wait()
+        pids = cluster.pids + [int(pid_file.read_text())]
+    assert result.returncode == 3 and result.failed == "worker 1", result.reason
+    assert time.monotonic() - started < 30  # Not the 300 s of the survivors.
+    assert _eventually_dead(pids) == []
+
+
+def test_timeout_kills_every_task():
+    with local_cluster.LocalCluster(_program("time.sleep(300)"), workers=2, timeout=1.0,
+                                    output=None) as cluster:
+        result = cluster.wait()
+        pids = cluster.pids
+    assert result.returncode == local_cluster.EXIT_TIMEOUT
+    assert _eventually_dead(pids) == []
+
+
+def test_parameter_server_cluster_ends_with_its_chief_and_tolerates_a_worker_failure():
+    program = _program("""
+        if name == "worker1":
+            sys.exit(1)  # The coordinator re-runs a lost worker's steps elsewhere.
+        if name == "chief0":
+            time.sleep(1.0)
+            print("trained")
+            sys.exit(0)
+        time.sleep(300)  # Servers serve until stopped.
+    """)
+    out = io.StringIO()
+    with local_cluster.LocalCluster(program, workers=2, ps=1, chief=True, timeout=60,
+                                    output=out) as cluster:
+        result = cluster.wait()
+        pids = cluster.pids
+    assert result.returncode == 0, result.reason
+    assert "[chief 0] trained" in out.getvalue()
+    assert "worker 1 exited with code 1" in out.getvalue()
+    assert _eventually_dead(pids) == []
+
+
+def test_a_failed_parameter_server_stops_the_cluster():
+    program = _program("sys.exit(5 if name == 'ps0' else 0) if name != 'chief0' "
+                       "else time.sleep(300)")
+    result = local_cluster.run_cluster(program, workers=1, ps=1, chief=True, timeout=60,
+                                       output=None)
+    assert (result.returncode, result.failed) == (5, "ps 0")
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "launch.local_cluster", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _started_pids(launcher: subprocess.Popen[str], n: int) -> list[int]:
+    pids = []
+    while len(pids) < n:
+        line = launcher.stdout.readline()
+        assert line, "the launcher stopped before its tasks started"
+        if " pid " in line:
+            pids.append(int(line.rsplit(" ", 1)[1]))
+    return pids
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, local_cluster.EXIT_INTERRUPTED),
+                                       (signal.SIGTERM, local_cluster.EXIT_TERMINATED)],
+                         ids=["ctrl-c", "sigterm"])
+def test_cli_stops_every_task_on_a_signal(sig, code):
+    launcher = _cli("--workers=2", "--timeout=60", "--", *_program(
+        "print('pid', os.getpid(), flush=True); time.sleep(300)"))
+    try:
+        pids = _started_pids(launcher, 2)
+        launcher.send_signal(sig)
+        assert launcher.wait(timeout=20) == code
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert _eventually_dead(pids) == []
+
+
+def test_cli_sigkilled_launcher_takes_its_tasks_down():
+    launcher = _cli("--workers=2", "--timeout=60", "--", *_program(
+        "print('pid', os.getpid(), flush=True); time.sleep(300)"))
+    try:
+        pids = _started_pids(launcher, 2)
+        launcher.kill()  # No cleanup runs; the kernel's parent-death signal does it.
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert _eventually_dead(pids) == []
+
+
+def test_cli_propagates_the_first_failure():
+    launcher = _cli("--workers=2", "--timeout=60", "--", *_program(
+        "sys.exit(7 if name == 'worker0' else 0)"))
+    out, _ = launcher.communicate(timeout=30)
+    assert launcher.returncode == 7
+    assert "[local_cluster] worker 0 failed with exit code 7" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers=0", "--", "true"], "--workers must be at least 1. Received: workers=0."),
+    (["--workers=1", "--ps=1", "--", "true"], "needs a coordinator: add --chief"),
+    (["--workers=1"], "Give the command every task runs after `--`"),
+], ids=["no-workers", "ps-without-chief", "no-command"])
+def test_cli_usage_errors_exit_2_with_one_line(args, message):
+    launcher = _cli(*args)
+    _, err = launcher.communicate(timeout=30)
+    lines = err.strip().splitlines()
+    assert launcher.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("local_cluster: ") and message in lines[0]
