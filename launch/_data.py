@@ -141,7 +141,7 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 def check_available(
-    name: str, data_dir: str | None = None, *, is_online: Callable[[], bool] = network_reachable
+    name: str, data_dir: str | None = None, *, is_online: Callable[[], bool] | None = None
 ) -> tfds.core.DatasetBuilder:
     """Raises `DataError` unless ``name`` is prepared, local, or downloadable now.
 
@@ -152,14 +152,15 @@ def check_available(
     Args:
       name: A TFDS dataset name, e.g. ``"digits"``, ``"mnist"``, ``"cifar10"``.
       data_dir: Where TFDS data lives; ``None`` means :func:`default_data_dir`.
-      is_online: Returns whether downloads can work (a seam for tests).
+      is_online: Returns whether downloads can work; default :func:`network_reachable`.
 
     Returns:
       The dataset's TFDS builder.
     """
     data_dir = _resolve_dir(data_dir)
     builder = _builder(name, data_dir)
-    if not builder.is_prepared() and name not in LOCAL_DATASETS and not is_online():
+    online = is_online or network_reachable
+    if not builder.is_prepared() and name not in LOCAL_DATASETS and not online():
         raise DataError(
             f"Dataset {name!r} is not prepared in --data_dir={data_dir} and this machine is "
             f"offline; {_how_to_prepare(name, data_dir)}."
@@ -168,7 +169,7 @@ def check_available(
 
 
 def prepare(
-    name: str, data_dir: str | None = None, *, is_online: Callable[[], bool] = network_reachable
+    name: str, data_dir: str | None = None, *, is_online: Callable[[], bool] | None = None
 ) -> ImageDataset:
     """Finds ``name`` in ``data_dir``, preparing it first when that is possible.
 
@@ -179,7 +180,7 @@ def prepare(
     Args:
       name: A TFDS dataset name, e.g. ``"digits"``, ``"mnist"``, ``"cifar10"``.
       data_dir: Where TFDS data lives; ``None`` means :func:`default_data_dir`.
-      is_online: Returns whether downloads can work (a seam for tests).
+      is_online: Returns whether downloads can work; default :func:`network_reachable`.
 
     Returns:
       The dataset's shapes, classes and split sizes.

@@ -21,8 +21,14 @@ import tfopt
 HYPERPARAMETERS = (
     "learning_rate", "momentum", "beta_1", "beta_2", "epsilon", "weight_decay", "global_clipnorm",
 )  # fmt: skip
-# Keras classes that wrap another optimizer and cannot be built from flags.
-_NOT_STANDALONE = ("Optimizer", "LossScaleOptimizer")
+
+
+def _buildable_from_flags(cls: type) -> bool:
+    """False for wrappers such as LossScaleOptimizer, which need another optimizer."""
+    if cls is keras.optimizers.Optimizer:
+        return False
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return not any(p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
 
 
 def _keras_builtins() -> dict[str, type]:
@@ -30,9 +36,7 @@ def _keras_builtins() -> dict[str, type]:
     return {
         cls.__name__.lower(): cls
         for cls in vars(keras.optimizers).values()
-        if isinstance(cls, type)
-        and issubclass(cls, keras.optimizers.Optimizer)
-        and cls.__name__ not in _NOT_STANDALONE
+        if isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer) and _buildable_from_flags(cls)
     }
 
 

@@ -106,7 +106,7 @@ class Checkpointer:
         self._global_step.assign(state.global_step)
         path = self._manager.save(checkpoint_number=state.global_step)
         if not self.chief:
-            tf.io.gfile.rmtree(self._write_dir)
+            _remove_private_dir(self._write_dir)
             return None
         return path
 
@@ -171,5 +171,14 @@ def save_model(model: keras.Model, strategy: tf.distribute.Strategy,
                             "_".join(map(str, _roles.task(strategy) or ("local", 0))))
     tf.io.gfile.makedirs(temp_dir)
     model.save(os.path.join(temp_dir, filename))
-    tf.io.gfile.rmtree(temp_dir)
+    _remove_private_dir(temp_dir)
     return None
+
+
+def _remove_private_dir(path: str) -> None:
+    """Deletes a worker's temporary directory, and its parent once no worker uses it."""
+    tf.io.gfile.rmtree(path)
+    try:
+        os.rmdir(os.path.dirname(path))  # Fails while another worker's directory is there.
+    except OSError:
+        pass

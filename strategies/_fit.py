@@ -128,7 +128,7 @@ def fit(
     all_callbacks.extend(callbacks)
     if model_dir is not None:
         tf.io.gfile.makedirs(os.fspath(model_dir))
-        _keras_compat.build_from_spec(model, spec)  # Restoring needs every variable.
+        _build_variables(model, spec)  # Restoring needs every variable to exist.
         checkpointer = _checkpointing.Checkpointer(model, strategy, model_dir)
         restored = checkpointer.restore() if resume else None
         if restored is not None:
@@ -166,6 +166,14 @@ def fit(
         if chief:
             _write_summary(model_dir, model, strategy, history, train_seconds)
     return history
+
+
+def _build_variables(model: keras.Model, spec: Any) -> None:
+    if not model.built:
+        _keras_compat.build_from_spec(model, spec)
+    elif not model.optimizer.built:
+        with model.distribute_strategy.scope():
+            model.optimizer.build(model.trainable_variables)
 
 
 def _prepare_keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, path: str,

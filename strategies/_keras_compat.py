@@ -162,7 +162,8 @@ def build_without_batches(model: keras.Model, element_spec: Any) -> None:
 
     def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
         if data_batch is not None:  # train_on_batch & co. pass a real batch.
-            element = tree.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), data_batch)
+            element = tree.map_structure(
+                lambda t: None if t is None else tf.TensorSpec(t.shape, t.dtype), data_batch)
             build_from_spec(self, element)
 
     _install(model, "_maybe_symbolic_build", _maybe_symbolic_build)
@@ -290,17 +291,8 @@ def mirrored_strategy(devices: list[str] | None = None,
 
 
 # ---------------------------------------------------------------------------
-# 6. Private state that the training loops read or set.
+# 6. Private state that the training loops read (degrades to None, no version guard).
 # ---------------------------------------------------------------------------
-
-
-def set_initial_epoch(model: keras.Model, epoch: int) -> None:
-    """Makes a running ``model.fit`` start at ``epoch``, as keras.callbacks.BackupAndRestore does.
-
-    Keras reads ``model._initial_epoch`` right after ``on_train_begin``.
-    """
-    check_versions("resuming model.fit at an epoch (Model._initial_epoch)")
-    model._initial_epoch = int(epoch)
 
 
 def examples_seen(model: keras.Model) -> float | None:

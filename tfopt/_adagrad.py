@@ -42,8 +42,8 @@ class Adagrad(keras.optimizers.Optimizer):
       epsilon: >= 0, added to the accumulator under the square root. Defaults to 1e-7.
       fused: ``"auto"`` (default) updates with TensorFlow's fused
         ``ResourceApplyAdagradV2`` / ``ResourceSparseApplyAdagradV2`` kernels
-        where they apply: TensorFlow backend, float16/bfloat16/float32/float64
-        variables; elsewhere with ``keras.ops``. ``True`` raises a
+        where they apply: TensorFlow backend, float16/float32/float64
+        variables, no XLA; elsewhere with ``keras.ops``. ``True`` raises a
         ``ValueError`` where the kernel cannot be used; ``False`` always uses
         ``keras.ops``.
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
@@ -52,11 +52,11 @@ class Adagrad(keras.optimizers.Optimizer):
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
     Example:
-      >>> import numpy as np, keras, tfopt
+      >>> import keras, tfopt
       >>> theta = keras.Variable([1.0])
       >>> opt = tfopt.Adagrad(learning_rate=0.1, initial_accumulator_value=0.0, epsilon=0.0)
       >>> opt.apply([keras.ops.convert_to_tensor([3.0])], [theta])
-      >>> float(np.round(theta.numpy()[0], 6))  # 1 - 0.1 * 3 / sqrt(9)
+      >>> round(float(theta.numpy()[0]), 6)  # 1 - 0.1 * 3 / sqrt(9)
       0.9
     """
 

@@ -56,7 +56,7 @@ class Adam(keras.optimizers.Optimizer):
       fused: ``"auto"`` (default) updates with TensorFlow's fused
         ``ResourceApplyAdam`` / ``ResourceApplyAdamWithAmsgrad`` kernels where
         they apply: TensorFlow backend, float32/float64 variables (which
-        includes ``mixed_float16`` training); elsewhere with ``keras.ops``.
+        includes ``mixed_float16`` training), no XLA; elsewhere with ``keras.ops``.
         ``True`` raises a ``ValueError`` where the kernel cannot be used;
         ``False`` always uses ``keras.ops``.
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
@@ -65,11 +65,11 @@ class Adam(keras.optimizers.Optimizer):
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
     Example:
-      >>> import numpy as np, keras, tfopt
+      >>> import keras, tfopt
       >>> theta = keras.Variable([1.0, 1.0])
       >>> opt = tfopt.Adam(learning_rate=0.1)
       >>> opt.apply([keras.ops.convert_to_tensor([5.0, -0.5])], [theta])
-      >>> np.round(theta.numpy(), 4).tolist()  # the first step is ±learning_rate
+      >>> [round(float(x), 4) for x in theta.numpy()]  # the first step is ±learning_rate
       [0.9, 1.1]
     """
 

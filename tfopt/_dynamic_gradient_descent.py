@@ -59,8 +59,8 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
         it with a warning; here it is an error.)
       fused: ``"auto"`` (default) updates with TensorFlow's fused
         ``ResourceApplyMomentum`` kernel (momentum = 1 is exactly this rule)
-        where it applies: TensorFlow backend, float16/bfloat16/float32/float64
-        variables; elsewhere with ``keras.ops``. ``True`` raises a
+        where it applies: TensorFlow backend, float16/float32/float64
+        variables, no XLA; elsewhere with ``keras.ops``. ``True`` raises a
         ``ValueError`` where the kernel cannot be used; ``False`` always uses
         ``keras.ops``.
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
@@ -69,12 +69,12 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
     Example:
-      >>> import numpy as np, keras, tfopt
+      >>> import keras, tfopt
       >>> theta = keras.Variable([1.0])
       >>> opt = tfopt.DynamicGradientDescent(learning_rate=0.1, learning_rate_decay=0.5)
       >>> for _ in range(2):
       ...     opt.apply([keras.ops.convert_to_tensor([1.0])], [theta])
-      >>> float(np.round(theta.numpy()[0], 6))  # 1 - 0.1*1 - 0.05*2
+      >>> round(float(theta.numpy()[0]), 6)  # 1 - 0.1*1 - 0.05*2
       0.8
     """
 

@@ -14,6 +14,9 @@ function here instead. The functions compute the *same* rule as that spec
 (tests/tfopt/test_fused.py checks it to 1e-6, on one device and under
 ``MirroredStrategy``).
 
+Under XLA (``jit_compile=True``, TPUs) the ``keras.ops`` path is used: XLA
+fuses it into one pass already, and two of the kernels have no XLA lowering.
+
 Why this is safe under ``tf.distribute``: Keras' TF optimizer calls
 ``update_step`` once per replica inside ``strategy.extended.update``. There,
 a mirrored variable's ``.handle`` is the handle of *this* replica's copy, and
@@ -30,8 +33,9 @@ import tensorflow as tf
 
 from tfopt import _sparse
 
-# Every fused kernel used here is registered for these dtypes on CPU and GPU.
-FUSED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# TensorFlow registers every kernel used here for these dtypes on CPU and GPU;
+# bfloat16 only on some devices, so bfloat16 variables take the keras.ops path.
+FUSED_DTYPES = ("float16", "float32", "float64")
 
 _FUSED_VALUES = "'auto', True or False"
 
@@ -55,6 +59,10 @@ def unsupported_reason(
     backend = keras.backend.backend()
     if backend != "tensorflow":
         return f"the Keras backend is {backend!r}"
+    if tf.__internal__.get_enclosing_xla_context() is not None:
+        # jit_compile=True, or a TPU: XLA fuses the keras.ops path into one
+        # pass itself, and has no lowering for AMSGrad's or sparse Adagrad's kernel.
+        return "the step is compiled with XLA, which fuses the keras.ops path itself"
     dtype = keras.backend.standardize_dtype(variable.dtype)
     if dtype not in dtypes:
         return f"its dtype is {dtype}, and the fused path supports {', '.join(dtypes)}"

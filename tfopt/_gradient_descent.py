@@ -33,7 +33,7 @@ class GradientDescent(keras.optimizers.Optimizer):
         or a callable returning the rate. Defaults to 0.01, as Keras' SGD.
       fused: ``"auto"`` (default) updates with TensorFlow's fused
         ``ResourceApplyGradientDescent`` kernel where it applies (TensorFlow
-        backend, float16/bfloat16/float32/float64 variables) and with
+        backend, float16/float32/float64 variables, no XLA) and with
         ``keras.ops`` elsewhere. ``True`` requires the kernel and raises a
         ``ValueError`` where it cannot be used; ``False`` always uses ``keras.ops``.
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
@@ -42,11 +42,11 @@ class GradientDescent(keras.optimizers.Optimizer):
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
     Example:
-      >>> import numpy as np, keras, tfopt
+      >>> import keras, tfopt
       >>> theta = keras.Variable([1.0, 2.0])
       >>> opt = tfopt.GradientDescent(learning_rate=0.1)
       >>> opt.apply([keras.ops.convert_to_tensor([1.0, -1.0])], [theta])
-      >>> np.round(theta.numpy(), 6).tolist()
+      >>> [round(float(x), 6) for x in theta.numpy()]
       [0.9, 2.1]
     """
 

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _sparse
+from tfopt import _fused, _sparse
 from tfopt._exclusion import compile_patterns, is_excluded
 from tfopt._registry import register
 from tfopt._trust_ratio import trust_ratio
@@ -18,6 +18,10 @@ from tfopt._validation import (
     check_positive,
     check_unit_interval,
 )
+
+# The kernel multiplies by learning_rate * r in the variable's dtype, where r
+# (up to ||w|| / ||g||) can overflow float16; keras.ops it is, there.
+_FUSED_DTYPES = ("float32", "float64")
 
 
 @register("lars")
@@ -68,6 +72,11 @@ class LARS(keras.optimizers.Optimizer):
       nesterov: use Nesterov momentum.
       exclude_from_layer_adaptation: regexes of variables that keep ``r = 1``,
         e.g. ``["bias", "batch_normalization"]``.
+      fused: ``"auto"`` (default) takes the last two lines in one pass with
+        TensorFlow's ``ResourceApplyKerasMomentum`` kernel (learning rate
+        ``learning_rate * r``) on float32/float64 variables; elsewhere, and
+        with ``False``, ``keras.ops``. ``True`` raises a ``ValueError`` where
+        the kernel cannot be used.
       **kwargs: the Keras optimizer options (``clipnorm``, ``use_ema``,
         ``name``...).
 
@@ -93,6 +102,7 @@ class LARS(keras.optimizers.Optimizer):
         eps: float = 0.0,
         nesterov: bool = False,
         exclude_from_layer_adaptation: Sequence[str] | None = None,
+        fused: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         check_learning_rate(learning_rate)
@@ -103,6 +113,7 @@ class LARS(keras.optimizers.Optimizer):
         check_non_negative("eps", eps)
         if not isinstance(nesterov, bool):
             raise ValueError(f"`nesterov` must be a bool. Received: nesterov={nesterov!r}.")
+        _fused.check_fused(fused)
         adaptation_pattern = compile_patterns(
             "exclude_from_layer_adaptation", exclude_from_layer_adaptation
         )
@@ -112,6 +123,7 @@ class LARS(keras.optimizers.Optimizer):
         self.trust_coefficient = trust_coefficient
         self.eps = eps
         self.nesterov = nesterov
+        self.fused = fused
         self.exclude_from_layer_adaptation = (
             None if exclude_from_layer_adaptation is None else list(exclude_from_layer_adaptation)
         )
@@ -149,6 +161,10 @@ class LARS(keras.optimizers.Optimizer):
         # r = trust_coefficient * ||w|| / (||g|| + eps)
         if self._adapts[index]:
             lr = lr * trust_ratio(variable, g, self.trust_coefficient, self.eps)
+        if _fused.use_fused(self, variable, m, dtypes=_FUSED_DTYPES):
+            # m = momentum * m - lr_t * g; w += m (or Nesterov's), lr_t = lr * r.
+            _fused.keras_momentum(variable, m, lr, g, self.momentum, self.nesterov)
+            return
         # u = -learning_rate * r * g;  m = momentum * m + u
         u = ops.cast(-lr * ops.cast(g, scalar_dtype), dtype)
         self.assign(m, momentum * m + u)
@@ -167,6 +183,7 @@ class LARS(keras.optimizers.Optimizer):
                 "eps": self.eps,
                 "nesterov": self.nesterov,
                 "exclude_from_layer_adaptation": self.exclude_from_layer_adaptation,
+                "fused": self.fused,
             }
         )
         return config

@@ -113,14 +113,19 @@ class Lookahead(keras.optimizers.Optimizer):
         if not self.inner_optimizer.built:
             self.inner_optimizer.build(var_list)
         super().build(var_list)
-        self._slow_weights = [
-            None
-            if self._overwrite_variable_with_gradient(variable)
-            else self.add_variable_from_reference(
-                variable, name="slow", initializer=_value_of(variable)
-            )
-            for variable in var_list
-        ]
+        # Without a strategy, Keras' fit builds the optimizer while tracing the
+        # first train step. The slow weights start as the variables' values,
+        # so create them eagerly: a slot initialized from another variable
+        # cannot be lifted out of the traced function (XLA would refuse it).
+        with tf.init_scope():
+            self._slow_weights = [
+                None
+                if self._overwrite_variable_with_gradient(variable)
+                else self.add_variable_from_reference(
+                    variable, name="slow", initializer=_value_of(variable)
+                )
+                for variable in var_list
+            ]
 
     def apply(self, grads: list[Any], trainable_variables: list[Any] | None = None) -> None:
         if trainable_variables is None:
@@ -214,10 +219,6 @@ def _value_of(variable: Any) -> Any:
 
     def initializer(shape: Any, dtype: Any = None) -> Any:
         del shape
-        # Without a strategy, Keras' fit builds the optimizer while tracing the
-        # first train step. Reading the value eagerly lets TensorFlow lift the
-        # slot's creation out of that function, which XLA requires.
-        with tf.init_scope():
-            return ops.cast(ops.convert_to_tensor(variable), dtype or variable.dtype)
+        return ops.cast(ops.convert_to_tensor(variable), dtype or variable.dtype)
 
     return initializer

@@ -43,7 +43,8 @@ class SGD(keras.optimizers.Optimizer):
       fused: ``"auto"`` (default) updates with TensorFlow's fused kernels
         (``ResourceApplyKerasMomentum``, or ``ResourceApplyGradientDescent``
         when ``momentum`` is 0) where they apply: TensorFlow backend,
-        float16/bfloat16/float32/float64 variables; elsewhere with ``keras.ops``.
+        float16/float32/float64 variables, no XLA; elsewhere with
+        ``keras.ops``.
         ``True`` raises a ``ValueError`` where the kernel cannot be used;
         ``False`` always uses ``keras.ops``.
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
@@ -52,12 +53,12 @@ class SGD(keras.optimizers.Optimizer):
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
     Example:
-      >>> import numpy as np, keras, tfopt
+      >>> import keras, tfopt
       >>> theta = keras.Variable([1.0])
       >>> opt = tfopt.SGD(learning_rate=0.1, momentum=0.9)
       >>> for _ in range(2):
       ...     opt.apply([keras.ops.convert_to_tensor([1.0])], [theta])
-      >>> float(np.round(theta.numpy()[0], 6))  # 1 - 0.1 - (0.9*0.1 + 0.1)
+      >>> round(float(theta.numpy()[0]), 6)  # 1 - 0.1 - (0.9*0.1 + 0.1)
       0.71
     """
 

@@ -25,7 +25,12 @@ def l2_norm(x: Any) -> Any:
     """Frobenius norm of a whole tensor, accumulated in at least float32."""
     if ops.dtype(x) in _LOW_PRECISION:
         x = ops.cast(x, "float32")
-    return ops.sqrt(ops.sum(ops.square(x)))
+    squares = ops.square(x)
+    if len(x.shape) > 1:
+        # Rows first: XLA's CPU backend runs a full reduction on one thread
+        # (about 3x slower on 64M values), but splits row reductions.
+        squares = ops.sum(squares, axis=-1)
+    return ops.sqrt(ops.sum(squares))
 
 
 def trust_ratio(param: Any, update: Any, trust_coefficient: float = 1.0, eps: float = 0.0) -> Any:

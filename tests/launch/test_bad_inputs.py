@@ -17,6 +17,7 @@ once. ``launch.local_cluster`` imports no TensorFlow, so its cases are real
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -155,6 +156,10 @@ CASES = [
     ("lc-command-not-executable", "local_cluster", ["--", "{file}"], {}, ["{file}"]),
 ]
 
+# Also run as a real `python -m launch.train` process: it reads TF_CONFIG and
+# fails inside train(), so it goes through the whole entry point.
+WITNESS = "tf-config-not-json"
+
 # TensorFlow's C++ and absl's log lines: "E1122 00:00:00.000000  123 file.cc:52] ...".
 _LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")
 
@@ -203,13 +208,22 @@ def _fill(value: object, values: dict[str, str]) -> object:
     return value
 
 
-def _run_local_cluster(argv: list[str], cwd: str) -> dict[str, object]:
+def _run(module_argv: list[str], cwd: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    """Runs ``python -m MODULE ARGS...`` as a user would."""
     try:
-        proc = subprocess.run([sys.executable, "-m", "launch.local_cluster", *argv], cwd=cwd,
-                              capture_output=True, text=True, timeout=30, env=_env())  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", *module_argv], cwd=cwd, capture_output=True,
+                              text=True, timeout=120, env={**_env(), **(env or {})})  # fmt: skip
     except subprocess.TimeoutExpired as e:
         return {"code": "timeout", "stderr": str(e.stderr), "changes": []}
     return {"code": proc.returncode, "stderr": proc.stderr, "changes": []}
+
+
+def _case(id_: str) -> tuple:
+    return next(case for case in CASES if case[0] == id_)
+
+
+def train_cases_by_id(train_cases: list[dict]) -> dict[str, dict]:
+    return {case["id"]: case for case in train_cases}
 
 
 def _env() -> dict[str, str]:
@@ -241,19 +255,25 @@ def run_sweep(root: Path) -> tuple[dict[str, dict], dict[str, str]]:
         "watch": [values["model_dir"]],
         "timeout": 30,
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.launch._bad_inputs_driver"], input=json.dumps(request),
-        cwd=str(root), capture_output=True, text=True, timeout=400, env=_env(),
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout)
-    setup = results["setup"][0]
-    assert setup["code"] == 0, f"the setup run failed: {setup['stderr'][-3000:]}"
-    assert os.listdir(values["model_dir"]) != ["NOTES.txt"], "the setup run wrote no checkpoint"
-    cases = results["cases"]
-    for id_, program, argv, _, _ in CASES:
-        if program == "local_cluster":
-            cases[id_] = _run_local_cluster(_fill(argv, values), str(root))
+    driver = [sys.executable, "-m", "tests.launch._bad_inputs_driver"]
+    # The driver, the local_cluster processes and one real launch.train process
+    # (the driver's witness, see test_driver_matches_a_real_process) run side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        driven = pool.submit(subprocess.run, driver, input=json.dumps(request), cwd=str(root),
+                             capture_output=True, text=True, timeout=400, env=_env())  # fmt: skip
+        witness = pool.submit(_run, ["launch.train", *train_cases_by_id(train_cases)[WITNESS]["argv"]],
+                              str(root), env=_fill(_case(WITNESS)[3], values))  # fmt: skip
+        clusters = {id_: pool.submit(_run, ["launch.local_cluster", *_fill(argv, values)], str(root))
+                    for id_, program, argv, _, _ in CASES if program == "local_cluster"}  # fmt: skip
+        proc = driven.result()
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads(proc.stdout)
+        setup = results["setup"][0]
+        assert setup["code"] == 0, f"the setup run failed: {setup['stderr'][-3000:]}"
+        assert os.listdir(values["model_dir"]) != ["NOTES.txt"], "the setup run wrote no checkpoint"
+        cases = results["cases"]
+        cases.update({id_: future.result() for id_, future in clusters.items()})
+        cases["witness"] = witness.result()
     return cases, values
 
 
@@ -272,12 +292,12 @@ def test_bad_input_exits_2_with_one_line(sweep, request, program, argv, env, nam
     assert lost == [], f"--model_dir was modified: {lost}"
 
 
-def test_driver_matches_a_real_process(sweep, tmp_path):
+def test_driver_matches_a_real_process(sweep):
     # The driver's shortcut must not change what a user sees: one case, both ways.
-    results, values = sweep
-    argv = _fill([*BASE, "--model=transformer"], values)
-    proc = subprocess.run([sys.executable, "-m", "launch.train", *argv], cwd=str(tmp_path),
-                          capture_output=True, text=True, timeout=120, env=_env())  # fmt: skip
-    driver = results["model-unknown"]
-    assert proc.returncode == driver["code"]
-    assert proc.stderr.strip().splitlines()[-1] == driver["stderr"].strip().splitlines()[-1]
+    results, _ = sweep
+    real, driven = results["witness"], results[WITNESS]
+    assert (real["code"], _last_line(real["stderr"])) == (driven["code"], _last_line(driven["stderr"]))
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]

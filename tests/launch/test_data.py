@@ -103,33 +103,6 @@ def test_corrupt_metadata_names_the_directory(tmp_path) -> None:
     assert str(tmp_path) in str(e.value)
 
 
-def _fake_prepared(name: str, data_dir: str, splits: dict[str, int]) -> None:
-    """Writes the metadata of a prepared ``name`` (no records), as mock_data's USE_FILES wants."""
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.info.set_splits(
-        tfds.core.SplitDict(
-            [tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0) for s, n in splits.items()]
-        )
-    )
-    os.makedirs(builder.data_path)
-    builder.info.write_to_directory(builder.data_path)
-
-
-@pytest.fixture
-def mocked(tmp_path):
-    """``mocked(name)`` -> a data_dir where ``name`` reads as prepared, with random records."""
-    data_dir = str(tmp_path)
-
-    def make(name: str, num_examples: int = 48):
-        _fake_prepared(name, data_dir, {"train": num_examples, "test": num_examples // 2})
-        return tfds.testing.mock_data(
-            num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir
-        )
-
-    make.data_dir = data_dir
-    return make
-
-
 @pytest.mark.parametrize(
     "name, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))], ids=["mnist", "cifar10"]
 )

@@ -102,14 +102,14 @@ def _regression(strategy, optimizer_fn, synchronize: bool, steps_per_execution: 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8 * batches, 3)).astype(np.float32)
     y = np.sin(x.sum(axis=1, keepdims=True)).astype(np.float32)
-    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0)
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), verbose=0)
     return model
 
 
 # SGD, momentum and Adam, clipped or not, with accumulation: tests/strategies/test_fit.py.
 OPTIMIZERS = [
     pytest.param(lambda: keras.optimizers.AdamW(0.05, weight_decay=0.1, use_ema=True,
-                                                ema_overwrite_frequency=3, clipnorm=0.1,
+                                                ema_overwrite_frequency=2, clipnorm=0.1,
                                                 gradient_accumulation_steps=2),
                  id="adamw-ema-clip-accumulate2"),
 ]
@@ -143,7 +143,7 @@ def test_synchronize_patches_the_innermost_optimizer():
 def test_mirrored_strategies_with_other_shapes_do_not_collide():
     # Without unique collective keys the second fit aborts every collective op
     # in this process (tensorflow/tensorflow#62790).
-    for width in (1, 5, 2):
+    for width in (1, 5):
         strategy = _mirrored()
         with strategy.scope():
             model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(width)])
@@ -167,7 +167,7 @@ def test_steps_per_execution_under_mirrored_matches_one_step():
                            batches=5)
     three = _regression(_mirrored(), lambda: keras.optimizers.SGD(0.1), synchronize=True,
                         steps_per_execution=3, install_steps=True, batches=5)
-    assert int(three.optimizer.iterations.numpy()) == 10
+    assert int(three.optimizer.iterations.numpy()) == 5
     for expected, got in zip(one_step.get_weights(), three.get_weights(), strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-6)
 

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
+from tests.tfopt import mirrored
 from tfopt import _fused
 
 # id -> (registered name, kwargs, the kernel "auto" must use for dense gradients)
@@ -31,6 +32,7 @@ CASES = {
     "adagrad": ("adagrad", {"learning_rate": 0.1}, "ResourceApplyAdagradV2"),
     "adam": ("adam", {"learning_rate": 0.01}, "ResourceApplyAdam"),
     "amsgrad": ("adam", {"learning_rate": 0.01, "amsgrad": True}, "ResourceApplyAdamWithAmsgrad"),
+    "lars": ("lars", {"learning_rate": 1.0, "weight_decay": 0.01}, "ResourceApplyKerasMomentum"),
 }  # fmt: skip
 
 _FUSED_OPS = {kernel for _, _, kernel in CASES.values()} | {
@@ -118,9 +120,10 @@ def test_adam_falls_back_for_half_precision(dtype):
         _op_types(_make("adam", True), dtype)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_other_kernels_take_half_precision(dtype):
-    assert "ResourceApplyAdagradV2" in _op_types(_make("adagrad", "auto"), dtype)
+def test_other_kernels_take_float16_but_not_bfloat16():
+    """bfloat16 kernels are not registered on every device."""
+    assert "ResourceApplyAdagradV2" in _op_types(_make("adagrad", "auto"), "float16")
+    assert not _op_types(_make("adagrad", "auto"), "bfloat16") & _FUSED_OPS
 
 
 def test_auto_falls_back_off_the_tensorflow_backend(monkeypatch):
@@ -133,6 +136,24 @@ def test_auto_falls_back_off_the_tensorflow_backend(monkeypatch):
         _make("adam", True)
 
 
+def _xla_run(optimizer, steps, sparse):
+    variables = _variables()
+    step = tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=True)
+    for i in range(steps):
+        step(_grads(i, sparse=sparse))
+    return [v.numpy() for v in variables]
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("case", ["amsgrad", "adagrad"])
+def test_xla_compiles_the_keras_ops_path(case, sparse):
+    """XLA fuses keras.ops itself and has no lowering for these two kernels."""
+    expected = _run(_make(case, False), steps=4, sparse=sparse)
+    _assert_equal(_xla_run(_make(case, "auto"), 4, sparse), expected)
+    with pytest.raises(ValueError, match="compiled with XLA.*Received: fused=True"):
+        _xla_run(_make(case, True), 1, sparse)
+
+
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_rejects_bad_fused_values(value):
     with pytest.raises(ValueError, match=rf"Received: fused={value!r}"):
@@ -140,7 +161,7 @@ def test_rejects_bad_fused_values(value):
 
 
 def test_a_mirrored_variable_has_no_handle_outside_an_update():
-    with tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]).scope():
+    with mirrored.two_cpus().scope():
         variable = tf.Variable([1.0, 2.0])
         assert "no resource handle" in _fused.unsupported_reason(variable)
 
@@ -220,9 +241,8 @@ def _mirrored_run(case, fused, strategy, steps=3):
 
 @pytest.mark.parametrize("case", CASES)
 def test_fused_equals_keras_ops_under_mirrored(case):
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
-    fused = _mirrored_run(case, True, strategy)
-    _assert_equal(fused, _mirrored_run(case, False, strategy))
+    fused = _mirrored_run(case, True, mirrored.two_cpus())
+    _assert_equal(fused, _mirrored_run(case, False, mirrored.two_cpus()))
 
     # And both equal one device applying the summed gradients.
     optimizer, variables = _make(case, False), _variables()

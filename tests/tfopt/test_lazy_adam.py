@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
+from tests.tfopt import mirrored
 
 
 def lazy_adam(params, grads, *, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
@@ -135,14 +136,14 @@ def _embedding_step(strategy, ids_per_replica):
 
 
 @pytest.mark.parametrize(
-    ("devices", "ids_per_replica"),
-    [(["CPU:0", "CPU:1"], [[0, 2], [2, 4]]), (["CPU:0"], [[0, 2, 2, 4]])],
+    ("make_strategy", "ids_per_replica"),
+    [(mirrored.two_cpus, [[0, 2], [2, 4]]), (lambda: tf.distribute.OneDeviceStrategy("CPU:0"), [[0, 2, 2, 4]])],
     ids=["mirrored", "one-device"],
 )
-def test_distributed_sparse_update_matches_the_reference(devices, ids_per_replica):
+def test_distributed_sparse_update_matches_the_reference(make_strategy, ids_per_replica):
     # Under Mirrored each replica looks up row 2: the all-reduced IndexedSlices
     # repeat it across replicas, and LazyAdam must sum the two before updating.
-    updated = _embedding_step(tf.distribute.MirroredStrategy(devices), ids_per_replica)
+    updated = _embedding_step(make_strategy(), ids_per_replica)
     rows = [i for ids in ids_per_replica for i in ids]
     expected = lazy_adam([TABLE], [[(rows, np.tile([1.0, -3.0], (len(rows), 1)))]], learning_rate=1e-2)
     np.testing.assert_allclose(updated, expected[0][0], rtol=2e-5, atol=1e-6)

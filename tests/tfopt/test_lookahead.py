@@ -8,6 +8,7 @@ are set to them. The inner optimizer's state carries on across syncs.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import keras
@@ -16,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
+from tests.tfopt import mirrored
 
 
 def sgd_momentum_step(learning_rate=0.1, momentum=0.9):
@@ -80,15 +82,42 @@ def test_matches_optax_reference(inner):
     assert int(opt.iterations) == int(opt.inner_optimizer.iterations) == len(GRADS)
 
 
-def test_fit_ends_synchronized_after_a_multiple_of_sync_period():
-    x = RNG.normal(size=(16, 3)).astype("float32")
+def _fit(strategy=None, jit_compile=False, steps=8):
+    """Keras fit with Lookahead(SGD), sync_period=4; returns the model."""
+    x = np.random.default_rng(5).normal(size=(32, 3)).astype("float32")
     y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    model.compile(optimizer=tfopt.Lookahead(keras.optimizers.SGD(0.05), sync_period=4), loss="mse")
-    model.fit(x, y, batch_size=4, epochs=2, verbose=0)  # 8 steps
+    keras.utils.set_random_seed(0)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        opt = tfopt.Lookahead(keras.optimizers.SGD(0.05, momentum=0.5), sync_period=4)
+        model.compile(optimizer=opt, loss="mse", jit_compile=jit_compile)
+    model.fit(x[: 4 * steps], y[: 4 * steps], batch_size=4, epochs=1, shuffle=False, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_fit_ends_synchronized_after_a_multiple_of_sync_period(jit_compile):
+    # Without a strategy Keras builds the optimizer while tracing the first
+    # step; under XLA that needs the slow weights created eagerly.
+    model = _fit(jit_compile=jit_compile)
+    assert int(model.optimizer.iterations) == 8
     fast = [v.numpy() for v in model.trainable_variables]
     for f, s in zip(fast, _slow_weights(model.optimizer, model.trainable_variables), strict=True):
         np.testing.assert_array_equal(f, s)
+
+
+def test_mirrored_fit_matches_one_device():
+    # The sync runs as Lookahead's update_step, which Keras places on each
+    # replica's copy; 6 steps = one sync and two fast steps after it.
+    on_two = _fit(mirrored.two_cpus(), steps=6)
+    single = _fit(tf.distribute.OneDeviceStrategy("CPU:0"), steps=6)
+    for a, b in zip(on_two.get_weights(), single.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    slow_m = _slow_weights(on_two.optimizer, on_two.trainable_variables)
+    slow_s = _slow_weights(single.optimizer, single.trainable_variables)
+    for a, b in zip(slow_m, slow_s, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(slow_m[0], on_two.get_weights()[0])  # 2 fast steps since the sync
 
 
 def test_config_round_trip_nests_the_inner_optimizer():

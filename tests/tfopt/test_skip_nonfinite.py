@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
+from tests.tfopt import mirrored
 
 INNER = {
     "tfopt_sgd_momentum": lambda: tfopt.SGD(0.1, momentum=0.9),
@@ -25,13 +26,8 @@ TARGET_W = np.array([[1.0], [-2.0], [0.5]], "float32")
 
 
 def _mirrored() -> tf.distribute.Strategy:
-    # Not the default collective all-reduce: a second collective Mirrored
-    # strategy in one process aborts when its all-reduce shapes differ from the
-    # first one's (tensorflow/tensorflow#62790, TF 2.15-2.21), so test order
-    # would decide the outcome. The skip logic is the same on either.
-    return tf.distribute.MirroredStrategy(
-        ["CPU:0", "CPU:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
+    # The default (collective) all-reduce, as users get it; see tests/tfopt/mirrored.py.
+    return mirrored.two_cpus()
 
 
 def _per_replica_values(variable) -> list[np.ndarray]:

@@ -1,0 +1,215 @@
+"""One training job, without flags: `Job` holds its options, `run` trains it.
+
+`launch.train` turns its flags into a `Job`; benchmarks and tests build one
+directly. `run` composes the parts, each chosen by a field: a TFDS dataset
+(`_data`), a model (`_models`), an optimizer (`_optimizers`) with a schedule
+(`_schedules`), `strategies.fit` under the given strategy, then the outputs
+(`_outputs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+import strategies
+from launch import _data, _models, _optimizers, _outputs, _schedules
+
+METRICS = ("accuracy", "loss")
+
+
+class UsageError(ValueError):
+    """An option value that cannot work, found once the data and strategy are known."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """The options of one run; the defaults are the default job (``make train``).
+
+    The default, a small CNN with Adam and a cosine schedule for 15 epochs,
+    reaches 0.98-0.99 test accuracy on the digits in a few seconds of CPU.
+    ``None`` hyperparameters keep the optimizer's own defaults. See
+    ``python -m launch.train --helpfull`` for each field (same names).
+    """
+
+    model: str = "cnn"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 3e-3
+    momentum: float | None = None
+    beta_1: float | None = None
+    beta_2: float | None = None
+    epsilon: float | None = None
+    weight_decay: float | None = None
+    global_clipnorm: float | None = None
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    epochs: int = 15
+    steps_per_epoch: int | None = None
+    steps_per_execution: int = 1
+    model_dir: str | None = None
+    seed: int = 0
+
+    def hyperparameters(self, learning_rate: Any) -> dict[str, Any]:
+        """The optimizer arguments, with ``learning_rate`` (a float or schedule)."""
+        values = {k: getattr(self, k) for k in _optimizers.HYPERPARAMETERS}
+        return {**values, "learning_rate": learning_rate}
+
+
+class _Timer(keras.callbacks.Callback):
+    """Training wall time, without the per-epoch evaluation."""
+
+    seconds = 0.0
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self._start, self._eval_seconds = time.perf_counter(), 0.0
+
+    def on_test_begin(self, logs: Any = None) -> None:
+        self._test_start = time.perf_counter()
+
+    def on_test_end(self, logs: Any = None) -> None:
+        self._eval_seconds += time.perf_counter() - self._test_start
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.seconds = time.perf_counter() - self._start - self._eval_seconds
+
+
+def default_model_dir(strategy: tf.distribute.Strategy, dataset: str, model: str) -> str:
+    """``runs/<dataset>-<model>-<suffix>``: a new directory per run, one per cluster.
+
+    A single process gets a timestamp. The processes of a cluster (workers, or
+    the hosts of a TPU pod) each compute the default themselves, so they derive
+    it from what they share, the cluster spec, instead of their clocks. Pass
+    ``model_dir`` to resume a run.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if sum(len(tasks) for tasks in spec.values()) > 1:
+        digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+        suffix = f"cluster-{digest}"
+    else:
+        suffix = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{dataset}-{model}-{suffix}")
+
+
+def run(
+    job: Job,
+    strategy: tf.distribute.Strategy,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> dict[str, Any]:
+    """Trains ``job`` under ``strategy``; the chief writes and returns the summary.
+
+    Build ``strategy`` first (``strategies.build``): it may have to split the
+    CPU before anything else initializes TensorFlow.
+
+    Raises:
+      UsageError: an option that cannot work with this data or strategy.
+      _data.DataError: data that cannot be found, prepared or batched.
+    """
+    data = _data.prepare(job.dataset, job.data_dir)
+    model_dir = job.model_dir or default_model_dir(strategy, data.name, job.model)
+    steps = job.steps_per_epoch or _data.steps_per_epoch(
+        data, "train", job.batch_size, drop_remainder=_data.drops_remainder(strategy)
+    )
+    # Per-host pipelines repeat, so that every worker runs the same number of steps.
+    repeat = job.steps_per_epoch is not None or _data.uses_input_fn(strategy)
+    inputs = dict(global_batch_size=job.batch_size, strategy=strategy, seed=job.seed)
+    train_input = _data.make_input(data, "train", training=True, repeat=repeat, **inputs)
+    eval_input = _data.make_input(data, "test", training=False, **inputs)
+    try:
+        lr = _schedules.build_schedule(job.lr_schedule, job.learning_rate, steps * job.epochs, job.warmup_steps)
+        _models.check_args(job.model, data.input_shape, data.num_classes)
+        # Built once here so that a bad value is reported as a user error now,
+        # not from inside the training loop; model_fn builds the real one.
+        optimizer_config = _optimizers.make(job.optimizer, job.hyperparameters(lr)).get_config()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    def model_fn() -> keras.Model:
+        model = _models.build_model(job.model, data.input_shape, data.num_classes)
+        model.compile(
+            optimizer=_optimizers.make(job.optimizer, job.hyperparameters(lr)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            steps_per_execution=job.steps_per_execution,
+        )
+        return model
+
+    keras.utils.set_random_seed(job.seed)
+    timer = _Timer()
+    history = strategies.fit(
+        model_fn,
+        train_input,
+        strategy=strategy,
+        epochs=job.epochs,
+        # A finite dataset ends each epoch by itself.
+        steps_per_epoch=steps if repeat else None,
+        validation_data=eval_input,
+        callbacks=[timer, *callbacks],
+        model_dir=model_dir,
+        steps_per_execution=job.steps_per_execution,
+        verbose=verbose,
+    )
+    summary = _summarize(job, strategy, data, history, optimizer_config, timer.seconds, steps, model_dir)
+    if strategy.extended.should_checkpoint:  # Only the chief writes.
+        _outputs.write_summary(model_dir, summary)
+        title = f"{data.name} / {job.model} / {job.optimizer}"
+        _outputs.plot_curves(model_dir, history.history, title)
+    return summary
+
+
+def _summarize(
+    job: Job,
+    strategy: tf.distribute.Strategy,
+    data: _data.ImageDataset,
+    history: keras.callbacks.History,
+    optimizer_config: dict[str, Any],
+    seconds: float,
+    steps_per_epoch: int,
+    model_dir: str,
+) -> dict[str, Any]:
+    logs = history.history
+    last = {k: v[-1] for k, v in logs.items() if v}
+    epochs_run = len(history.epoch)
+    if job.steps_per_epoch is None and not _data.uses_input_fn(strategy):
+        examples = epochs_run * data.num_examples["train"]  # Each epoch's last batch is partial.
+    else:
+        examples = epochs_run * steps_per_epoch * job.batch_size
+    return {
+        "strategy": strategies.describe(strategy),
+        "num_replicas": strategy.num_replicas_in_sync,
+        "dataset": {
+            "name": data.name,
+            "data_dir": data.data_dir,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "num_examples": data.num_examples,
+        },
+        "model": {"name": job.model, "params": history.model.count_params()},
+        "optimizer": {"name": job.optimizer, "config": optimizer_config},
+        "lr_schedule": job.lr_schedule,
+        "mixed_precision": keras.mixed_precision.global_policy().name,
+        "batch_size": job.batch_size,
+        "epochs": job.epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "steps": int(history.model.optimizer.iterations.numpy()),
+        "seed": job.seed,
+        "train_seconds": seconds,
+        "examples_per_second": examples / seconds if seconds > 0 else None,
+        "train": {k: last[k] for k in METRICS if k in last},
+        "eval": {k: last[f"val_{k}"] for k in METRICS if f"val_{k}" in last},
+        "history": logs,
+        "model_dir": model_dir,
+    }
