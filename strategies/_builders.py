@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 from absl import logging
 
-from strategies import _cluster_builders, _detect, _registry, _tpu
+from strategies import _cluster_builders, _detect, _keras_compat, _registry, _tpu
 from strategies._config import StrategyConfig
 from strategies._errors import StrategyError, invalid
 
@@ -50,7 +50,10 @@ def _mirrored(config: StrategyConfig) -> tf.distribute.Strategy:
         if not devices:
             logging.warning("mirrored: no GPU is visible, so it has one CPU replica; use --virtual_cpus=N for more.")
             devices = ["/cpu:0"]
-    return tf.distribute.MirroredStrategy(devices, cross_device_ops=_cross_device_ops(config.all_reduce, devices))
+    # Through the compat layer: a second MirroredStrategy in one process (a
+    # notebook re-run, a test suite) would otherwise reuse the first one's
+    # collective keys and abort (tensorflow/tensorflow#62790).
+    return _keras_compat.mirrored_strategy(devices, cross_device_ops=_cross_device_ops(config.all_reduce, devices))
 
 
 def split_cpu(n: int) -> list[str]:
