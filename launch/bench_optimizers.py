@@ -18,7 +18,7 @@ without XLA, on one fp32 variable of each ``--sizes`` (default 1M, 16M and
 It writes ``optimizers.json`` (every number, machine and git state),
 ``optimizers.png`` (fraction of the roof per optimizer) and ``optimizers.md``
 (the README table) to ``--output_dir``. ``--quick`` runs 1M parameters with
-few repeats, in about a minute; the default run takes several minutes on a
+few timed steps, in about a minute; the default run takes several minutes on a
 2-core CPU::
 
     python -m launch.bench_optimizers --quick
@@ -63,7 +63,9 @@ class Spec:
 
 _SYNC_PERIOD = 6
 SPECS: dict[str, Spec] = {
-    "gradient_descent": Spec(lambda: tfopt.get("gradient_descent"), lambda: keras.optimizers.SGD(), 1),
+    "gradient_descent": Spec(
+        lambda: tfopt.get("gradient_descent"), lambda: keras.optimizers.SGD(), 1
+    ),
     "sgd": Spec(
         lambda: tfopt.get("sgd", momentum=0.9), lambda: keras.optimizers.SGD(momentum=0.9), 2
     ),
@@ -85,17 +87,27 @@ SPECS: dict[str, Spec] = {
 }
 
 _SIZES = flags.DEFINE_list(
-    "sizes", ["1M", "16M", "64M"], "Parameter counts, with an optional K (2**10) or M (2**20) suffix."
+    "sizes",
+    ["1M", "16M", "64M"],
+    "Parameter counts, with an optional K (2**10) or M (2**20) suffix.",
 )
 _OPTIMIZERS = flags.DEFINE_list(
     "optimizers", None, f"tfopt optimizers to time (default: all of {', '.join(SPECS)})."
 )
-_XLA = flags.DEFINE_enum("xla", "both", ["both", "off", "on"], "Time steps without XLA, with it, or both.")
+_XLA = flags.DEFINE_enum(
+    "xla", "both", ["both", "off", "on"], "Time steps without XLA, with it, or both."
+)
 _KERAS = flags.DEFINE_bool("keras", True, "Also time each optimizer's Keras counterpart.")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps per configuration.", lower_bound=1)
+_TIMED_STEPS = flags.DEFINE_integer(
+    "timed_steps", 10, "Timed steps per configuration (median reported).", lower_bound=1
+)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, XLA).", lower_bound=0)
-_QUICK = flags.DEFINE_bool("quick", False, "Smoke run: --sizes=1M --repeats=5 unless those are given.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/bench_optimizers", "Where to write the results.")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "Smoke run: --sizes=1M --timed_steps=5 unless those are given."
+)
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", "runs/bench_optimizers", "Where to write the results."
+)
 
 _SIZE_RE = re.compile(r"^(\d+)([KkMm]?)$")
 
@@ -108,7 +120,9 @@ def parse_size(text: str) -> int:
     """``"16M"`` -> 16 * 2**20; ``"1000"`` -> 1000."""
     match = _SIZE_RE.match(text.strip())
     if not match or int(match.group(1)) == 0:
-        raise UsageError(f"--sizes takes positive counts such as 1M, 64K or 1000. Received: {text!r}.")
+        raise UsageError(
+            f"--sizes takes positive counts such as 1M, 64K or 1000. Received: {text!r}."
+        )
     return int(match.group(1)) << {"": 0, "K": 10, "M": 20}[match.group(2).upper()]
 
 
@@ -121,8 +135,14 @@ def _median_ms(times: Sequence[float]) -> float:
     return 1e3 * statistics.median(times)
 
 
-def measure(optimizer: keras.optimizers.Optimizer, n: int, state_arrays: int, xla: bool,
-            repeats: int, warmup: int) -> dict[str, Any]:
+def measure(
+    optimizer: keras.optimizers.Optimizer,
+    n: int,
+    state_arrays: int,
+    xla: bool,
+    timed_steps: int,
+    warmup: int,
+) -> dict[str, Any]:
     """Times ``optimizer``'s step on ``n`` params, alternating with its roof kernel."""
     shape = _shape(n)
     variable = keras.Variable(tf.random.normal(shape, stddev=0.1), name="kernel")
@@ -144,44 +164,71 @@ def measure(optimizer: keras.optimizers.Optimizer, n: int, state_arrays: int, xl
         step(gradient)
         roof(gradient)
     step_times, roof_times = [], []
-    for _ in range(repeats):
+    for _ in range(timed_steps):
         for fn, times in ((step, step_times), (roof, roof_times)):
             start = time.perf_counter()
             fn(gradient)
             times.append(time.perf_counter() - start)
     if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
         raise RuntimeError(f"{type(optimizer).__name__} produced non-finite weights.")
-    return {"step_ms": _median_ms(step_times), "roof_ms": _median_ms(roof_times),
-            "step_ms_all": [1e3 * t for t in step_times]}
+    return {
+        "step_ms": _median_ms(step_times),
+        "roof_ms": _median_ms(roof_times),
+        "step_ms_all": [1e3 * t for t in step_times],
+    }
 
 
-def run_benchmark(names: Sequence[str], sizes: Sequence[int], xla_modes: Sequence[bool],
-                  with_keras: bool, repeats: int, warmup: int) -> list[dict[str, Any]]:
-    """One row per (optimizer, implementation, XLA, size)."""
+def _row(name: str, impl: str, optimizer: Any, spec: Spec, xla: bool, n: int,
+         timing: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """One result: the timings, the bytes a step must move and the GB/s they give."""
+    roof_bytes = 4 * n * (2 * spec.state_arrays + 1)
+    step_bytes = roof_bytes + spec.extra_bytes * n
+    roof_gb_per_s = roof_bytes / timing["roof_ms"] / 1e6
+    return {
+        "optimizer": name,
+        "implementation": impl,
+        "class": type(optimizer).__name__,
+        "xla": xla,
+        "params": n,
+        "bytes_per_step": step_bytes,
+        **timing,
+        "gb_per_s": step_bytes / timing["step_ms"] / 1e6,
+        "roof_gb_per_s": roof_gb_per_s,
+        # The roof kernel's time for these bytes, over the step's time.
+        "fraction_of_roof": step_bytes / roof_gb_per_s / 1e6 / timing["step_ms"],
+    }
+
+
+def run_benchmark(
+    names: Sequence[str],
+    sizes: Sequence[int],
+    xla_modes: Sequence[bool],
+    with_keras: bool,
+    timed_steps: int,
+    warmup: int,
+) -> list[dict[str, Any]]:
+    """One row per (size, optimizer, XLA, implementation)."""
     rows = []
     for n in sizes:
         for name in names:
             spec = SPECS[name]
-            impls = [("tfopt", spec.make)] + ([("keras", spec.keras)] if with_keras and spec.keras else [])
+            impls = [("tfopt", spec.make)]
+            if with_keras and spec.keras is not None:
+                impls.append(("keras", spec.keras))
             for xla in xla_modes:
                 for impl, make in impls:
                     optimizer = make()
-                    logging.info("%s %s (%s) xla=%s params=%d", impl, name, type(optimizer).__name__, xla, n)
-                    timing = measure(optimizer, n, spec.state_arrays, xla, repeats, warmup)
-                    roof_bytes = 4 * n * (2 * spec.state_arrays + 1)
-                    step_bytes = roof_bytes + spec.extra_bytes * n
-                    roof_gbps = roof_bytes / timing["roof_ms"] / 1e6
-                    rows.append({
-                        "optimizer": name, "implementation": impl, "class": type(optimizer).__name__,
-                        "xla": xla, "params": n, "bytes_per_step": step_bytes,
-                        "step_ms": timing["step_ms"], "step_ms_all": timing["step_ms_all"],
-                        "gb_per_s": step_bytes / timing["step_ms"] / 1e6,
-                        "roof_ms": timing["roof_ms"], "roof_gb_per_s": roof_gbps,
-                        "fraction_of_roof": step_bytes / roof_gbps / 1e6 / timing["step_ms"],
-                    })  # fmt: skip
-                    logging.info("  %.2f ms, %.1f GB/s, %.0f%% of roof",
-                                 rows[-1]["step_ms"], rows[-1]["gb_per_s"], 100 * rows[-1]["fraction_of_roof"])
-                    del optimizer
+                    label = f"{impl} {type(optimizer).__name__}, xla={xla}, {n} params"
+                    timing = measure(optimizer, n, spec.state_arrays, xla, timed_steps, warmup)
+                    rows.append(_row(name, impl, optimizer, spec, xla, n, timing))
+                    logging.info(
+                        "%s: %.2f ms, %.1f GB/s, %.0f%% of roof",
+                        label,
+                        rows[-1]["step_ms"],
+                        rows[-1]["gb_per_s"],
+                        100 * rows[-1]["fraction_of_roof"],
+                    )
+                    del optimizer  # Frees its slots before the next (64M: ~1 GB).
                     gc.collect()
     return rows
 
@@ -190,23 +237,35 @@ def _size_label(n: int) -> str:
     return f"{n >> 20}M" if n % (1 << 20) == 0 else (f"{n >> 10}K" if n % 1024 == 0 else str(n))
 
 
+_TABLE_HEADER = (
+    "| optimizer | params | XLA | tfopt ms | tfopt GB/s | tfopt % roof "
+    "| Keras | Keras ms | Keras % roof | tfopt/Keras |\n"
+    "|---|---|---|---:|---:|---:|---|---:|---:|---:|"
+)
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """tfopt vs Keras, side by side: one line per (optimizer, size, XLA)."""
-    keras_rows = {(r["optimizer"], r["params"], r["xla"]): r for r in rows if r["implementation"] == "keras"}
-    lines = [
-        "| optimizer | params | XLA | tfopt ms | tfopt GB/s | tfopt % roof | Keras | Keras ms | Keras % roof | tfopt/Keras |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
-    ]
+    keras_rows = {
+        (r["optimizer"], r["params"], r["xla"]): r for r in rows if r["implementation"] == "keras"
+    }
+    lines = [_TABLE_HEADER]
     for r in rows:
         if r["implementation"] != "tfopt":
             continue
-        k = keras_rows.get((r["optimizer"], r["params"], r["xla"]))
-        theirs = (f"{k['class']} | {k['step_ms']:.2f} | {100 * k['fraction_of_roof']:.0f}% | "
-                  f"{r['step_ms'] / k['step_ms']:.2f}") if k else "none | | |"
-        lines.append(
-            f"| {r['optimizer']} | {_size_label(r['params'])} | {'on' if r['xla'] else 'off'} | "
-            f"{r['step_ms']:.2f} | {r['gb_per_s']:.1f} | {100 * r['fraction_of_roof']:.0f}% | {theirs} |"
+        ours = (
+            f"| {r['optimizer']} | {_size_label(r['params'])} | {'on' if r['xla'] else 'off'} "
+            f"| {r['step_ms']:.2f} | {r['gb_per_s']:.1f} | {100 * r['fraction_of_roof']:.0f}% "
         )
+        k = keras_rows.get((r["optimizer"], r["params"], r["xla"]))
+        if k is None:
+            theirs = "| none | | | |"
+        else:
+            theirs = (
+                f"| {k['class']} | {k['step_ms']:.2f} | {100 * k['fraction_of_roof']:.0f}% "
+                f"| {r['step_ms'] / k['step_ms']:.2f} |"
+            )
+        lines.append(ours + theirs)
     return "\n".join(lines) + "\n"
 
 
@@ -217,16 +276,23 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
 
     sizes = sorted({r["params"] for r in rows})
     names = list(dict.fromkeys(r["optimizer"] for r in rows))
-    series = sorted({(r["implementation"], r["xla"]) for r in rows}, key=lambda s: (s[0] != "tfopt", s[1]))
+    series = sorted(
+        {(r["implementation"], r["xla"]) for r in rows}, key=lambda s: (s[0] != "tfopt", s[1])
+    )
     fig = Figure(figsize=(max(8, 1.1 * len(names)), 3.2 * len(sizes)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(sizes), 1, squeeze=False)[:, 0]
     width = 0.8 / len(series)
     for ax, n in zip(axes, sizes, strict=True):
-        by_key = {(r["optimizer"], r["implementation"], r["xla"]): r for r in rows if r["params"] == n}
+        by_key = {
+            (r["optimizer"], r["implementation"], r["xla"]): r for r in rows if r["params"] == n
+        }
         for i, (impl, xla) in enumerate(series):
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
-            ys = [by_key[(o, impl, xla)]["fraction_of_roof"] if (o, impl, xla) in by_key else 0 for o in names]
+            ys = [
+                by_key[(o, impl, xla)]["fraction_of_roof"] if (o, impl, xla) in by_key else 0
+                for o in names
+            ]
             ax.bar(xs, ys, width, label=f"{impl}, XLA {'on' if xla else 'off'}")
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(len(names)), names, rotation=20)
@@ -239,10 +305,20 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
 
 def _git_state() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+uncommitted changes" if dirty else "")
@@ -254,27 +330,41 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str]) -> None:
+    """Runs the benchmark the flags describe and writes its three files."""
     if len(argv) > 1:
         _fail(f"unexpected positional arguments {list(argv[1:])}; every option is a --flag.")
     try:
-        sizes = [parse_size(s) for s in (["1M"] if _QUICK.value and not _SIZES.present else _SIZES.value)]
+        sizes = [
+            parse_size(s) for s in (["1M"] if _QUICK.value and not _SIZES.present else _SIZES.value)
+        ]
         names = _OPTIMIZERS.value or [n for n in SPECS if n in tfopt.available()]
         unknown = [n for n in names if n not in SPECS]
         if unknown:
-            raise UsageError(f"--optimizers takes {', '.join(SPECS)}. Received: {','.join(unknown)}.")
+            raise UsageError(
+                f"--optimizers takes {', '.join(SPECS)}. Received: {','.join(unknown)}."
+            )
     except UsageError as e:
         _fail(str(e))
-    repeats = 5 if _QUICK.value and not _REPEATS.present else _REPEATS.value
+    timed_steps = 5 if _QUICK.value and not _TIMED_STEPS.present else _TIMED_STEPS.value
     xla_modes = {"both": [False, True], "off": [False], "on": [True]}[_XLA.value]
 
-    rows = run_benchmark(names, sizes, xla_modes, _KERAS.value, repeats, _WARMUP.value)
+    rows = run_benchmark(names, sizes, xla_modes, _KERAS.value, timed_steps, _WARMUP.value)
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__},
-        "git": _git_state(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "repeats": repeats, "warmup": _WARMUP.value, "rows": rows,
-    }  # fmt: skip
+        "machine": machine,
+        "git": _git_state(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "timed_steps": timed_steps,
+        "warmup": _WARMUP.value,
+        "rows": rows,
+    }
     paths = [os.path.join(_OUTPUT_DIR.value, f"optimizers.{ext}") for ext in ("json", "png", "md")]
     with open(paths[0], "w") as f:
         json.dump(_outputs.jsonable(result), f, indent=1)
@@ -285,8 +375,16 @@ def main(argv: Sequence[str]) -> None:
     print("Wrote " + ", ".join(paths))
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e))
+
+
 def run(argv: list[str] | None = None) -> None:
-    app.run(main, argv=argv)
+    """Entry point: absl parses the flags; a bad value exits with status 2."""
+    app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ def _project_info_only(record: std_logging.LogRecord) -> bool:
 def main(argv: Sequence[str]) -> None:
     """absl entry point: runs :func:`train`, turning user errors into exit status 2."""
     logging.get_absl_handler().python_handler.addFilter(_project_info_only)
+    tf.get_logger().addFilter(_project_info_only)  # TF's logger may print through its own handler.
     if len(argv) > 1:
         _fail(f"unexpected positional arguments {list(argv[1:])}; every option is a --flag.")
     try:

@@ -99,7 +99,9 @@ class LazyAdam(keras.optimizers.Optimizer):
         beta_1 = ops.convert_to_tensor(self.beta_1, scalar_dtype)
         beta_2 = ops.convert_to_tensor(self.beta_2, scalar_dtype)
         t = ops.cast(self.iterations + 1, scalar_dtype)
-        alpha = lr * ops.cast(ops.sqrt(1 - ops.power(beta_2, t)) / (1 - ops.power(beta_1, t)), dtype)
+        alpha = lr * ops.cast(
+            ops.sqrt(1 - ops.power(beta_2, t)) / (1 - ops.power(beta_1, t)), dtype
+        )
         one_minus_beta_1 = ops.cast(1 - beta_1, dtype)
         one_minus_beta_2 = ops.cast(1 - beta_2, dtype)
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)

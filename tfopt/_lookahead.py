@@ -138,9 +138,7 @@ class Lookahead(keras.optimizers.Optimizer):
         # through Keras' per-variable update path, which runs update_step on
         # each replica's copy under tf.distribute, without all-reducing the
         # real gradients a second time.
-        synced = [
-            v for v in trainable_variables if not self._overwrite_variable_with_gradient(v)
-        ]
+        synced = [v for v in trainable_variables if not self._overwrite_variable_with_gradient(v)]
         if synced:
             super().apply([ops.zeros((), dtype=v.dtype) for v in synced], synced)
         else:
@@ -164,9 +162,7 @@ class Lookahead(keras.optimizers.Optimizer):
 
     def set_weights(self, weights: list[Any]) -> None:
         if not self.built:
-            raise ValueError(
-                "Call `optimizer.build(trainable_variables)` before `set_weights()`."
-            )
+            raise ValueError("Call `optimizer.build(trainable_variables)` before `set_weights()`.")
         for variable, weight in zip(self.variables, weights, strict=True):
             variable.assign(weight)
 

@@ -8,6 +8,7 @@ Every tfopt optimizer is registered twice, in one decorator:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -57,6 +58,17 @@ def _lookup(name: str) -> type:
     )
 
 
+def _lookup_instance_name(name: str) -> type:
+    base = re.sub(r"_\d+$", "", name)
+    if base in _REGISTRY:
+        return _REGISTRY[base]
+    raise ValueError(
+        f"Cannot tell which optimizer the config named {name!r} belongs to: a get_config() dict "
+        "names the instance, not the class. Pass keras.optimizers.serialize(optimizer) (it holds "
+        f"'class_name') or a name from tfopt.available(): {', '.join(available())}."
+    )
+
+
 def get(
     name_or_config: str | Mapping[str, Any], *, skip_nonfinite: bool = False, **overrides: Any
 ) -> keras.optimizers.Optimizer:
@@ -96,8 +108,10 @@ def _get(name_or_config: str | Mapping[str, Any], **overrides: Any) -> keras.opt
             cls = _lookup(str(name_or_config["class_name"]))
             config = dict(name_or_config.get("config", {}))
         elif "name" in name_or_config:
+            # A bare get_config() dict names the instance, not the class: Keras
+            # numbers repeated default names ("adam", "adam_1", ...).
             config = dict(name_or_config)
-            cls = _lookup(str(config["name"]))
+            cls = _lookup_instance_name(str(config["name"]))
         else:
             raise ValueError(
                 "A tfopt config needs 'class_name' (Keras serialized form) or 'name'. "

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import strategies
+import tfopt
 from strategies import _keras_compat
 
 BATCH = 8
@@ -74,6 +75,10 @@ EQUIVALENCE = [
     pytest.param(lambda: keras.optimizers.Adam(0.05, global_clipnorm=0.2,
                                                gradient_accumulation_steps=2), 1,
                  id="adam-global_clipnorm-accumulate2"),
+    # A wrapper: the innermost optimizer is the one synchronized.
+    pytest.param(lambda: tfopt.SkipNonFinite(keras.optimizers.SGD(
+        0.1, momentum=0.9, clipnorm=0.1, gradient_accumulation_steps=2)), 1,
+        id="skip_nonfinite-momentum-clipnorm-accumulate2"),
 ]
 
 

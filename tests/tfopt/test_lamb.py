@@ -61,7 +61,10 @@ def _problem(steps=5, seed=1):
 
 
 def _variables(params):
-    return [keras.Variable(p, dtype="float32", name=n) for p, n in zip(params, ["kernel", "bias"], strict=True)]
+    return [
+        keras.Variable(p, dtype="float32", name=n)
+        for p, n in zip(params, ["kernel", "bias"], strict=True)
+    ]
 
 
 def _run(optimizer, params, grads):
@@ -89,7 +92,9 @@ def _assert_trajectories_close(actual, expected, rtol=2e-5, atol=1e-6):
 )
 def test_matches_optax_reference(hparams):
     params, grads = _problem()
-    _assert_trajectories_close(_run(tfopt.LAMB(**hparams), params, grads), lamb(params, grads, **hparams))
+    _assert_trajectories_close(
+        _run(tfopt.LAMB(**hparams), params, grads), lamb(params, grads, **hparams)
+    )
 
 
 def test_exclusions_map_onto_weight_decay_mask_and_trust_ratio():
@@ -131,9 +136,13 @@ def test_sparse_gradient_is_applied_as_its_dense_value():
     dense_g = np.zeros_like(g)
     dense_g[[1, 3]] = g[[1, 3]]
     table = keras.Variable(params[0], dtype="float32")
-    rows = tf.IndexedSlices(tf.constant(g[[1, 3]], tf.float32), tf.constant([1, 3]), tf.constant([4, 3]))
+    rows = tf.IndexedSlices(
+        tf.constant(g[[1, 3]], tf.float32), tf.constant([1, 3]), tf.constant([4, 3])
+    )
     tfopt.LAMB(1e-2).apply([rows], [table])
-    np.testing.assert_allclose(table.numpy(), lamb([params[0]], [[dense_g]], learning_rate=1e-2)[0][0], rtol=2e-5)
+    np.testing.assert_allclose(
+        table.numpy(), lamb([params[0]], [[dense_g]], learning_rate=1e-2)[0][0], rtol=2e-5
+    )
 
 
 def test_config_round_trip_keeps_exclusions():

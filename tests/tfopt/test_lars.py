@@ -61,7 +61,10 @@ def _problem(steps=5, seed=0):
 
 
 def _run(optimizer, params, grads, names=("dense/kernel", "dense/bias")):
-    variables = [keras.Variable(p, dtype="float32", name=n.split("/")[-1]) for p, n in zip(params, names, strict=True)]
+    variables = [
+        keras.Variable(p, dtype="float32", name=n.split("/")[-1])
+        for p, n in zip(params, names, strict=True)
+    ]
     out = []
     for step_grads in grads:
         optimizer.apply([tf.constant(g, tf.float32) for g in step_grads], variables)
@@ -103,7 +106,10 @@ def test_exclusions_map_onto_optax_masks():
 def test_exclusion_regexes_work_on_plain_tf_variables():
     # tf.Variable has no `.path`; its name ("dense/bias:0") is matched instead.
     params, grads = _problem(steps=2)
-    variables = [tf.Variable(p, dtype=tf.float32, name=n) for p, n in zip(params, ["dense/kernel", "dense/bias"], strict=True)]
+    variables = [
+        tf.Variable(p, dtype=tf.float32, name=n)
+        for p, n in zip(params, ["dense/kernel", "dense/bias"], strict=True)
+    ]
     opt = tfopt.LARS(1.0, exclude_from_layer_adaptation=["dense/bias"])
     for step_grads in grads:
         opt.apply([tf.constant(g, tf.float32) for g in step_grads], variables)
@@ -133,7 +139,9 @@ def test_sparse_gradient_is_applied_as_its_dense_value():
     params, grads = _problem(steps=1)
     table = keras.Variable(params[0], dtype="float32", name="kernel")
     g = grads[0][0]
-    rows = tf.IndexedSlices(tf.constant(g[[0, 2]], tf.float32), tf.constant([0, 2]), tf.constant([4, 3]))
+    rows = tf.IndexedSlices(
+        tf.constant(g[[0, 2]], tf.float32), tf.constant([0, 2]), tf.constant([4, 3])
+    )
     dense_g = np.zeros_like(g)
     dense_g[[0, 2]] = g[[0, 2]]
     expected = lars([params[0]], [[dense_g]])
@@ -142,7 +150,9 @@ def test_sparse_gradient_is_applied_as_its_dense_value():
 
 
 def test_config_round_trip_keeps_exclusions():
-    opt = tfopt.LARS(0.3, weight_decay=1e-4, nesterov=True, exclude_from_layer_adaptation=["bias", "bn"])
+    opt = tfopt.LARS(
+        0.3, weight_decay=1e-4, nesterov=True, exclude_from_layer_adaptation=["bias", "bn"]
+    )
     clone = tfopt.LARS.from_config(opt.get_config())
     assert clone.get_config() == opt.get_config()
     assert clone.get_config()["exclude_from_layer_adaptation"] == ["bias", "bn"]
@@ -160,8 +170,16 @@ def test_config_round_trip_keeps_exclusions():
         (dict(exclude_from_layer_adaptation="bias"), "exclude_from_layer_adaptation='bias'"),
         (dict(exclude_from_layer_adaptation=["("]), "exclude_from_layer_adaptation=['(']"),
     ],
-    ids=["momentum", "weight_decay", "trust_coefficient", "eps", "nesterov", "learning_rate",
-         "bare-string", "bad-regex"],
+    ids=[
+        "momentum",
+        "weight_decay",
+        "trust_coefficient",
+        "eps",
+        "nesterov",
+        "learning_rate",
+        "bare-string",
+        "bad-regex",
+    ],
 )
 def test_invalid_hyperparameters_name_the_received_value(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):

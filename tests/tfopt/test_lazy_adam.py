@@ -45,7 +45,9 @@ def lazy_adam(params, grads, *, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, ep
 def _to_tf(g):
     if isinstance(g, tuple):
         rows, values = g
-        return tf.IndexedSlices(tf.constant(values, tf.float32), tf.constant(rows), tf.constant([6, 2]))
+        return tf.IndexedSlices(
+            tf.constant(values, tf.float32), tf.constant(rows), tf.constant([6, 2])
+        )
     return tf.constant(g, tf.float32)
 
 
@@ -137,7 +139,10 @@ def _embedding_step(strategy, ids_per_replica):
 
 @pytest.mark.parametrize(
     ("make_strategy", "ids_per_replica"),
-    [(mirrored.two_cpus, [[0, 2], [2, 4]]), (lambda: tf.distribute.OneDeviceStrategy("CPU:0"), [[0, 2, 2, 4]])],
+    [
+        (mirrored.two_cpus, [[0, 2], [2, 4]]),
+        (lambda: tf.distribute.OneDeviceStrategy("CPU:0"), [[0, 2, 2, 4]]),
+    ],
     ids=["mirrored", "one-device"],
 )
 def test_distributed_sparse_update_matches_the_reference(make_strategy, ids_per_replica):
@@ -145,7 +150,9 @@ def test_distributed_sparse_update_matches_the_reference(make_strategy, ids_per_
     # repeat it across replicas, and LazyAdam must sum the two before updating.
     updated = _embedding_step(make_strategy(), ids_per_replica)
     rows = [i for ids in ids_per_replica for i in ids]
-    expected = lazy_adam([TABLE], [[(rows, np.tile([1.0, -3.0], (len(rows), 1)))]], learning_rate=1e-2)
+    expected = lazy_adam(
+        [TABLE], [[(rows, np.tile([1.0, -3.0], (len(rows), 1)))]], learning_rate=1e-2
+    )
     np.testing.assert_allclose(updated, expected[0][0], rtol=2e-5, atol=1e-6)
     np.testing.assert_array_equal(updated[[1, 3, 5]], TABLE[[1, 3, 5]].astype(np.float32))
 

@@ -77,7 +77,9 @@ def test_matches_optax_reference(inner):
     expected = lookahead(PARAMS, GRADS, inner_step, sync_period=3, slow_step_size=0.5)
     for t, (step_grads, (fast, slow)) in enumerate(zip(GRADS, expected, strict=True)):
         opt.apply([tf.constant(g, tf.float32) for g in step_grads], variables)
-        for got, want in zip([v.numpy() for v in variables] + _slow_weights(opt, variables), fast + slow, strict=True):
+        for got, want in zip(
+            [v.numpy() for v in variables] + _slow_weights(opt, variables), fast + slow, strict=True
+        ):
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6, err_msg=f"step {t}")
     assert int(opt.iterations) == int(opt.inner_optimizer.iterations) == len(GRADS)
 
@@ -169,8 +171,15 @@ def test_learning_rate_and_loss_scale_are_the_inner_optimizers():
             "gradient_accumulation_steps=2",
         ),
     ],
-    ids=["not-an-optimizer", "sync_period", "float-sync_period", "zero-step", "big-step",
-         "clipnorm", "accumulation"],
+    ids=[
+        "not-an-optimizer",
+        "sync_period",
+        "float-sync_period",
+        "zero-step",
+        "big-step",
+        "clipnorm",
+        "accumulation",
+    ],
 )
 def test_invalid_arguments_name_the_received_value(make, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -25,7 +25,9 @@ def rho(t, beta_2):
     return rho_inf - 2 * t * beta_2**t / (1 - beta_2**t), rho_inf
 
 
-def radam(params, grads, *, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, threshold=5.0):
+def radam(
+    params, grads, *, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, threshold=5.0
+):
     """Trajectory of optax.radam."""
     thetas = [np.array(p, np.float64) for p in params]
     ms = [np.zeros_like(t) for t in thetas]
@@ -63,7 +65,10 @@ def _run(optimizer, params, grads):
     out = []
     for step_grads in grads:
         optimizer.apply(
-            [g if isinstance(g, tf.IndexedSlices) else tf.constant(g, tf.float32) for g in step_grads],
+            [
+                g if isinstance(g, tf.IndexedSlices) else tf.constant(g, tf.float32)
+                for g in step_grads
+            ],
             variables,
         )
         out.append([v.numpy() for v in variables])
@@ -86,7 +91,9 @@ CASES = {
 @pytest.mark.parametrize("hparams", CASES.values(), ids=CASES.keys())
 def test_matches_optax_reference(hparams):
     params, grads = _problem()
-    _assert_trajectories_close(_run(tfopt.RAdam(**hparams), params, grads), radam(params, grads, **hparams))
+    _assert_trajectories_close(
+        _run(tfopt.RAdam(**hparams), params, grads), radam(params, grads, **hparams)
+    )
 
 
 @pytest.mark.parametrize("hparams", CASES.values(), ids=CASES.keys())
@@ -94,7 +101,8 @@ def test_cases_cover_both_phases(hparams):
     # Guards the cases above: each 8-step run starts with momentum steps and
     # ends with rectified Adam steps, so both branches are compared.
     rectified = [
-        rho(t, hparams.get("beta_2", 0.999))[0] >= hparams.get("threshold", 5.0) for t in range(1, 9)
+        rho(t, hparams.get("beta_2", 0.999))[0] >= hparams.get("threshold", 5.0)
+        for t in range(1, 9)
     ]
     assert not rectified[0] and rectified[-1]
 
@@ -111,7 +119,9 @@ def test_sparse_gradient_is_applied_as_its_dense_value():
         sparse_grads.append([rows, g_bias])
         dense_grads.append([dense, g_bias])
     hparams = dict(learning_rate=1e-2, beta_2=0.9)
-    _assert_trajectories_close(_run(tfopt.RAdam(**hparams), params, sparse_grads), radam(params, dense_grads, **hparams))
+    _assert_trajectories_close(
+        _run(tfopt.RAdam(**hparams), params, sparse_grads), radam(params, dense_grads, **hparams)
+    )
 
 
 def test_float16_variables_keep_float32_step_scalars():

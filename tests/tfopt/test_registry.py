@@ -88,16 +88,17 @@ def test_get_overrides_a_serialized_config():
     assert (optimizer.beta_1, float(optimizer.learning_rate)) == (0.5, pytest.approx(0.01))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tfopt.get(optimizer.get_config()) looks the class up by config['name'], which is "
-    "the instance name Keras generates ('adam_7'), not a registered name (tfopt/_registry.py).",
-)
 def test_get_accepts_a_get_config_dict():
     optimizer = tfopt.Adam(learning_rate=0.01)  # Named "adam", "adam_1", ... by Keras.
     tfopt.Adam(learning_rate=0.01)
     config = tfopt.Adam(learning_rate=0.01).get_config()
     assert type(tfopt.get(config)) is type(optimizer)
+
+
+def test_get_rejects_a_config_whose_name_is_not_an_optimizer():
+    config = tfopt.Adam(learning_rate=0.01, name="my_optimizer").get_config()
+    with pytest.raises(ValueError, match="'my_optimizer'.*keras.optimizers.serialize"):
+        tfopt.get(config)
 
 
 def test_unknown_name_lists_the_valid_ones():
