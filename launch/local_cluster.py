@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +40,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-import portpicker
 from absl import app, flags
 
 HOST = "127.0.0.1"
@@ -218,17 +218,26 @@ class LocalCluster:
 
 def cluster_spec(*, workers: int, ps: int = 0, chief: bool = False) -> dict[str, list[str]]:
     """``TF_CONFIG["cluster"]`` on 127.0.0.1 with free ports: chief, worker, ps."""
-    ports: list[int] = []
-    while len(ports) < workers + ps + int(chief):
-        port = portpicker.pick_unused_port()
-        if port not in ports:
-            ports.append(port)
-    addresses = iter(f"{HOST}:{port}" for port in ports)
+    addresses = iter(f"{HOST}:{port}" for port in free_ports(workers + ps + int(chief)))
     spec = {"chief": [next(addresses)]} if chief else {}
     spec["worker"] = [next(addresses) for _ in range(workers)]
     if ps:
         spec["ps"] = [next(addresses) for _ in range(ps)]
     return spec
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports the kernel reports free on 127.0.0.1 (all held until all are picked)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def check_shape(workers: int, ps: int, chief: bool) -> None:

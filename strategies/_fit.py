@@ -121,10 +121,8 @@ def fit(
     all_callbacks: list[keras.callbacks.Callback] = []
     if verbose == 1 and path != _roles.PARAMETER_SERVER:
         all_callbacks.append(keras.callbacks.ProgbarLogger())
-    progress = _progress.EpochProgress(
-        print_fn="default" if verbose else None,
-        steps_per_epoch=None)
-    all_callbacks.append(progress)
+    all_callbacks.append(_progress.EpochProgress(print_fn="default" if verbose else None,
+                                                 epochs=epochs))
     all_callbacks.extend(callbacks)
     if model_dir is not None:
         tf.io.gfile.makedirs(os.fspath(model_dir))
@@ -133,11 +131,12 @@ def fit(
         restored = checkpointer.restore() if resume else None
         if restored is not None:
             start = restored
-            logging.info("Resuming from %s at epoch %d, step %d.", checkpointer.latest(),
-                         start.epoch, start.step_in_epoch)
+            # Epochs count from 1 here, as in Keras' "Epoch 2/3".
+            message = (f"Resuming from {checkpointer.latest()} at epoch {start.epoch + 1}, "
+                       f"step {start.step_in_epoch}.")
+            logging.info(message)
             if verbose:
-                print(f"Resuming from {checkpointer.latest()} at epoch {start.epoch + 1}, "
-                      f"step {start.step_in_epoch}.", flush=True)
+                print(message, flush=True)
         if chief:
             all_callbacks.append(keras.callbacks.TensorBoard(
                 os.path.join(os.fspath(model_dir), LOGS_SUBDIR), write_graph=False,
@@ -245,7 +244,8 @@ def _write_summary(model_dir: str | os.PathLike[str], model: keras.Model,
         "num_replicas": strategy.num_replicas_in_sync,
         "optimizer": {"name": type(optimizer).__name__,
                       "config": json.loads(json.dumps(optimizer.get_config(), default=str))},
-        "epochs": len(history.epoch),
+        "epochs": len(history.epoch) and history.epoch[-1] + 1,
+        "epochs_run": len(history.epoch),
         "steps": int(keras.ops.convert_to_numpy(optimizer.iterations)),
         "train_seconds": train_seconds,
         "examples_per_second": last.pop("examples_per_second", None),

@@ -48,24 +48,24 @@ class EpochProgress(keras.callbacks.Callback):
 
     Args:
         print_fn: where the line goes; None reads and records but prints nothing.
-        steps_per_epoch: the steps per epoch when a loop does not report batches
-            (parameter-server training); None counts ``on_train_batch_end`` calls.
+        epochs: the run's total epochs for "Epoch 2/5"; None reads Keras' params
+            (which a resumed, split run would get wrong).
         stream: used when ``print_fn`` is the default.
     """
 
     def __init__(self, print_fn: Callable[[str], None] | None | str = "default",
-                 steps_per_epoch: int | None = None, stream: TextIO | None = None) -> None:
+                 epochs: int | None = None, stream: TextIO | None = None) -> None:
         super().__init__()
         if print_fn == "default":
             out = stream or sys.stdout
             print_fn = lambda line: print(line, file=out, flush=True)  # noqa: E731
         self._print = print_fn
-        self._fixed_steps = steps_per_epoch
-        self._epochs = 0
+        self._total = epochs
+        self._epochs = epochs or 0
         self.last: dict[str, float] = {}
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._epochs = int(self.params.get("epochs") or 0)
+        self._epochs = self._total or int(self.params.get("epochs") or 0)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._steps = 0
@@ -87,9 +87,6 @@ class EpochProgress(keras.callbacks.Callback):
             self._close()
 
     def _close(self) -> None:
-        if self._fixed_steps is not None:
-            self._steps = self._fixed_steps
-            self._end = time.perf_counter()
         self._examples = _keras_compat.examples_seen(self.model)
         self._closed = True
 

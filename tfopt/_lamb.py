@@ -100,9 +100,9 @@ class LAMB(keras.optimizers.Optimizer):
         )
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
         self._adaptation_pattern = adaptation_pattern
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
         self.exclude_from_layer_adaptation = (
             None if exclude_from_layer_adaptation is None else list(exclude_from_layer_adaptation)
         )

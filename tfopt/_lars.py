@@ -58,9 +58,9 @@ class LARS(keras.optimizers.Optimizer):
     applies Keras' decoupled ``w -= learning_rate * weight_decay * w``: the
     decay is applied once, as the LARS paper and optax define it.
 
-    Because ``r`` scales each step to about ``trust_coefficient`` times the
-    weight norm, LARS learning rates are typically ~100x those of SGD (the
-    default is 1.0; ResNet-50 recipes use a warm-up to ~10-30).
+    Because ``r`` scales each step to ``learning_rate * trust_coefficient``
+    times the weight norm, LARS learning rates are much larger than SGD's
+    (the default is 1.0: steps of 0.1% of each weight norm).
 
     Args:
       learning_rate: float, ``LearningRateSchedule`` or callable.
@@ -119,9 +119,9 @@ class LARS(keras.optimizers.Optimizer):
         )
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
         self._adaptation_pattern = adaptation_pattern
-        self.momentum = momentum
-        self.trust_coefficient = trust_coefficient
-        self.eps = eps
+        self.momentum = float(momentum)
+        self.trust_coefficient = float(trust_coefficient)
+        self.eps = float(eps)
         self.nesterov = nesterov
         self.fused = fused
         self.exclude_from_layer_adaptation = (

@@ -77,9 +77,9 @@ class LazyAdam(keras.optimizers.Optimizer):
         check_unit_interval("beta_2", beta_2)
         check_positive("epsilon", epsilon)
         super().__init__(learning_rate=learning_rate, **kwargs)
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
 
     def build(self, var_list: list[Any]) -> None:
         if self.built:

@@ -97,7 +97,8 @@ class Lookahead(keras.optimizers.Optimizer):
                 "`slow_step_size` must be in (0, 1]: at 0 the weights would be reset "
                 f"every sync. Received: slow_step_size={slow_step_size}."
             )
-        for key, value in kwargs.items():
+        if kwargs:
+            key, value = next(iter(kwargs.items()))
             raise ValueError(
                 f"Lookahead takes no `{key}`: set it on the inner optimizer. "
                 f"Received: {key}={value!r}."
@@ -105,7 +106,7 @@ class Lookahead(keras.optimizers.Optimizer):
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
         self.sync_period = sync_period
-        self.slow_step_size = slow_step_size
+        self.slow_step_size = float(slow_step_size)
 
     def build(self, var_list: list[Any]) -> None:
         if self.built:
@@ -147,7 +148,7 @@ class Lookahead(keras.optimizers.Optimizer):
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         del gradient, learning_rate  # The inner optimizer has used them.
         slow = self._slow_weights[self._get_variable_index(variable)]
-        slow_step_size = ops.cast(self.slow_step_size, variable.dtype)
+        slow_step_size = ops.convert_to_tensor(self.slow_step_size, variable.dtype)
 
         def synchronize() -> None:
             self.assign(slow, slow + slow_step_size * (variable - slow))

@@ -90,10 +90,10 @@ class RAdam(keras.optimizers.Optimizer):
                 f"root of (rho_t - 4). Received: threshold={threshold}."
             )
         super().__init__(learning_rate=learning_rate, **kwargs)
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.threshold = threshold
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
+        self.threshold = float(threshold)
 
     def build(self, var_list: list[Any]) -> None:
         if self.built:

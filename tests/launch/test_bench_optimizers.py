@@ -24,7 +24,7 @@ def run_bench(argv: list[str]) -> int:
 
 def test_small_run_writes_json_plot_and_table(tmp_path):
     argv = ["--sizes=4K", "--optimizers=adam,lars,lookahead", "--timed_steps=2", "--warmup=1",
-            "--xla=off", f"--output_dir={tmp_path}"]  # fmt: skip
+            "--xla=off", "--noisolate", f"--output_dir={tmp_path}"]  # fmt: skip
     assert run_bench(argv) == 0
 
     result = json.loads((tmp_path / "optimizers.json").read_text())
@@ -49,6 +49,15 @@ def test_small_run_writes_json_plot_and_table(tmp_path):
     assert "| adam | 4K | off |" in table[2] and "| Adam |" in table[2]
     assert table[3].endswith("| none | | | |")  # LARS has no Keras counterpart.
     assert (tmp_path / "optimizers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_isolated_groups_run_in_a_child_process(tmp_path):
+    # The default: each (optimizer, size) in a fresh spawned process.
+    argv = ["--sizes=1K", "--optimizers=sgd", "--nokeras", "--xla=off", "--timed_steps=1",
+            "--warmup=0", f"--output_dir={tmp_path}"]  # fmt: skip
+    assert run_bench(argv) == 0
+    (row,) = json.loads((tmp_path / "optimizers.json").read_text())["rows"]
+    assert (row["optimizer"], row["class"], row["params"]) == ("sgd", "SGD", 1024)
 
 
 @pytest.mark.parametrize(
