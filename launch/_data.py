@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import socket
 from collections.abc import Callable
 
@@ -107,9 +108,20 @@ class ImageDataset:
         return self.num_examples[split] * math.prod(self.input_shape)
 
     def read_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """All of ``split`` as NumPy ``(images, labels)``, in the order TFDS stores it."""
+        """All of ``split`` as NumPy ``(images, labels)``, in the order TFDS stores it.
+
+        Raises:
+          DataError: a record file that is missing, truncated or of another
+            dataset, naming the directory.
+        """
         ds = self.load(split).batch(self.num_examples[split])
-        images, labels = next(iter(tfds.as_numpy(ds)))
+        try:
+            images, labels = next(iter(tfds.as_numpy(ds)))
+        except (tf.errors.OpError, StopIteration) as e:
+            raise DataError(
+                f"Cannot read split {split!r} of dataset {self.name!r} in --data_dir={self.data_dir}: "
+                f"{_first_line(e)}; delete {os.path.join(self.data_dir, self.name)} and prepare it again."
+            ) from None
         return images, labels
 
 
@@ -158,6 +170,8 @@ def check_available(
       The dataset's TFDS builder.
     """
     data_dir = _resolve_dir(data_dir)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"--data_dir must be a directory; {data_dir} is a file. Received: data_dir={data_dir!r}.")
     builder = _builder(name, data_dir)
     online = is_online or network_reachable
     if not builder.is_prepared() and name not in LOCAL_DATASETS and not online():
@@ -239,8 +253,10 @@ def _describe(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> Im
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    # TF prefixes errors from inside a function with "{{function_node ...}}".
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def uses_input_fn(strategy: tf.distribute.Strategy) -> bool:

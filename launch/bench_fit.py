@@ -142,8 +142,11 @@ register("mirrored_1_replica")(_fit_pair(
 # throughput (epochs 2+); `digits_default_wall` compares wall time from model
 # building to the end of training, where our side also reads the data through
 # TFDS, evaluates every epoch, checkpoints, logs TensorBoard and writes its
-# outputs. Both ignore --steps and --epochs: they run the default job as is.
-def _digits_default_pair(end_to_end: bool) -> Callable[[int, int], tuple[Trainer, Trainer]]:
+# outputs. They ignore --steps and --epochs: they run the default job as is,
+# under what `--strategy=auto` picks here, or (`..._default_strategy`) under
+# TF's default strategy, to show what auto's choice costs on one device.
+def _digits_default_pair(end_to_end: bool, strategy_name: str = "auto"
+                         ) -> Callable[[int, int], tuple[Trainer, Trainer]]:
     def make(steps: int, epochs: int) -> tuple[Trainer, Trainer]:
         import shutil
         import tempfile
@@ -155,7 +158,7 @@ def _digits_default_pair(end_to_end: bool) -> Callable[[int, int], tuple[Trainer
         data = _data.prepare(job.dataset, job.data_dir)
         x, y = data.read_arrays("train")
         steps_per_epoch = _data.steps_per_epoch(data, "train", job.batch_size, drop_remainder=False)
-        strategy = strategies.build("auto")
+        strategy = strategies.build(strategy_name)
 
         def timed(timer: keras.callbacks.Callback, train: Callable[[list], None]) -> None:
             if not end_to_end:
@@ -196,6 +199,7 @@ def _digits_default_pair(end_to_end: bool) -> Callable[[int, int], tuple[Trainer
 
 register("digits_default")(_digits_default_pair(end_to_end=False))
 register("digits_default_wall")(_digits_default_pair(end_to_end=True))
+register("digits_default_wall_default_strategy")(_digits_default_pair(end_to_end=True, strategy_name="default"))
 
 
 def measure(name: str, *, steps: int, epochs: int, repeats: int) -> dict[str, Any]:

@@ -52,8 +52,14 @@ _MOMENTUM = flags.DEFINE_float("momentum", None, "Momentum (sgd and kin). Unset:
 _BETA_1 = flags.DEFINE_float("beta_1", None, "Adam-style beta_1. Unset: the optimizer's default.")
 _BETA_2 = flags.DEFINE_float("beta_2", None, "Adam-style beta_2. Unset: the optimizer's default.")
 _EPSILON = flags.DEFINE_float("epsilon", None, "Numerical epsilon. Unset: the optimizer's default.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", None, "Weight decay. Unset: the optimizer's default.")
-_GLOBAL_CLIPNORM = flags.DEFINE_float("global_clipnorm", None, "Clip gradients to this global norm.")
+_WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", None, "Weight decay. Unset: the optimizer's default.", lower_bound=0.0
+)
+_GLOBAL_CLIPNORM = flags.DEFINE_float("global_clipnorm", None, "Clip gradients to this global norm (> 0).")
+# Keras accepts a negative norm or decay silently; they are typos, not choices.
+flags.register_validator(
+    "global_clipnorm", lambda v: v is None or v > 0, "--global_clipnorm must be > 0 when set"
+)
 _LR_SCHEDULE = flags.DEFINE_enum(
     "lr_schedule", _D.lr_schedule, list(_schedules.SCHEDULES), "Learning-rate schedule over the whole run."
 )
@@ -87,6 +93,24 @@ def job_from_flags() -> _job.Job:
     return _job.Job(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(_job.Job)})
 
 
+def _check_model_dir(model_dir: str) -> None:
+    """--model_dir must be, or be creatable as, a writable directory (local paths only)."""
+    if "://" in model_dir:
+        return  # gs:// and the like: the filesystem answers when the run writes.
+    path = os.path.abspath(model_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise _job.UsageError(f"--model_dir must be a directory; {path} is a file. Received: model_dir={model_dir!r}.")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise _job.UsageError(
+            f"--model_dir cannot be created under the file {parent}. Received: model_dir={model_dir!r}."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _job.UsageError(f"--model_dir is not writable ({parent}). Received: model_dir={model_dir!r}.")
+
+
 def train() -> dict[str, Any]:
     """Runs the job the flags describe; returns its summary ({} on a server task)."""
     config = strategy_flags.config_from_flags()
@@ -99,6 +123,8 @@ def train() -> dict[str, Any]:
         _optimizers.check_name(job.optimizer)
     except ValueError as e:
         raise _job.UsageError(str(e)) from None
+    if job.model_dir:
+        _check_model_dir(job.model_dir)
     # Files only: fails fast, before any cluster wait, for data that is
     # neither local nor downloadable.
     _data.check_available(job.dataset, job.data_dir)
@@ -134,8 +160,11 @@ def main(argv: Sequence[str]) -> None:
         train()
     except (strategies.StrategyError, _data.DataError, _job.UsageError, flags.Error) as e:
         _fail(str(e))
-    except tf.errors.DataLossError as e:  # A truncated or corrupt record file.
-        _fail(f"corrupt data, delete it and prepare it again: {e.message.splitlines()[0]}")
+    except tf.errors.DataLossError as e:  # A record file that streams in corrupt, mid-training.
+        _fail(
+            f"corrupt data in --data_dir={_DATA_DIR.value or _data.default_data_dir()} for "
+            f"--dataset={_DATASET.value}: {e.message.splitlines()[0]}; delete and prepare it again."
+        )
     except PermissionError as e:
         _fail(f"cannot write {e.filename!r}: {e.strerror}; choose another --model_dir.")
 

@@ -9,9 +9,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfopt import _sparse
+from tfopt import _fused, _sparse
 from tfopt._registry import register
 from tfopt._validation import check_learning_rate, check_positive, check_unit_interval
+
+# As tfopt.Adam: the kernel computes 1 - beta_2 in the variable's dtype, where
+# bfloat16 rounds 0.999 to 1.
+_FUSED_DTYPES = ("float32", "float64")
 
 
 @register("lazy_adam")
@@ -48,6 +52,11 @@ class LazyAdam(keras.optimizers.Optimizer):
       beta_1: decay of the first moment, in [0, 1).
       beta_2: decay of the second moment, in [0, 1).
       epsilon: added to the denominator, > 0 (Keras ``Adam``'s 1e-7).
+      fused: ``"auto"`` (default) applies dense gradients with TensorFlow's
+        fused ``ResourceApplyAdam`` kernel on float32/float64 variables, as
+        ``tfopt.Adam`` does; sparse ones always take the row-wise path above.
+        ``False`` always uses ``keras.ops``; ``True`` raises a ``ValueError``
+        where the kernel cannot be used.
       **kwargs: the Keras optimizer options (``clipnorm``, ``weight_decay``,
         ``use_ema``, ``name``...).
 
@@ -70,16 +79,19 @@ class LazyAdam(keras.optimizers.Optimizer):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-7,
+        fused: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         check_learning_rate(learning_rate)
         check_unit_interval("beta_1", beta_1)
         check_unit_interval("beta_2", beta_2)
         check_positive("epsilon", epsilon)
+        _fused.check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.epsilon = float(epsilon)
+        self.fused = fused
 
     def build(self, var_list: list[Any]) -> None:
         if self.built:
@@ -91,22 +103,28 @@ class LazyAdam(keras.optimizers.Optimizer):
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
         # Scalars in float32 or wider: bfloat16 rounds beta_2 = 0.999 to 1.
         scalar_dtype = keras.backend.result_type(dtype, "float32")
+        lr = ops.cast(learning_rate, scalar_dtype)
         beta_1 = ops.convert_to_tensor(self.beta_1, scalar_dtype)
         beta_2 = ops.convert_to_tensor(self.beta_2, scalar_dtype)
         t = ops.cast(self.iterations + 1, scalar_dtype)
-        alpha = lr * ops.cast(
-            ops.sqrt(1 - ops.power(beta_2, t)) / (1 - ops.power(beta_1, t)), dtype
-        )
+        beta_1_power, beta_2_power = ops.power(beta_1, t), ops.power(beta_2, t)
+        dense = not _sparse.is_sparse(gradient)
+        if dense and _fused.use_fused(self, variable, m, v, dtypes=_FUSED_DTYPES):
+            _fused.adam(
+                variable, m, v, None, beta_1_power, beta_2_power, lr,
+                beta_1, beta_2, self.epsilon, ops.cast(gradient, dtype),
+            )  # fmt: skip
+            return
+
+        alpha = ops.cast(lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power), dtype)
         one_minus_beta_1 = ops.cast(1 - beta_1, dtype)
         one_minus_beta_2 = ops.cast(1 - beta_2, dtype)
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)
-
-        if not _sparse.is_sparse(gradient):
+        if dense:
             g = ops.cast(gradient, dtype)
             self.assign_add(m, (g - m) * one_minus_beta_1)
             self.assign_add(v, (ops.square(g) - v) * one_minus_beta_2)
@@ -131,5 +149,12 @@ class LazyAdam(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon})
+        config.update(
+            {
+                "beta_1": self.beta_1,
+                "beta_2": self.beta_2,
+                "epsilon": self.epsilon,
+                "fused": self.fused,
+            }
+        )
         return config

@@ -8,13 +8,17 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _sparse
+from tfopt import _fused, _sparse
 from tfopt._registry import register
 from tfopt._validation import (
     check_learning_rate,
     check_positive,
     check_unit_interval,
 )
+
+# As tfopt.Adam: the kernel computes 1 - beta_2 in the variable's dtype, where
+# bfloat16 rounds 0.999 to 1.
+_FUSED_DTYPES = ("float32", "float64")
 
 
 @register("radam")
@@ -55,6 +59,11 @@ class RAdam(keras.optimizers.Optimizer):
       epsilon: added to the denominator, > 0.
       threshold: smallest ``rho_t`` at which adaptive steps start, > 4 (below
         4, ``r_t`` would be the square root of a negative number).
+      fused: ``"auto"`` (default) takes the rectified steps with TensorFlow's
+        fused ``ResourceApplyAdam`` kernel (rate ``learning_rate * r_t``,
+        epsilon ``epsilon * sqrt(1 - beta_2**t)``, the same rule) on
+        float32/float64 variables. ``False`` always uses ``keras.ops``;
+        ``True`` raises a ``ValueError`` where the kernel cannot be used.
       **kwargs: the Keras optimizer options (``clipnorm``, ``weight_decay``,
         ``use_ema``, ``name``...).
 
@@ -77,6 +86,7 @@ class RAdam(keras.optimizers.Optimizer):
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
         threshold: float = 5.0,
+        fused: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         check_learning_rate(learning_rate)
@@ -89,7 +99,9 @@ class RAdam(keras.optimizers.Optimizer):
                 "`threshold` must be > 4: the rectification factor takes the square "
                 f"root of (rho_t - 4). Received: threshold={threshold}."
             )
+        _fused.check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
+        self.fused = fused
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.epsilon = float(epsilon)
@@ -105,7 +117,6 @@ class RAdam(keras.optimizers.Optimizer):
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
         # Every row's moments decay, so a sparse gradient acts as its dense value.
         g = ops.cast(_sparse.densify(gradient), dtype)
         index = self._get_variable_index(variable)
@@ -114,10 +125,11 @@ class RAdam(keras.optimizers.Optimizer):
         # Step-dependent scalars in float32 or wider: in float16, rho_t and
         # 1 - beta_2**t lose their digits, and bfloat16 rounds 0.999 to 1.
         scalar_dtype = keras.backend.result_type(dtype, "float32")
+        lr = ops.cast(learning_rate, scalar_dtype)
         beta_1 = ops.convert_to_tensor(self.beta_1, scalar_dtype)
         beta_2 = ops.convert_to_tensor(self.beta_2, scalar_dtype)
         t = ops.cast(self.iterations + 1, scalar_dtype)
-        beta_2_power = ops.power(beta_2, t)
+        beta_1_power, beta_2_power = ops.power(beta_1, t), ops.power(beta_2, t)
         rho_inf = 2 / (1 - beta_2) - 1
         rho_t = rho_inf - 2 * t * beta_2_power / (1 - beta_2_power)
         rectified = ops.greater_equal(rho_t, self.threshold)
@@ -128,17 +140,37 @@ class RAdam(keras.optimizers.Optimizer):
             * rho_inf
             / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
         )
-        step_size = lr * ops.cast(1 / (1 - ops.power(beta_1, t)), dtype)  # lr / (1 - beta_1**t)
-        rectified_size = ops.cast(r_t, dtype) * step_size
-        bias_2 = ops.cast(1 - beta_2_power, dtype)
+        step_size = lr / (1 - beta_1_power)  # learning_rate * m_hat / m
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)
 
-        # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
-        self.assign_add(m, (g - m) * ops.cast(1 - beta_1, dtype))
-        self.assign_add(v, (ops.square(g) - v) * ops.cast(1 - beta_2, dtype))
+        def moments() -> None:
+            # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
+            self.assign_add(m, (g - m) * ops.cast(1 - beta_1, dtype))
+            self.assign_add(v, (ops.square(g) - v) * ops.cast(1 - beta_2, dtype))
+
+        def momentum_step() -> None:  # rho_t < threshold: w = w - learning_rate * m_hat
+            moments()
+            self.assign_sub(variable, ops.cast(step_size, dtype) * m)
+
+        if _fused.use_fused(self, variable, m, v, dtypes=_FUSED_DTYPES):
+            # The Adam kernel folds the bias correction into its rate:
+            #   r_t * m_hat / (sqrt(v_hat) + epsilon)
+            #     = r_t sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (sqrt(v) + epsilon'),
+            # epsilon' = epsilon * sqrt(1 - beta_2**t): ResourceApplyAdam, rate lr * r_t.
+            def rectified_step() -> None:
+                _fused.adam(
+                    variable, m, v, None, beta_1_power, beta_2_power, lr * r_t, beta_1, beta_2,
+                    self.epsilon * ops.sqrt(1 - beta_2_power), g,
+                )  # fmt: skip
+
+            ops.cond(rectified, rectified_step, momentum_step)
+            return
+
         # w = w - learning_rate * (r_t * m_hat / (sqrt(v_hat) + epsilon)  or  m_hat)
-        adaptive = rectified_size * m / (ops.sqrt(v / bias_2) + epsilon)
-        self.assign_sub(variable, ops.where(rectified, adaptive, step_size * m))
+        moments()
+        bias_2 = ops.cast(1 - beta_2_power, dtype)
+        adaptive = ops.cast(r_t * step_size, dtype) * m / (ops.sqrt(v / bias_2) + epsilon)
+        self.assign_sub(variable, ops.where(rectified, adaptive, ops.cast(step_size, dtype) * m))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -148,6 +180,7 @@ class RAdam(keras.optimizers.Optimizer):
                 "beta_2": self.beta_2,
                 "epsilon": self.epsilon,
                 "threshold": self.threshold,
+                "fused": self.fused,
             }
         )
         return config

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import glob
 import os
+import shutil
 import socket
 
 import numpy as np
@@ -101,6 +103,22 @@ def test_corrupt_metadata_names_the_directory(tmp_path) -> None:
     with pytest.raises(_data.DataError, match="mnist") as e:
         _data.prepare("mnist", str(tmp_path), is_online=lambda: False)
     assert str(tmp_path) in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_damaged_records_name_the_data_dir(digits_dir, tmp_path, damage: str) -> None:
+    data_dir = str(tmp_path / "copy")
+    shutil.copytree(digits_dir, data_dir)
+    (record,) = glob.glob(os.path.join(data_dir, "digits", "*", "digits-train.tfrecord-*"))
+    if damage == "missing":
+        os.remove(record)
+    else:
+        with open(record, "r+b") as f:
+            f.truncate(os.path.getsize(record) * 6 // 10)
+    data = _data.prepare("digits", data_dir)
+    with pytest.raises(_data.DataError) as e:
+        data.read_arrays("train")
+    assert f"--data_dir={data_dir}" in str(e.value) and "'digits'" in str(e.value)
 
 
 @pytest.mark.parametrize(

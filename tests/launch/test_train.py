@@ -96,8 +96,11 @@ def test_default_job_reaches_the_quality_bar(digits_dir, tmp_path) -> None:
 
 def test_mirrored_sgd_momentum(digits_dir, tmp_path) -> None:
     # The example; conftest already split the CPU into 2 devices.
+    # reduce_to_one: two collective-all-reduce MirroredStrategy objects in one
+    # process can collide (tensorflow/tensorflow#62790), and other test
+    # modules build their own in this process.
     model_dir = str(tmp_path / "run")
-    argv = ["--strategy=mirrored", "--virtual_cpus=2", "--optimizer=sgd", "--momentum=0.9",
+    argv = ["--strategy=mirrored", "--virtual_cpus=2", "--all_reduce=reduce_to_one", "--optimizer=sgd", "--momentum=0.9",
             "--model=mlp", "--epochs=1", f"--data_dir={digits_dir}", f"--model_dir={model_dir}"]  # fmt: skip
     assert run_main(argv) == 0
     summary = _summary(model_dir)
@@ -148,13 +151,19 @@ BAD = [
     (["--optimizer=adamm"], "optimizer='adamm'"),
     (["--momentum=0.9"], "--momentum"),
     (["--beta_1=1.5"], "beta_1=1.5"),
+    (["--weight_decay=-0.1"], "weight_decay"),
+    (["--global_clipnorm=-1"], "global_clipnorm"),
     (["--warmup_steps=10"], "warmup_steps=10"),
     (["--lr_schedule=warmup_cosine"], "warmup_steps=0"),
-    (["--strategy=mirrored", "--virtual_cpus=2", "--batch_size=33"], "batch_size=33"),
+    (["--strategy=mirrored", "--virtual_cpus=2", "--all_reduce=reduce_to_one", "--batch_size=33"],
+     "batch_size=33"),
     (["--dataset=no_such_dataset"], "no_such_dataset"),
     (["--dataset=mnist"], "tfds build mnist"),
     (["--strategy=one_device", "--tpu=local"], "tpu"),
     (["positional"], "positional"),
+    (["--model_dir={file}"], "--model_dir"),
+    (["--model_dir={file}/run"], "--model_dir"),
+    (["--data_dir={file}"], "--data_dir"),
     *[([f"--optimizer={name}"], name) for name in _NEEDS_OPTIMIZER],
 ]
 
@@ -162,6 +171,9 @@ BAD = [
 @pytest.mark.parametrize("argv, named", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_user_error_exits_2_with_one_line(argv, named, tmp_path, digits_dir, capsys) -> None:
     data_dir = digits_dir if "--dataset=mnist" not in argv else str(tmp_path / "empty")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    argv = [arg.replace("{file}", str(a_file)) for arg in argv]
     code = run_main([*SMALL, f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", *argv])
     err = capsys.readouterr().err
     assert code == 2

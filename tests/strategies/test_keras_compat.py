@@ -1,8 +1,9 @@
 """Unit tests of strategies._keras_compat: each workaround, and that each upstream bug is real.
 
 In-process only: MirroredStrategy runs on the two logical CPUs tests/conftest.py
-creates. The "stock Keras" tests pin the upstream bugs; when one starts
-failing, Keras has fixed that bug and the workaround can be switched off.
+creates. The "stock Keras" tests pin the upstream bugs that fail cleanly; when
+one starts failing, Keras has fixed that bug and the workaround can be switched
+off.
 """
 
 from __future__ import annotations
@@ -155,13 +156,11 @@ def test_mirrored_strategies_with_other_shapes_do_not_collide():
 # --- step functions ------------------------------------------------------------
 
 
-def test_stock_keras_steps_per_execution_fails_under_mirrored():
-    with pytest.raises(tf.errors.InvalidArgumentError, match="placeholder"):
-        _regression(_mirrored(), lambda: keras.optimizers.SGD(0.1), synchronize=False,
-                    steps_per_execution=3)
-
-
 def test_steps_per_execution_under_mirrored_matches_one_step():
+    # Stock Keras fails here with "You must feed a value for placeholder tensor
+    # 'while/cond/Placeholder'" (keras-team/keras#19246). That failure is not
+    # pinned by a test: it aborts a step mid-collective, and the orphaned
+    # collective can stall the next tests in the process for minutes.
     # 5 batches per epoch and 3 steps per execution: the last execution is partial.
     one_step = _regression(_mirrored(), lambda: keras.optimizers.SGD(0.1), synchronize=True,
                            batches=5)

@@ -33,6 +33,8 @@ CASES = {
     "adam": ("adam", {"learning_rate": 0.01}, "ResourceApplyAdam"),
     "amsgrad": ("adam", {"learning_rate": 0.01, "amsgrad": True}, "ResourceApplyAdamWithAmsgrad"),
     "lars": ("lars", {"learning_rate": 1.0, "weight_decay": 0.01}, "ResourceApplyKerasMomentum"),
+    "lazy_adam": ("lazy_adam", {"learning_rate": 0.01}, "ResourceApplyAdam"),
+    "radam": ("radam", {"learning_rate": 0.01}, "ResourceApplyAdam"),
 }  # fmt: skip
 
 _FUSED_OPS = {kernel for _, _, kernel in CASES.values()} | {
