@@ -57,6 +57,7 @@ class Job:
     epochs: int = 15
     steps_per_epoch: int | None = None
     steps_per_execution: int = 1
+    checkpoint_every_steps: int | None = None
     model_dir: str | None = None
     seed: int = 0
 
@@ -160,6 +161,7 @@ def run(
         callbacks=[timer, *callbacks],
         model_dir=model_dir,
         steps_per_execution=job.steps_per_execution,
+        checkpoint_every_steps=job.checkpoint_every_steps,
         verbose=verbose,
     )
     summary = _summarize(job, strategy, data, history, optimizer_config, timer.seconds, steps, model_dir)

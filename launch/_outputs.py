@@ -1,19 +1,22 @@
 """What a run leaves in ``--model_dir`` besides the model: ``summary.json`` and a plot.
 
 Both files are written to a temporary name and then renamed, so a run killed
-while writing never leaves a half-written file in place of a good one.
+while writing never leaves a half-written file in place of a good one. Paths go
+through ``tf.io.gfile``, so ``--model_dir=gs://...`` works as on a TPU pod.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "curves.png"
@@ -43,16 +46,14 @@ def jsonable(value: Any) -> Any:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
 
 
 def write_summary(model_dir: str, summary: Mapping[str, Any]) -> str:
@@ -63,11 +64,11 @@ def write_summary(model_dir: str, summary: Mapping[str, Any]) -> str:
     """
     path = os.path.join(model_dir, SUMMARY_FILE)
     merged: dict[str, Any] = {}
-    if os.path.exists(path):
+    if tf.io.gfile.exists(path):
         try:
-            with open(path) as f:
+            with tf.io.gfile.GFile(path) as f:
                 merged = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, tf.errors.OpError):
             merged = {}  # Unreadable: replaced below, as a whole.
         if not isinstance(merged, dict):
             merged = {}
@@ -109,8 +110,8 @@ def plot_curves(model_dir: str, history: Mapping[str, Sequence[float]], title: s
             ax.legend()
     if title:
         fig.suptitle(title)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     path = os.path.join(model_dir, PLOT_FILE)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    _write_atomically(path, png.getvalue())
     return path

@@ -12,8 +12,11 @@ without XLA, on one fp32 variable of each ``--sizes`` (default 1M, 16M and
 * the achieved GB/s (those bytes over the median time);
 * the fraction of a roof measured in the same run: an XLA-compiled
   element-wise kernel moving the same arrays (each state array read and
-  written, the gradient read), timed alternately with the optimizer step so
-  both see the same machine load. 1.0 means "as fast as memory allows".
+  written, the gradient read). 1.0 means "as fast as memory allows".
+
+Each timed round runs the tfopt step, its Keras counterpart's step and the
+roof once each, so that all three see the same machine load (a shared CPU
+drifts): the tfopt/Keras ratio and the fractions compare like with like.
 
 It writes ``optimizers.json`` (every number, machine and git state),
 ``optimizers.png`` (fraction of the roof per optimizer) and ``optimizers.md``
@@ -142,19 +145,30 @@ def _median_ms(times: Sequence[float]) -> float:
 
 
 def measure(
-    optimizer: keras.optimizers.Optimizer,
+    optimizers: Sequence[keras.optimizers.Optimizer],
     n: int,
     state_arrays: int,
     xla: bool,
     timed_steps: int,
     warmup: int,
-) -> dict[str, Any]:
-    """Times ``optimizer``'s step on ``n`` params, alternating with its roof kernel."""
+) -> list[dict[str, Any]]:
+    """Times each optimizer's step on ``n`` params, in turn with the roof kernel.
+
+    Each timed round runs every optimizer once and the roof once, so a change
+    in machine load (this CPU is shared) hits all of them alike: the ratios
+    between them hold even when the absolute times drift.
+    """
     shape = _shape(n)
-    variable = keras.Variable(tf.random.normal(shape, stddev=0.1), name="kernel")
+    initial = tf.random.normal(shape, stddev=0.1)
     gradient = tf.random.normal(shape, stddev=0.01)
-    optimizer.build([variable])
-    step = tf.function(lambda g: optimizer.apply([g], [variable]), jit_compile=xla)
+    variables, steps = [], []
+    for optimizer in optimizers:
+        variable = keras.Variable(initial, name="kernel")
+        optimizer.build([variable])
+        variables.append(variable)
+        steps.append(
+            tf.function(lambda g, o=optimizer, v=variable: o.apply([g], [v]), jit_compile=xla)
+        )
 
     # The roof: the same arrays, each state array read and written once and the
     # gradient read once, in XLA-fused element-wise loops.
@@ -166,22 +180,24 @@ def measure(
         for x in roof_state[1:]:
             x.assign(x * 0.5)
 
+    fns = [*steps, roof]
     for _ in range(warmup):
-        step(gradient)
-        roof(gradient)
-    step_times, roof_times = [], []
+        for fn in fns:
+            fn(gradient)
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(timed_steps):
-        for fn, times in ((step, step_times), (roof, roof_times)):
+        for fn, fn_times in zip(fns, times, strict=True):
             start = time.perf_counter()
             fn(gradient)
-            times.append(time.perf_counter() - start)
-    if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
-        raise RuntimeError(f"{type(optimizer).__name__} produced non-finite weights.")
-    return {
-        "step_ms": _median_ms(step_times),
-        "roof_ms": _median_ms(roof_times),
-        "step_ms_all": [1e3 * t for t in step_times],
-    }
+            fn_times.append(time.perf_counter() - start)
+    for optimizer, variable in zip(optimizers, variables, strict=True):
+        if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
+            raise RuntimeError(f"{type(optimizer).__name__} produced non-finite weights.")
+    roof_ms = _median_ms(times[-1])
+    return [
+        {"step_ms": _median_ms(t), "roof_ms": roof_ms, "step_ms_all": [1e3 * x for x in t]}
+        for t in times[:-1]
+    ]
 
 
 def _row(name: str, impl: str, optimizer: Any, spec: Spec, xla: bool, n: int,
@@ -208,19 +224,19 @@ def _row(name: str, impl: str, optimizer: Any, spec: Spec, xla: bool, n: int,
 def measure_group(
     name: str, n: int, xla_modes: Sequence[bool], with_keras: bool, timed_steps: int, warmup: int
 ) -> list[dict[str, Any]]:
-    """The rows of one optimizer at one size: tfopt (and Keras) x XLA modes."""
+    """The rows of one optimizer at one size: tfopt and Keras, timed together, per XLA mode."""
     spec = SPECS[name]
     impls = [("tfopt", spec.make)]
     if with_keras and spec.keras is not None:
         impls.append(("keras", spec.keras))
     rows = []
     for xla in xla_modes:
-        for impl, make in impls:
-            optimizer = make()
-            timing = measure(optimizer, n, spec.state_arrays, xla, timed_steps, warmup)
+        optimizers = [make() for _, make in impls]
+        timings = measure(optimizers, n, spec.state_arrays, xla, timed_steps, warmup)
+        for (impl, _), optimizer, timing in zip(impls, optimizers, timings, strict=True):
             rows.append(_row(name, impl, optimizer, spec, xla, n, timing))
-            del optimizer
-            gc.collect()
+        del optimizers
+        gc.collect()
     return rows
 
 

@@ -13,6 +13,9 @@ When it stops:
   are then stopped). A failed chief or ps stops the cluster; a failed worker
   is only reported, because ``ClusterCoordinator`` re-runs its steps elsewhere.
 * On ``--timeout`` (exit 124), Ctrl-C (130) or SIGTERM (143).
+* A task that exits 143 was preempted (it saved a checkpoint at a step every
+  worker agreed on, see ``strategies._preemption``): the others get 30 s to
+  save and exit by themselves before they are stopped.
 
 This launcher does not import TensorFlow (5 s and a screen of logs, per
 launch): the ``TF_CONFIG`` it writes has the format `strategies.cluster`
@@ -47,6 +50,10 @@ EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 _GRACE_SECONDS = 3.0
+# A task that exits 143 after a SIGTERM was preempted: it checkpointed at a
+# step all workers agreed on, and the others are exiting too. They get this
+# long to finish by themselves before they are stopped.
+_PREEMPTED_GRACE_SECONDS = 30.0
 _POLL_SECONDS = 0.05
 
 
@@ -168,6 +175,8 @@ class LocalCluster:
                     if code in (None, 0) or task.name in reported:
                         continue
                     reported.add(task.name)
+                    if code == EXIT_TERMINATED:
+                        self._wait_for_all(_PREEMPTED_GRACE_SECONDS)
                     if self.needed(task):
                         return self._finish(code if code > 0 else 1,
                                             f"{task.name} failed with exit code {code}", task.name)
@@ -180,6 +189,12 @@ class LocalCluster:
                 time.sleep(_POLL_SECONDS)
         except KeyboardInterrupt:
             return self._finish(EXIT_INTERRUPTED, "interrupted", None)
+
+    def _wait_for_all(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and any(
+                t.process is not None and t.process.poll() is None for t in self.tasks):
+            time.sleep(_POLL_SECONDS)
 
     def _done(self) -> bool:
         if self.parameter_server:

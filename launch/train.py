@@ -9,7 +9,10 @@ With no flags it trains a small CNN on the UCI digits, offline, and writes
     python -m launch.train --strategy=tpu --tpu=local --dataset=cifar10 --model=resnet_small
 
 A user error (a bad flag value or combination, missing data) prints one line,
-``launch.train: error: ...``, to stderr and exits with status 2.
+``launch.train: error: ...``, to stderr and exits with status 2. A SIGTERM
+(a preemption notice) saves a checkpoint at a step every worker agrees on,
+prints ``launch.train: preempted ...`` and exits with status 143; the same
+command then resumes from that step.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from absl import app, flags, logging  # noqa: E402
 import strategies  # noqa: E402
 from launch import _data, _job, _models, _optimizers, _outputs, _schedules  # noqa: E402
 from strategies import flags as strategy_flags  # noqa: E402
+from strategies._checkpointing import CheckpointMismatchError  # noqa: E402
+from strategies._preemption import EXIT_CODE as PREEMPTED_EXIT_CODE  # noqa: E402
+from strategies._preemption import Preempted  # noqa: E402
 
 _D = _job.Job()  # The flags' defaults are the default job's.
 
@@ -73,6 +79,11 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer(
 _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     "steps_per_execution", _D.steps_per_execution, "Steps per tf.function call (raise it on TPUs).", lower_bound=1
 )
+_CHECKPOINT_EVERY_STEPS = flags.DEFINE_integer(
+    "checkpoint_every_steps", None,
+    "Also checkpoint every N steps, mid-epoch, so that a killed run loses at most N steps. "
+    "Unset: at epoch ends only.", lower_bound=1,
+)  # fmt: skip
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Output and checkpoint directory; a run restarted with the same one resumes. "
     "Default: a new runs/<dataset>-<model>-<time> (one per cluster: -cluster-<hash>).",
@@ -158,8 +169,13 @@ def main(argv: Sequence[str]) -> None:
         _fail(f"unexpected positional arguments {list(argv[1:])}; every option is a --flag.")
     try:
         train()
-    except (strategies.StrategyError, _data.DataError, _job.UsageError, flags.Error) as e:
+    except (strategies.StrategyError, _data.DataError, _job.UsageError, flags.Error,
+            CheckpointMismatchError) as e:
         _fail(str(e))
+    except Preempted as e:
+        # Not an error: the checkpoint is saved; 143 tells a scheduler to restart the job.
+        print(f"{PROG}: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     except tf.errors.DataLossError as e:  # A record file that streams in corrupt, mid-training.
         _fail(
             f"corrupt data in --data_dir={_DATA_DIR.value or _data.default_data_dir()} for "

@@ -11,13 +11,31 @@ disk, NFS or a GCS bucket). Under parameter servers only the coordinator runs
 this code.
 
 What is saved: the model's variables, the optimizer's state (its step counter
-included), and where training stood: the next epoch, the step within it, and
-the total number of steps trained.
+included), where training stood (the next epoch, the step within it, and the
+total number of steps trained), and a signature of the model and optimizer.
+
+Safety (each proven by tests/strategies/test_checkpoint_safety.py, which
+SIGKILLs writers for real):
+
+* A checkpoint becomes visible only when ``tf.train.CheckpointManager``
+  rewrites the ``checkpoint`` state file, atomically (temp file + rename),
+  after the data files are complete; a run killed while saving leaves the
+  previous checkpoint as the newest one.
+* ``model.keras`` is written to a temporary file in the same directory and
+  renamed over the old one, so it is always the previous or the new model.
+* Restoring first compares the checkpoint's signature (model and optimizer,
+  every variable's shape, in Keras' positional order) with the model being
+  trained, and refuses a mismatch in one sentence naming both sides. Keras
+  would restore optimizer variables by position and only warn ("Skipping
+  variable loading for optimizer..."), or fail half-way with a shape error.
+* `load_model` reads ``.keras`` files with ``safe_mode=True``: no code stored
+  in a file (a ``Lambda``'s bytecode) runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -25,9 +43,11 @@ import keras
 import tensorflow as tf
 
 from strategies import _roles
+from strategies._preemption import Preempted, PreemptionWatcher
 
 CHECKPOINT_SUBDIR = "checkpoints"
 _TEMP_SUBDIR = ".worker_checkpoints"
+_SIGNATURE_KEY = "signature/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +84,13 @@ class Checkpointer:
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self._step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self._global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self._signature = signature(model)
+        self._signature_variable = tf.Variable(json.dumps(self._signature), trainable=False,
+                                               name="signature")
         self._checkpoint = tf.train.Checkpoint(
             model=model, optimizer=model.optimizer, epoch=self._epoch,
-            step_in_epoch=self._step_in_epoch, global_step=self._global_step)
+            step_in_epoch=self._step_in_epoch, global_step=self._global_step,
+            signature=self._signature_variable)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self._write_dir, max_to_keep=max_to_keep if self.chief else 1,
             checkpoint_name="ckpt")
@@ -85,19 +109,32 @@ class Checkpointer:
         path = self.latest()
         if path is None:
             return None
-        status = self._checkpoint.restore(path)
+        self._check_signature(path)
         try:
+            status = self._checkpoint.restore(path)
             status.assert_existing_objects_matched()
-        except AssertionError as error:
-            raise CheckpointMismatchError(
-                f"The checkpoint {path} does not match this model and optimizer "
-                f"({type(self._model).__name__} {self._model.name!r} with "
-                f"{type(self._model.optimizer).__name__}): {str(error).splitlines()[0]} "
-                "Use a fresh model_dir or the model_fn that wrote it. "
-                f"Received: model_dir={os.path.dirname(self.directory)!r}."
-            ) from None
+        except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+            # A checkpoint without a signature (or one Keras still cannot load).
+            raise self._mismatch(path, _first_line(error)) from None
         return TrainingState(int(self._epoch.numpy()), int(self._step_in_epoch.numpy()),
                              int(self._global_step.numpy()))
+
+    def _check_signature(self, path: str) -> None:
+        reader = tf.train.load_checkpoint(path)
+        if not reader.has_tensor(_SIGNATURE_KEY):
+            return
+        saved = json.loads(reader.get_tensor(_SIGNATURE_KEY))
+        difference = _first_difference(saved, self._signature)
+        if difference is not None:
+            raise self._mismatch(path, f"it holds {_describe(saved)}, this run builds "
+                                       f"{_describe(self._signature)}; {difference}")
+
+    def _mismatch(self, path: str, detail: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(
+            f"The checkpoint {path} was written for another model or optimizer: {detail}. "
+            "Use a fresh model_dir, or the model and optimizer that wrote it. "
+            f"Received: model_dir={os.path.dirname(self.directory)!r}."
+        )
 
     def save(self, state: TrainingState) -> str | None:
         """Saves on this worker; returns the chief's checkpoint path (None elsewhere)."""
@@ -118,13 +155,16 @@ class CheckpointCallback(keras.callbacks.Callback):
         checkpointer: where and how to save.
         start: the state training starts (or resumes) from.
         every_steps: also save whenever the global step passes a multiple of this.
+        preemption: on its signal, save at the step it names and raise `Preempted`.
     """
 
     def __init__(self, checkpointer: Checkpointer, start: TrainingState = TrainingState(),
-                 every_steps: int | None = None) -> None:
+                 every_steps: int | None = None,
+                 preemption: PreemptionWatcher | None = None) -> None:
         super().__init__()
         self.checkpointer = checkpointer
         self._every = every_steps
+        self._preemption = preemption
         self._epoch = start.epoch
         self._offset = start.step_in_epoch  # Steps of the resumed epoch already done.
         self._global = start.global_step
@@ -145,16 +185,22 @@ class CheckpointCallback(keras.callbacks.Callback):
         before = self._global
         self._global += step_in_epoch - self._epoch_step
         self._epoch_step = step_in_epoch
+        state = TrainingState(self._epoch, step_in_epoch, self._global)
+        saved = None
         if self._every and self._global // self._every > before // self._every:
-            self._save(TrainingState(self._epoch, step_in_epoch, self._global))
+            saved = self._save(state)
+        if self._preemption is not None and self._preemption.should_stop(self._global):
+            # Every worker gets here at the same step (see _preemption) and saves together.
+            raise Preempted(self._global, saved or self._save(state))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._save(TrainingState(epoch + 1, 0, self._global))
 
-    def _save(self, state: TrainingState) -> None:
+    def _save(self, state: TrainingState) -> str | None:
         path = self.checkpointer.save(state)
         if path:
             self.saved.append(path)
+        return path
 
 
 def save_model(model: keras.Model, strategy: tf.distribute.Strategy,
@@ -165,7 +211,16 @@ def save_model(model: keras.Model, strategy: tf.distribute.Strategy,
     """
     if _roles.is_chief(strategy):
         path = os.path.join(os.fspath(model_dir), filename)
-        model.save(path)
+        # Keras writes the zip in place: a run killed mid-write would leave a
+        # torn file where the previous model was. Write beside it, then rename
+        # (atomic on a local or NFS file system; a copy on GCS).
+        temp = os.path.join(os.fspath(model_dir), f".{os.getpid()}.tmp.{filename}")
+        tf.io.gfile.makedirs(os.fspath(model_dir))
+        model.save(temp)
+        if "://" in path:
+            tf.io.gfile.rename(temp, path, overwrite=True)
+        else:
+            os.replace(temp, path)
         return path
     temp_dir = os.path.join(os.fspath(model_dir), _TEMP_SUBDIR,
                             "_".join(map(str, _roles.task(strategy) or ("local", 0))))
@@ -173,6 +228,66 @@ def save_model(model: keras.Model, strategy: tf.distribute.Strategy,
     model.save(os.path.join(temp_dir, filename))
     _remove_private_dir(temp_dir)
     return None
+
+
+def load_model(path: str | os.PathLike[str]) -> keras.Model:
+    """Loads a ``.keras`` file with ``safe_mode=True``: no code stored in it runs.
+
+    Raises:
+        ValueError: the file holds code (e.g. a ``Lambda`` layer's bytecode);
+            Keras' message says how to allow it for a file you trust.
+    """
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def signature(model: keras.Model) -> dict[str, Any]:
+    """What a checkpoint must match: the model and optimizer, and their variables' shapes.
+
+    Shapes are listed in Keras' order, which is how optimizer variables are
+    restored (by position): the same shapes in the same order restore right.
+    """
+    optimizer = model.optimizer
+    return {
+        "model": f"{type(model).__name__} {model.name!r}",
+        "weights": [list(v.shape) for v in model.weights],
+        "optimizer": _optimizer_name(optimizer),
+        "optimizer_variables": [[v.name, list(v.shape)] for v in optimizer.variables],
+    }
+
+
+def _optimizer_name(optimizer: Any) -> str:
+    inner = getattr(optimizer, "inner_optimizer", None)
+    name = type(optimizer).__name__
+    return name if inner is None else f"{name}({_optimizer_name(inner)})"
+
+
+def _describe(sig: dict[str, Any]) -> str:
+    return (f"{sig['model']} ({len(sig['weights'])} weights) with {sig['optimizer']} "
+            f"({len(sig['optimizer_variables'])} variables)")
+
+
+def _first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first way ``saved`` and ``current`` differ, in words; None if they match."""
+    for i, (a, b) in enumerate(zip(saved["weights"], current["weights"], strict=False)):
+        if a != b:
+            return f"model weight {i} is {tuple(a)} there and {tuple(b)} here"
+    if len(saved["weights"]) != len(current["weights"]):
+        return f"{len(saved['weights'])} model weights there, {len(current['weights'])} here"
+    if saved["optimizer"] != current["optimizer"]:
+        return f"optimizer {saved['optimizer']} there, {current['optimizer']} here"
+    for i, (a, b) in enumerate(zip(saved["optimizer_variables"], current["optimizer_variables"], strict=False)):
+        if a[1] != b[1]:
+            return (f"optimizer variable {i} is {a[0]!r} {tuple(a[1])} there and "
+                    f"{b[0]!r} {tuple(b[1])} here")
+    if len(saved["optimizer_variables"]) != len(current["optimizer_variables"]):
+        return (f"{len(saved['optimizer_variables'])} optimizer variables there, "
+                f"{len(current['optimizer_variables'])} here")
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _remove_private_dir(path: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -13,7 +14,15 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from strategies import _checkpointing, _data, _keras_compat, _progress, _ps_training, _roles
+from strategies import (
+    _checkpointing,
+    _data,
+    _keras_compat,
+    _preemption,
+    _progress,
+    _ps_training,
+    _roles,
+)
 
 CLIP_MODES = ("after_all_reduce", "per_replica")
 SUMMARY_FILE = "summary.json"
@@ -56,7 +65,9 @@ def fit(
     every ``checkpoint_every_steps`` steps), the final ``model.keras`` and
     ``summary.json``; with ``resume=True`` it continues from the newest
     checkpoint there, mid-epoch included. Under several workers only the chief
-    writes these, and every worker takes part in saving.
+    writes these, and every worker takes part in saving. A SIGTERM (a
+    preemption notice) then makes every worker checkpoint at the same step and
+    raise `Preempted` (see `strategies._preemption`).
 
     Args:
         model_fn: returns a compiled ``keras.Model``; called inside ``strategy.scope()``.
@@ -79,6 +90,11 @@ def fit(
 
     Returns:
         The ``keras.callbacks.History`` of the epochs run here, with ``.model`` set.
+
+    Raises:
+        Preempted: with ``model_dir``, after a SIGTERM: the checkpoint is saved.
+        CheckpointMismatchError: ``model_dir`` holds a checkpoint of another
+            model or optimizer.
 
     Example:
 
@@ -141,23 +157,17 @@ def fit(
             all_callbacks.append(keras.callbacks.TensorBoard(
                 os.path.join(os.fspath(model_dir), LOGS_SUBDIR), write_graph=False,
                 profile_batch=0))
+    # Without model_dir there is nowhere to save, and SIGTERM keeps its default.
+    preemption = _preemption.PreemptionWatcher(strategy) if model_dir is not None else None
+    if model_dir is not None:
         all_callbacks.append(_checkpointing.CheckpointCallback(
-            checkpointer, start, every_steps=checkpoint_every_steps))
+            checkpointer, start, every_steps=checkpoint_every_steps, preemption=preemption))
 
     began = time.perf_counter()
-    if trainer is not None:
-        callback_list = keras.callbacks.CallbackList(
-            all_callbacks, add_history=True, add_progbar=False, model=model,
-            epochs=epochs, steps=steps_per_epoch, verbose=verbose)
-        history = trainer.fit(epochs=epochs, steps_per_epoch=steps_per_epoch,
-                              callbacks=callback_list, initial_epoch=start.epoch,
-                              initial_step=start.step_in_epoch,
-                              validation_data=validation_data, validation_steps=validation_steps)
-    else:
-        history = _keras_fit(model, strategy, data, start, epochs=epochs,
-                             steps_per_epoch=steps_per_epoch, validation_data=validation_data,
-                             validation_steps=validation_steps, callbacks=all_callbacks,
-                             verbose=verbose)
+    with preemption or contextlib.nullcontext():
+        history = _train(model, strategy, data, trainer, start, all_callbacks, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+                         validation_steps=validation_steps, verbose=verbose)
     train_seconds = time.perf_counter() - began
 
     if model_dir is not None:
@@ -165,6 +175,25 @@ def fit(
         if chief:
             _write_summary(model_dir, model, strategy, history, train_seconds)
     return history
+
+
+def _train(model: keras.Model, strategy: tf.distribute.Strategy, data: _data.Data,
+           trainer: _ps_training.CoordinatorTrainer | None, start: _checkpointing.TrainingState,
+           all_callbacks: list[keras.callbacks.Callback], *, epochs: int,
+           steps_per_epoch: int | None, validation_data: _data.Data | None,
+           validation_steps: int | None, verbose: int) -> keras.callbacks.History:
+    if trainer is not None:
+        callback_list = keras.callbacks.CallbackList(
+            all_callbacks, add_history=True, add_progbar=False, model=model,
+            epochs=epochs, steps=steps_per_epoch, verbose=verbose)
+        return trainer.fit(epochs=epochs, steps_per_epoch=steps_per_epoch,
+                           callbacks=callback_list, initial_epoch=start.epoch,
+                           initial_step=start.step_in_epoch,
+                           validation_data=validation_data, validation_steps=validation_steps)
+    return _keras_fit(model, strategy, data, start, epochs=epochs,
+                      steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+                      validation_steps=validation_steps, callbacks=all_callbacks,
+                      verbose=verbose)
 
 
 def _build_variables(model: keras.Model, spec: Any) -> None:

@@ -108,7 +108,10 @@ class PreemptionWatcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
+        # After a preemption the process is on its way out: a second notice
+        # (a launcher stopping the cluster, a scheduler repeating itself) must
+        # not kill it before it exits by itself, so the handler stays.
+        if self._previous is not None and self._target is None:
             signal.signal(self._signum, self._previous)
             self._previous = None
         if self._thread is not None:

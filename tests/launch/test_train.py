@@ -211,3 +211,14 @@ def test_local_multi_worker_run(digits_dir, tmp_path) -> None:
     # Each worker read its half of every global batch of 32: 45 steps cover the split.
     assert summary["steps"] == summary["steps_per_epoch"] == 45
     assert 0.0 <= summary["eval"]["accuracy"] <= 1.0
+
+
+def test_summary_is_strict_json_and_extends_the_existing_file(tmp_path) -> None:
+    from launch import _outputs
+
+    (tmp_path / "summary.json").write_text(json.dumps({"validation": {"loss": 1.0}, "eval": {"loss": 9.0}}))
+    _outputs.write_summary(str(tmp_path), {"eval": {"loss": np.float32(np.nan), "accuracy": np.float64(0.5)}})
+    text = (tmp_path / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert summary == {"validation": {"loss": 1.0}, "eval": {"loss": "nan", "accuracy": 0.5}}
+    assert sorted(os.listdir(tmp_path)) == ["summary.json"]  # no temporary file left behind

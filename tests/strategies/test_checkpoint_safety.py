@@ -25,7 +25,7 @@ from strategies import _checkpointing
 from tests.strategies import _checkpoint_writer as writer
 
 REPO = Path(__file__).resolve().parents[2]
-_DEADLINE_S = 60.0
+_DEADLINE_S = 30.0
 
 
 def _start(model_dir: Path, what: str, die_at: int | None = None) -> subprocess.Popen[str]:
@@ -93,21 +93,21 @@ def _loaded_round(model_dir: Path) -> int:
 @pytest.mark.fault
 @pytest.mark.parametrize("what", ["checkpoint", "model"])
 def test_sigkill_inside_a_save_leaves_the_previous_one_loadable(tmp_path, what):
-    # Retried with a shorter delay only if the kill landed after round 2's save finished.
-    for attempt, delay in enumerate((0.05, 0.01, 0.0)):
+    load = _restored_round if what == "checkpoint" else _loaded_round
+    # Each attempt kills sooner; a kill that lands after round 2 was committed
+    # proves nothing about torn writes, so it is retried (the load still must work).
+    for attempt, delay in enumerate((0.01, 0.003, 0.0)):
         model_dir = tmp_path / str(attempt)
         lines = _kill_during(model_dir, what, delay)
-        if "saved 2" not in lines:
+        loaded = load(model_dir)  # Loadable, one round's values everywhere.
+        if loaded == 1:
             break
+        assert loaded == 2 and "saving 2" in lines, (loaded, lines)
     else:
-        pytest.fail(f"every kill landed after the save finished: {lines}")
-    # Evidence the kill tore a save: its unfinished files are there.
-    leftovers = sorted(p.name for p in model_dir.rglob("*") if "2_temp" in p.name or ".tmp" in p.name
-                       or p.name.startswith("ckpt-2"))  # fmt: skip
-    if what == "checkpoint":
-        assert _restored_round(model_dir) == 1, leftovers
-    else:
-        assert _loaded_round(model_dir) == 1, leftovers
+        pytest.fail("every kill landed after round 2's save was committed")
+    # Evidence that the kill tore round 2's save: its unfinished files are there.
+    torn = [p.name for p in model_dir.rglob("*") if "ckpt-2" in p.name or ".tmp." in p.name]
+    assert torn, sorted(p.name for p in model_dir.rglob("*"))
 
 
 @pytest.mark.fault
