@@ -131,7 +131,7 @@ class Checkpointer:
 
     def _mismatch(self, path: str, detail: str) -> CheckpointMismatchError:
         return CheckpointMismatchError(
-            f"The checkpoint {path} was written for another model or optimizer: {detail}. "
+            f"The checkpoint {path} does not match this model and optimizer: {detail}. "
             "Use a fresh model_dir, or the model and optimizer that wrote it. "
             f"Received: model_dir={os.path.dirname(self.directory)!r}."
         )

@@ -116,8 +116,14 @@ class PreemptionWatcher:
             self._previous = None
         if self._thread is not None:
             # Wakes every worker's blocked watcher; the first one to finish sets it.
-            _insert(self._target_key, _STOP)
-            self._thread.join(timeout=5.0)
+            try:
+                _insert(self._target_key, _STOP)
+            except tf.errors.OpError:
+                # The chief, which runs the coordination service, is gone already;
+                # the watcher (a daemon thread) then ends with the process.
+                pass
+            else:
+                self._thread.join(timeout=5.0)
             self._thread = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -149,11 +155,14 @@ class PreemptionWatcher:
         return False
 
     def _watch(self) -> None:
-        value = context.context().get_config_key_value(self._target_key)  # Blocks until set.
-        if value == _STOP:
-            return
-        self._target = int(value)
-        _insert(self._ack_key + self._me, "1")
+        try:
+            value = context.context().get_config_key_value(self._target_key)  # Blocks until set.
+            if value == _STOP:
+                return
+            self._target = int(value)
+            _insert(self._ack_key + self._me, "1")
+        except tf.errors.OpError as error:  # The cluster is going down.
+            logging.info("Preemption watcher stopped: %s", str(error).splitlines()[0])
 
 
 def _insert(key: str, value: str) -> bool:

@@ -40,8 +40,10 @@ TIMEOUT = 150.0
 STEPS, EPOCHS, EVERY = 10, 3, 4
 # Resumed runs see other batches than U from the resumed epoch on (each epoch
 # reshuffles, and a restarted pipeline starts from its first shuffle), so the
-# runs agree in distribution, not bit for bit. Measured: |delta| <= 0.02.
+# runs agree in distribution, not bit for bit. Measured on the 2-core box
+# (identical in two runs): eval accuracy 0.8806 vs 0.8667, loss 0.700 vs 0.734.
 ACCURACY_TOLERANCE = 0.05
+LOSS_TOLERANCE = 0.10  # relative
 
 
 def _command(model_dir: Path, data_dir: str, markers: Path, pause: str) -> list[str]:
@@ -172,6 +174,7 @@ def test_preempted_multi_worker_run_resumes_at_its_last_step(tmp_path, digits_di
     final = json.loads((run / "summary.json").read_text())["eval"]
     reference = json.loads((uninterrupted / "summary.json").read_text())["eval"]
     assert abs(final["accuracy"] - reference["accuracy"]) <= ACCURACY_TOLERANCE, (final, reference)
+    assert abs(final["loss"] - reference["loss"]) <= LOSS_TOLERANCE * reference["loss"], (final, reference)
 
 
 def _ps_cluster(model_dir: Path, data_dir: str, markers: Path, pause: str = "") -> local_cluster.LocalCluster:
