@@ -34,6 +34,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -309,6 +310,9 @@ def main(argv: Sequence[str]) -> int:
         if not command:
             raise ValueError("Give the command every task runs after `--`, e.g. "
                              "`python -m launch.local_cluster --workers=2 -- python train.py`.")
+        if shutil.which(command[0]) is None:
+            raise ValueError(f"Cannot run {command[0]!r}: no such executable (check the path "
+                             "and its execute permission).")
     except ValueError as error:
         print(f"local_cluster: {error}", file=sys.stderr)
         return 2
@@ -319,6 +323,9 @@ def main(argv: Sequence[str]) -> int:
     try:
         local.start()
         return local.wait().returncode
+    except OSError as error:  # The command exists but cannot be executed.
+        print(f"local_cluster: Cannot run {command[0]!r}: {error.strerror}.", file=sys.stderr)
+        return 2
     except _Terminated:
         return EXIT_TERMINATED
     finally:
@@ -333,9 +340,19 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    # absl's own parser prints two lines and exits 1; a usage error here is
+    # one line and exit status 2, as for launch.train.
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"local_cluster: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run() -> None:
     """Console-script entry point (``tfopt-local-cluster``)."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

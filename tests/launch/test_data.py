@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 
 from launch import _data
 from launch.datasets.digits import digits_dataset_builder as digits_builder
+from strategies import _keras_compat
 
 
 def _pairs(ds: tf.data.Dataset) -> collections.Counter:
@@ -146,7 +147,7 @@ def test_non_image_dataset_is_rejected(mocked) -> None:
 
 
 def test_global_batches_for_single_host_strategies(digits: _data.ImageDataset) -> None:
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = _keras_compat.mirrored_strategy(["/cpu:0", "/cpu:1"])
     ds = _data.make_input(digits, "test", global_batch_size=32, strategy=strategy, training=False)
     assert isinstance(ds, tf.data.Dataset)
     assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
@@ -162,7 +163,7 @@ def test_per_replica_input_fn_shards_disjointly(digits: _data.ImageDataset, monk
     monkeypatch.setattr(_data, "uses_input_fn", lambda strategy: True)
     if not in_memory:
         monkeypatch.setattr(_data, "IN_MEMORY_MAX_BYTES", 0)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = _keras_compat.mirrored_strategy(["/cpu:0", "/cpu:1"])
     dataset_fn = _data.make_input(digits, "test", global_batch_size=32, strategy=strategy, training=False)
     shards = []
     for host in range(2):
@@ -192,6 +193,6 @@ def test_training_order_is_seeded(digits: _data.ImageDataset) -> None:
 
 @pytest.mark.parametrize("batch_size", [0, 3], ids=["zero", "not-divisible"])
 def test_batch_size_must_split_evenly(digits: _data.ImageDataset, batch_size: int) -> None:
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = _keras_compat.mirrored_strategy(["/cpu:0", "/cpu:1"])
     with pytest.raises(_data.DataError, match=f"batch_size={batch_size}"):
         _data.make_input(digits, "train", global_batch_size=batch_size, strategy=strategy, training=True)

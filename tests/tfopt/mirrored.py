@@ -7,29 +7,22 @@ one's keys, and its first all-reduce of a different size fails with "Shape
 mismatch in the collective instance 100" (tensorflow/tensorflow#62790, seen
 with TF 2.21). TF's own tests give each strategy its own key range through
 the class attribute ``_collective_key_base`` ("Only set this in tests"), and
-so do we.
+so does strategies._keras_compat.mirrored_strategy, which this uses.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
-
 import tensorflow as tf
 
-# Far above the keys of strategies created elsewhere in the same test process.
-_KEY_BASES = itertools.count(start=100_000, step=1_000)
-_LOCK = threading.Lock()
+from strategies import _keras_compat
 
 
 def two_cpus() -> tf.distribute.MirroredStrategy:
-    """MirroredStrategy over the two logical CPUs that tests/conftest.py creates."""
-    with _LOCK:
-        previous = tf.distribute.MirroredStrategy._collective_key_base
-        tf.distribute.MirroredStrategy._collective_key_base = next(_KEY_BASES)
-        try:
-            strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
-        finally:
-            tf.distribute.MirroredStrategy._collective_key_base = previous
+    """MirroredStrategy over the two logical CPUs that tests/conftest.py creates.
+
+    Built through the one workaround the project ships, so that every test
+    module draws its collective keys from the same counter.
+    """
+    strategy = _keras_compat.mirrored_strategy(["CPU:0", "CPU:1"])
     assert strategy.num_replicas_in_sync == 2
     return strategy
