@@ -236,7 +236,9 @@ def _keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, data: _data
     common = dict(validation_data=None if validation_data is None
                   else _data.for_keras(validation_data, strategy),
                   validation_steps=validation_steps, callbacks=callbacks,
-                  verbose=1 if verbose == 1 else 0)
+                  # Data arrive as tf.data, already shuffled (or not) by the caller;
+                  # Keras would ignore shuffle=True for them and warn on every run.
+                  shuffle=False, verbose=1 if verbose == 1 else 0)
     if start.step_in_epoch == 0 or start.epoch >= epochs:
         return model.fit(_data.for_keras(data, strategy), epochs=epochs,
                          steps_per_epoch=steps_per_epoch, initial_epoch=start.epoch, **common)

@@ -150,8 +150,13 @@ class PreemptionWatcher:
                 target = step + 1
                 logging.info("SIGTERM: every worker checkpoints and stops after step %d.", target)
                 _insert(self._target_key, str(target))
-                for peer in self._peers:
-                    context.context().get_config_key_value(self._ack_key + peer, _ACK_TIMEOUT_MS)
+                try:
+                    for peer in self._peers:
+                        context.context().get_config_key_value(self._ack_key + peer, _ACK_TIMEOUT_MS)
+                except tf.errors.OpError as error:
+                    # A peer that cannot acknowledge is gone; its collective will fail anyway.
+                    logging.warning("No acknowledgement of the preemption step: %s",
+                                    str(error).splitlines()[0])
         return False
 
     def _watch(self) -> None:
