@@ -105,9 +105,17 @@ def test_nan_on_one_replica_skips_step_everywhere(inner):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_unwrapped_optimizer_is_poisoned_by_one_replica():
+@pytest.mark.parametrize(
+    "unprotected",
+    [INNER["tfopt_adam"],
+     # Keras' LossScaleOptimizer checks replica 0's gradients only, before the
+     # all-reduce (keras/src/optimizers/loss_scale_optimizer.py, Keras 3.15).
+     lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=1.0)],
+    ids=["plain", "keras_loss_scale_optimizer"],
+)
+def test_unwrapped_optimizer_is_poisoned_by_one_replica(unprotected):
     # The failure the wrapper prevents: the all-reduce spreads replica 1's NaN.
-    run = _Run(_mirrored(), INNER["tfopt_adam"], wrap=False)
+    run = _Run(_mirrored(), unprotected, wrap=False)
     run.step(BAD)
     assert all(np.isnan(c).all() for c in _per_replica_values(run.model.weights[0]))
 
