@@ -26,6 +26,7 @@ truncated epoch when another iterator of the same dataset stops early.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import os
 import re
@@ -206,8 +207,22 @@ def prepare(
     data_dir = _resolve_dir(data_dir)
     builder = check_available(name, data_dir, is_online=is_online)
     if not builder.is_prepared():
-        builder.download_and_prepare()
+        builder = _prepare_once(name, data_dir)
     return _describe(builder, name, data_dir)
+
+
+def _prepare_once(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    """Prepares under an exclusive file lock, so that the processes of one
+    cluster starting on a fresh ``data_dir`` build it once: without the lock,
+    each writes its own incomplete copy and all but the first crash on TFDS'
+    final rename (``FileExistsError``)."""
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, f".{name}.prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+        builder = _builder(name, data_dir)  # Another process may have finished meanwhile.
+        if not builder.is_prepared():
+            builder.download_and_prepare()
+    return _builder(name, data_dir)  # Reads the prepared dataset's info.
 
 
 def _resolve_dir(data_dir: str | None) -> str:

@@ -34,9 +34,7 @@ from absl import app, flags, logging  # noqa: E402
 import strategies  # noqa: E402
 from launch import _data, _job, _models, _optimizers, _outputs, _schedules  # noqa: E402
 from strategies import flags as strategy_flags  # noqa: E402
-from strategies._checkpointing import CheckpointMismatchError  # noqa: E402
 from strategies._preemption import EXIT_CODE as PREEMPTED_EXIT_CODE  # noqa: E402
-from strategies._preemption import Preempted  # noqa: E402
 
 _D = _job.Job()  # The flags' defaults are the default job's.
 
@@ -170,9 +168,9 @@ def main(argv: Sequence[str]) -> None:
     try:
         train()
     except (strategies.StrategyError, _data.DataError, _job.UsageError, flags.Error,
-            CheckpointMismatchError) as e:
+            strategies.CheckpointMismatchError) as e:
         _fail(str(e))
-    except Preempted as e:
+    except strategies.Preempted as e:
         # Not an error: the checkpoint is saved; 143 tells a scheduler to restart the job.
         print(f"{PROG}: {e}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)

@@ -21,16 +21,20 @@ from strategies import (
     _builders,  # noqa: F401  (registers the built-in strategies, in order)
     cluster,
 )
+from strategies._checkpointing import CheckpointMismatchError, load_model
 from strategies._config import StrategyConfig
 from strategies._detect import detect
 from strategies._errors import StrategyError
 from strategies._factory import build, describe, is_server_task
 from strategies._fit import fit
+from strategies._preemption import Preempted
 from strategies._registry import available, register
 from strategies._resolve import task_role
 from strategies._server import serve_forever
 
 __all__ = [
+    "CheckpointMismatchError",
+    "Preempted",
     "StrategyConfig",
     "StrategyError",
     "available",
@@ -41,6 +45,7 @@ __all__ = [
     "fit",
     "flags",
     "is_server_task",
+    "load_model",
     "register",
     "serve_forever",
     "task_role",

@@ -6,6 +6,7 @@ port can run ops in it. Keep every address here on a private network.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import threading
@@ -241,12 +242,19 @@ def _hold_port(address: str | None, task: tuple[str, int] | None) -> Iterator[No
     if address is None:
         yield
         return
-    _, port = _split(address)
+    host, port = _split(address)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # SO_REUSEADDR lets TensorFlow's server bind the port right after we close it.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(("", port))
+        # Only on the task's own address (127.0.0.1 for local clusters), never
+        # every interface; a name that is not this machine's falls back to all.
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL and not isinstance(e, socket.gaierror):
+                raise
+            sock.bind(("", port))
     except OSError as e:
         sock.close()
         key = "task_index" if task is None else f"{task_name(*task)}'s address"

@@ -23,8 +23,9 @@ def test_strategy_flag_enum_equals_registry():
 
 def test_all_is_pinned():
     assert sorted(strategies.__all__) == sorted([
-        "StrategyConfig", "StrategyError", "available", "build", "cluster", "describe", "detect",
-        "fit", "flags", "is_server_task", "register", "serve_forever", "task_role",
+        "CheckpointMismatchError", "Preempted", "StrategyConfig", "StrategyError", "available",
+        "build", "cluster", "describe", "detect", "fit", "flags", "is_server_task", "load_model",
+        "register", "serve_forever", "task_role",
     ])  # fmt: skip
     for name in strategies.__all__:
         assert getattr(strategies, name) is not None
