@@ -396,6 +396,7 @@ def main(argv: Sequence[str]) -> None:
             )
     except UsageError as e:
         _fail(str(e))
+    git_state = _git_state()  # What is measured: the tree as the run starts.
     timed_steps = 5 if _QUICK.value and not _TIMED_STEPS.present else _TIMED_STEPS.value
     xla_modes = {"both": [False, True], "off": [False], "on": [True]}[_XLA.value]
 
@@ -412,7 +413,7 @@ def main(argv: Sequence[str]) -> None:
     }
     result = {
         "machine": machine,
-        "git": _git_state(),
+        "git": git_state,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "timed_steps": timed_steps,
         "warmup": _WARMUP.value,

@@ -29,8 +29,8 @@ def fake(monkeypatch):
         (None, {"TF_CONFIG": _MWM_TF_CONFIG}, 0, "multi_worker_mirrored"),
         (None, {"TF_CONFIG": _PS_TF_CONFIG}, 0, "parameter_server"),
         (None, {}, 2, "mirrored"),
-        (None, {}, 1, "one_device"),
-        (None, {}, 0, "one_device"),
+        (None, {}, 1, "default"),
+        (None, {}, 0, "default"),
         ("fake TPU", {"TF_CONFIG": _MWM_TF_CONFIG}, 8, "tpu"),
         (None, {"TF_CONFIG": _MWM_TF_CONFIG}, 8, "multi_worker_mirrored"),
     ],
@@ -80,10 +80,10 @@ def test_real_no_accelerator_path(monkeypatch):
     for var in ("TPU_NAME", "COLAB_TPU_ADDR", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
     name, reason = strategies.detect()
-    assert (name, reason) == ("one_device", "no TPU, cluster or GPU found; using the CPU")
+    assert (name, reason) == ("default", "no TPU, cluster or GPU found; using the CPU")
     strategy = strategies.build("auto")
-    assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
-    assert strategy.extended.worker_devices[0].endswith("CPU:0")
+    assert strategy is tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == 1
 
 
 def test_auto_dispatches_to_tpu_builder(fake, monkeypatch):
@@ -109,7 +109,8 @@ def test_auto_drops_options_of_strategies_it_did_not_pick(fake, monkeypatch):
     fake()
     monkeypatch.delenv("TF_CONFIG", raising=False)
     strategy = strategies.build("auto", all_reduce="ring")  # Only multi-worker reads it.
-    assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+    assert strategy is tf.distribute.get_strategy()
+
 
 
 def test_auto_reports_its_choice_when_an_option_conflicts(fake):
