@@ -65,7 +65,7 @@ def test_run_writes_every_output(digits_dir, tmp_path, capsys) -> None:
 
     summary = _summary(model_dir)
     assert summary["dataset"]["name"] == "digits" and summary["model"]["name"] == "mlp"
-    assert summary["num_replicas"] == 1 and "OneDeviceStrategy" in summary["strategy"]
+    assert summary["num_replicas"] == 1 and "DefaultStrategy" in summary["strategy"]
     assert summary["optimizer"]["name"] == "adam"
     assert summary["optimizer"]["config"]["learning_rate"]["class_name"] == "CosineDecay"
     assert summary["epochs"] == 2 and summary["steps"] == 2 * 45 == 2 * summary["steps_per_epoch"]
