@@ -11,10 +11,11 @@ from keras import ops
 
 from tfopt._registry import register
 from tfopt._validation import check_unit_interval
+from tfopt._wrapper import InnerOptimizerMixin
 
 
 @register("lookahead")
-class Lookahead(keras.optimizers.Optimizer):
+class Lookahead(InnerOptimizerMixin, keras.optimizers.Optimizer):
     """Lookahead: k fast steps forward, one slow step back, as ``optax.lookahead``.
 
     The wrapped ``optimizer`` takes every step on the model's variables (the
@@ -156,40 +157,6 @@ class Lookahead(keras.optimizers.Optimizer):
 
         is_sync_step = ops.equal((self.iterations + 1) % self.sync_period, 0)
         ops.cond(is_sync_step, synchronize, lambda: None)
-
-    @property
-    def variables(self) -> list[Any]:
-        return self._variables[:] + self.inner_optimizer.variables
-
-    def set_weights(self, weights: list[Any]) -> None:
-        if not self.built:
-            raise ValueError("Call `optimizer.build(trainable_variables)` before `set_weights()`.")
-        for variable, weight in zip(self.variables, weights, strict=True):
-            variable.assign(weight)
-
-    @property
-    def learning_rate(self) -> Any:
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate: Any) -> None:
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def loss_scale_factor(self) -> float | None:
-        inner = getattr(self, "inner_optimizer", None)
-        return None if inner is None else inner.loss_scale_factor
-
-    @loss_scale_factor.setter
-    def loss_scale_factor(self, value: float | None) -> None:
-        # The base constructor sets None before the inner optimizer exists; a
-        # LossScaleOptimizer around Lookahead later sets None to take over.
-        inner = getattr(self, "inner_optimizer", None)
-        if inner is not None:
-            inner.loss_scale_factor = value
-
-    def finalize_variable_values(self, var_list: list[Any]) -> None:
-        self.inner_optimizer.finalize_variable_values(var_list)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -8,9 +8,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfopt._wrapper import InnerOptimizerMixin
+
 
 @keras.saving.register_keras_serializable(package="tfopt")
-class SkipNonFinite(keras.optimizers.Optimizer):
+class SkipNonFinite(InnerOptimizerMixin, keras.optimizers.Optimizer):
     """Wraps any Keras 3 optimizer and skips each step whose gradients are not finite.
 
     One bad batch (a NaN loss, an overflow, a corrupt record) would otherwise
@@ -155,42 +157,6 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     @property
     def iterations(self) -> Any:
         return self.inner_optimizer.iterations
-
-    @property
-    def variables(self) -> list[Any]:
-        return self._variables[:] + self.inner_optimizer.variables
-
-    def set_weights(self, weights: list[Any]) -> None:
-        if not self.built:
-            raise ValueError(
-                "Call `optimizer.build(trainable_variables)` before `set_weights()`."
-            )
-        for variable, weight in zip(self.variables, weights, strict=True):
-            variable.assign(weight)
-
-    @property
-    def learning_rate(self) -> Any:
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate: Any) -> None:
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def loss_scale_factor(self) -> float | None:
-        inner = getattr(self, "inner_optimizer", None)
-        return None if inner is None else inner.loss_scale_factor
-
-    @loss_scale_factor.setter
-    def loss_scale_factor(self, value: float | None) -> None:
-        # The base constructor sets None before the inner optimizer exists; a
-        # LossScaleOptimizer around this wrapper later sets None to take over.
-        inner = getattr(self, "inner_optimizer", None)
-        if inner is not None:
-            inner.loss_scale_factor = value
-
-    def finalize_variable_values(self, var_list: list[Any]) -> None:
-        self.inner_optimizer.finalize_variable_values(var_list)
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "optimizer": keras.optimizers.serialize(self.inner_optimizer)}
