@@ -41,13 +41,23 @@ def _keras_builtins() -> dict[str, type]:
 
 
 def available() -> list[str]:
-    """Every ``--optimizer`` name: tfopt's, then Keras built-ins that tfopt does not shadow."""
-    names = list(tfopt.available())
-    return names + sorted(set(_keras_builtins()) - set(names))
+    """Every ``--optimizer`` name: tfopt's, then Keras built-ins that tfopt does not shadow.
+
+    Wrappers that need another optimizer (``lookahead``) are left out: flags
+    alone cannot build them.
+    """
+    names = [n for n in tfopt.available() if _buildable_from_flags(tfopt.get_class(n))]
+    return names + sorted(set(_keras_builtins()) - set(tfopt.available()))
 
 
 def check_name(name: str) -> None:
     """Raises ``ValueError`` for a name that is in neither tfopt nor Keras."""
+    if name in tfopt.available() and name not in available():
+        raise ValueError(
+            f"`optimizer` {name!r} wraps another optimizer, so flags alone cannot build it; "
+            f"in Python, use tfopt.{tfopt.get_class(name).__name__}(inner_optimizer). "
+            f"Received: optimizer={name!r}."
+        )
     if name not in available():
         raise ValueError(
             f"`optimizer` must be a tfopt or Keras optimizer: {', '.join(available())}. "
@@ -57,14 +67,7 @@ def check_name(name: str) -> None:
 
 def _optimizer_class(name: str) -> type:
     if name in tfopt.available():
-        # tfopt exposes classes by instance only; a default instance is cheap.
-        try:
-            return type(tfopt.get(name))
-        except TypeError as e:  # a wrapper such as lookahead needs an inner optimizer
-            raise ValueError(
-                f"Optimizer {name!r} cannot be built from flags alone ({e}). "
-                f"Received: optimizer={name!r}."
-            ) from None
+        return tfopt.get_class(name)
     return _keras_builtins()[name]
 
 

@@ -6,7 +6,7 @@ registered with Keras as ``"tfopt>ClassName"`` for ``.keras`` files and
 ``keras.optimizers.deserialize``.
 """
 
-from tfopt._registry import available, get
+from tfopt._registry import available, get, get_class
 
 # Optimizer modules register themselves on import; the order here is the
 # order of tfopt.available(), so import sorting is off for them.
@@ -39,4 +39,5 @@ __all__ = [
     "SkippedSteps",
     "available",
     "get",
+    "get_class",
 ]

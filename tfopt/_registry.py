@@ -43,6 +43,20 @@ def available() -> list[str]:
     return list(_REGISTRY)
 
 
+def get_class(name: str) -> type:
+    """The optimizer class registered as ``name`` (or class name, or ``"tfopt>Name"``).
+
+    Raises:
+      ValueError: unknown name; the message lists the valid ones.
+
+    Example:
+      >>> import tfopt
+      >>> tfopt.get_class("lazy_adam").__name__
+      'LazyAdam'
+    """
+    return _lookup(name)
+
+
 def _lookup(name: str) -> type:
     key = name.strip()
     if key.startswith(PACKAGE + ">"):

@@ -25,6 +25,7 @@ EXPECTED_ALL = [
     "SkippedSteps",
     "available",
     "get",
+    "get_class",
 ]
 
 # In registration (import) order.
@@ -113,3 +114,16 @@ def test_compiles_into_a_model(name):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=tfopt.get(name), loss="mse")
     assert type(model.optimizer) is CLASSIC[name]
+
+
+@pytest.mark.parametrize("name", EXPECTED_NAMES)
+def test_get_class_returns_the_class_that_get_builds(name):
+    cls = tfopt.get_class(name)
+    assert f"tfopt>{cls.__name__}" == keras.saving.get_registered_name(cls)
+    if name != "lookahead":  # Lookahead needs an inner optimizer.
+        assert type(tfopt.get(name)) is cls
+
+
+def test_get_class_rejects_an_unknown_name():
+    with pytest.raises(ValueError, match="Unknown tfopt optimizer 'nadam'"):
+        tfopt.get_class("nadam")
