@@ -143,8 +143,9 @@ register("mirrored_1_replica")(_fit_pair(
 # building to the end of training, where our side also reads the data through
 # TFDS, evaluates every epoch, checkpoints, logs TensorBoard and writes its
 # outputs. They ignore --steps and --epochs: they run the default job as is,
-# under what `--strategy=auto` picks here, or (`..._default_strategy`) under
-# TF's default strategy, to show what auto's choice costs on one device.
+# under what `--strategy=auto` picks here (TF's default strategy on one
+# device), or (`..._one_device`) pinned with OneDeviceStrategy, to show why
+# auto does not pick that on one device.
 def _digits_default_pair(end_to_end: bool, strategy_name: str = "auto"
                          ) -> Callable[[int, int], tuple[Trainer, Trainer]]:
     def make(steps: int, epochs: int) -> tuple[Trainer, Trainer]:
@@ -199,7 +200,7 @@ def _digits_default_pair(end_to_end: bool, strategy_name: str = "auto"
 
 register("digits_default")(_digits_default_pair(end_to_end=False))
 register("digits_default_wall")(_digits_default_pair(end_to_end=True))
-register("digits_default_wall_default_strategy")(_digits_default_pair(end_to_end=True, strategy_name="default"))
+register("digits_default_wall_one_device")(_digits_default_pair(end_to_end=True, strategy_name="one_device"))
 
 
 def measure(name: str, *, steps: int, epochs: int, repeats: int) -> dict[str, Any]:
