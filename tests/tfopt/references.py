@@ -136,3 +136,10 @@ REFERENCES: dict[str, Reference] = {
     "adagrad": adagrad,
     "adam": adam,
 }
+
+
+def assert_trajectories_close(actual, expected, rtol=2e-5, atol=1e-6) -> None:
+    """Step-by-step, variable-by-variable comparison of two trajectories."""
+    for t, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"step {t}, var {i}")

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
+from tests.tfopt.references import assert_trajectories_close
 
 
 def lamb(
@@ -76,12 +77,6 @@ def _run(optimizer, params, grads):
     return out
 
 
-def _assert_trajectories_close(actual, expected, rtol=2e-5, atol=1e-6):
-    for t, (got, want) in enumerate(zip(actual, expected, strict=True)):
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"step {t}, var {i}")
-
-
 @pytest.mark.parametrize(
     "hparams",
     [
@@ -92,7 +87,7 @@ def _assert_trajectories_close(actual, expected, rtol=2e-5, atol=1e-6):
 )
 def test_matches_optax_reference(hparams):
     params, grads = _problem()
-    _assert_trajectories_close(
+    assert_trajectories_close(
         _run(tfopt.LAMB(**hparams), params, grads), lamb(params, grads, **hparams)
     )
 
@@ -103,7 +98,7 @@ def test_exclusions_map_onto_weight_decay_mask_and_trust_ratio():
     opt = tfopt.LAMB(**hparams, exclude_from_layer_adaptation=["bias"])
     opt.exclude_from_weight_decay(var_names=["bias"])
     expected = lamb(params, grads, **hparams, decay_mask=[True, False], adapt_mask=[True, False])
-    _assert_trajectories_close(_run(opt, params, grads), expected)
+    assert_trajectories_close(_run(opt, params, grads), expected)
 
 
 def test_matches_keras_lamb_without_weight_decay():
@@ -111,7 +106,7 @@ def test_matches_keras_lamb_without_weight_decay():
     params, grads = _problem()
     ours = _run(tfopt.LAMB(1e-2, epsilon=1e-6), params, grads)
     theirs = _run(keras.optimizers.Lamb(1e-2, epsilon=1e-6), params, grads)
-    _assert_trajectories_close(ours, theirs, rtol=1e-5)
+    assert_trajectories_close(ours, theirs, rtol=1e-5)
 
 
 def test_weight_decay_sits_inside_the_trust_ratio():

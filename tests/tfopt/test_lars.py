@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
+from tests.tfopt.references import assert_trajectories_close
 
 
 def lars(
@@ -72,12 +73,6 @@ def _run(optimizer, params, grads, names=("dense/kernel", "dense/bias")):
     return out
 
 
-def _assert_trajectories_close(actual, expected, rtol=2e-5, atol=1e-6):
-    for t, (got, want) in enumerate(zip(actual, expected, strict=True)):
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"step {t}, var {i}")
-
-
 @pytest.mark.parametrize(
     "hparams",
     [
@@ -91,7 +86,7 @@ def _assert_trajectories_close(actual, expected, rtol=2e-5, atol=1e-6):
 def test_matches_optax_reference(hparams):
     params, grads = _problem()
     expected = lars(params, grads, **hparams)
-    _assert_trajectories_close(_run(tfopt.LARS(**hparams), params, grads), expected)
+    assert_trajectories_close(_run(tfopt.LARS(**hparams), params, grads), expected)
 
 
 def test_exclusions_map_onto_optax_masks():
@@ -100,7 +95,7 @@ def test_exclusions_map_onto_optax_masks():
     opt = tfopt.LARS(**hparams, exclude_from_layer_adaptation=["bias$"])
     opt.exclude_from_weight_decay(var_names=["bias"])  # Keras' weight-decay mask.
     expected = lars(params, grads, **hparams, decay_mask=[True, False], adapt_mask=[True, False])
-    _assert_trajectories_close(_run(opt, params, grads), expected)
+    assert_trajectories_close(_run(opt, params, grads), expected)
 
 
 def test_exclusion_regexes_work_on_plain_tf_variables():
@@ -114,7 +109,7 @@ def test_exclusion_regexes_work_on_plain_tf_variables():
     for step_grads in grads:
         opt.apply([tf.constant(g, tf.float32) for g in step_grads], variables)
     expected = lars(params, grads, adapt_mask=[True, False])
-    _assert_trajectories_close([[v.numpy() for v in variables]], [expected[-1]])
+    assert_trajectories_close([[v.numpy() for v in variables]], [expected[-1]])
 
 
 def test_weight_decay_is_applied_once_inside_the_trust_ratio():

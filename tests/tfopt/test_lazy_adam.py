@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import tfopt
 from tests.tfopt import mirrored
+from tests.tfopt.references import assert_trajectories_close
 
 
 def lazy_adam(params, grads, *, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
@@ -60,12 +61,6 @@ def _run(optimizer, params, grads):
     return out, variables
 
 
-def _assert_trajectories_close(actual, expected, rtol=2e-5, atol=1e-6):
-    for t, (got, want) in enumerate(zip(actual, expected, strict=True)):
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"step {t}, var {i}")
-
-
 RNG = np.random.default_rng(3)
 TABLE = RNG.normal(size=(6, 2))
 # Row 5 is never looked up; row 1 appears twice in the second batch.
@@ -82,14 +77,14 @@ def test_dense_gradients_match_keras_adam_and_the_reference():
     grads = [[RNG.normal(size=(3, 2))] for _ in range(5)]
     ours, _ = _run(tfopt.LazyAdam(1e-2), params, grads)
     keras_adam, _ = _run(keras.optimizers.Adam(1e-2), params, grads)
-    _assert_trajectories_close(ours, keras_adam, rtol=1e-6)
-    _assert_trajectories_close(ours, lazy_adam(params, grads, learning_rate=1e-2))
+    assert_trajectories_close(ours, keras_adam, rtol=1e-6)
+    assert_trajectories_close(ours, lazy_adam(params, grads, learning_rate=1e-2))
 
 
 def test_sparse_gradients_update_only_present_rows():
     opt = tfopt.LazyAdam(1e-2)
     trajectory, (table,) = _run(opt, [TABLE], SPARSE_STEPS)
-    _assert_trajectories_close(trajectory, lazy_adam([TABLE], SPARSE_STEPS, learning_rate=1e-2))
+    assert_trajectories_close(trajectory, lazy_adam([TABLE], SPARSE_STEPS, learning_rate=1e-2))
     # Row 5 was never present: its weights and both moments are untouched.
     np.testing.assert_array_equal(table.numpy()[5], TABLE[5].astype(np.float32))
     slots = [v for v in opt.variables if v.shape == table.shape]
@@ -113,7 +108,7 @@ def test_duplicate_rows_are_summed_like_the_dense_gradient():
     rows, values = [1, 1], np.array([[1.0, -2.0], [0.5, 3.0]])
     sparse, _ = _run(tfopt.LazyAdam(1e-2), [TABLE], [[(rows, values)]])
     expected = lazy_adam([TABLE], [[([1], values.sum(axis=0, keepdims=True))]], learning_rate=1e-2)
-    _assert_trajectories_close(sparse, expected)
+    assert_trajectories_close(sparse, expected)
 
 
 def _embedding_step(strategy, ids_per_replica):

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
+from tests.tfopt.references import assert_trajectories_close
 
 
 def rho(t, beta_2):
@@ -75,12 +76,6 @@ def _run(optimizer, params, grads):
     return out
 
 
-def _assert_trajectories_close(actual, expected, rtol=2e-5, atol=1e-6):
-    for t, (got, want) in enumerate(zip(actual, expected, strict=True)):
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"step {t}, var {i}")
-
-
 CASES = {
     "defaults": dict(learning_rate=1e-2),
     "small-beta_2": dict(learning_rate=1e-2, beta_1=0.8, beta_2=0.9, epsilon=1e-6),
@@ -91,7 +86,7 @@ CASES = {
 @pytest.mark.parametrize("hparams", CASES.values(), ids=CASES.keys())
 def test_matches_optax_reference(hparams):
     params, grads = _problem()
-    _assert_trajectories_close(
+    assert_trajectories_close(
         _run(tfopt.RAdam(**hparams), params, grads), radam(params, grads, **hparams)
     )
 
@@ -119,7 +114,7 @@ def test_sparse_gradient_is_applied_as_its_dense_value():
         sparse_grads.append([rows, g_bias])
         dense_grads.append([dense, g_bias])
     hparams = dict(learning_rate=1e-2, beta_2=0.9)
-    _assert_trajectories_close(
+    assert_trajectories_close(
         _run(tfopt.RAdam(**hparams), params, sparse_grads), radam(params, dense_grads, **hparams)
     )
 
