@@ -8,8 +8,11 @@ clusters on 127.0.0.1). Each one touches Keras internals, so each first calls
 ``STRATEGIES_ALLOW_UNVERIFIED_KERAS=1`` to try them anyway, after running
 ``tests/strategies/test_keras_compat.py`` on that version.
 
-Every fix is installed on one model or optimizer *instance*; no Keras class or
-module is monkeypatched, so code outside `strategies.fit` is never affected.
+Every fix is installed on one model or optimizer *instance*, with one
+exception: section 1 patches Keras' backend class `TFOptimizer` once, so that
+subclasses' own methods keep running; the patched methods behave exactly as
+before for every optimizer that `strategies.fit` did not flag, so code outside
+`strategies.fit` is not affected.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras.src import tree
+from keras.src.backend.tensorflow import optimizer as tf_optimizer
 from keras.src.optimizers import base_optimizer
 
 VERIFIED_KERAS = ((3, 15),)
@@ -76,7 +80,7 @@ def _install(obj: Any, name: str, function: Callable[..., Any]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 1. Gradients: all-reduce first, then accumulate / clip / update replica-locally.
+# 1. Gradients: all-reduce once, first; then every optimizer's own rule, replica-locally.
 #
 # Keras 3's TF optimizer all-reduces inside `_backend_update_step`, i.e. *after*
 # `_clip_gradients`, so clipnorm/global_clipnorm clip each replica's partial
@@ -84,49 +88,197 @@ def _install(obj: Any, name: str, function: Callable[..., Any]) -> None:
 # -1; the same defect as tensorflow/tensorflow#33929). The all-reduce and the
 # update are merge_calls, and gradient accumulation / EMA overwrite put them in
 # an `ops.cond`, where MirroredStrategy forbids merge_call
-# (keras-team/keras#20582). Fix: all-reduce before anything else. The reduced
-# gradient is then identical on every replica, so each replica can update its
-# own copy of every (aggregation="none") variable with no further
-# synchronisation -- what TF itself does when merge_call is disabled -- and the
-# backend-agnostic BaseOptimizer code paths, free of merge_call, are correct.
+# (keras-team/keras#20582). And `LossScaleOptimizer` decides "finite" on each
+# replica's own gradients, before any all-reduce, so one replica's overflow
+# reaches every weight.
+#
+# The mechanism, in two parts:
+# * The *outermost* optimizer's `apply` all-reduces the gradients (SUM: Keras
+#   divides each replica's loss by num_replicas) and then calls its own class's
+#   `apply` -- LossScaleOptimizer's, MultiOptimizer's, a tfopt wrapper's or
+#   BaseOptimizer's, whatever the class defines. Every wrapper's finite check,
+#   every clip, accumulation and update then sees the global gradient, which is
+#   identical on every replica.
+# * The merge_call paths of the backend class `TFOptimizer` are patched ONCE,
+#   on the class: for an optimizer that `synchronize_gradients` flagged, and in
+#   a replica context, `_backend_update_step`, `_apply_weight_decay`,
+#   `_backend_increment_gradient_accumulators` and
+#   `_overwrite_model_variables_with_average_value` take BaseOptimizer's
+#   replica-local path (each replica updates its own copy of each
+#   aggregation="none" variable with the same values -- what TF itself does
+#   where merge_call is disabled), and `_all_reduce_sum_gradients` is the
+#   identity. For every other optimizer, and in a cross-replica context, they
+#   are TFOptimizer's own methods, unchanged.
+# Because the patch sits on the base class, a subclass's override still runs
+# (Nadam's per-step `u_product` in `_backend_update_step`, Muon's and tfopt
+# LARS/LAMB's `_apply_weight_decay`), and its `super()` call lands on the
+# replica-local path. An instance patch cannot do this: an attribute on the
+# instance shadows the subclass's method (which is how an earlier version of
+# this fix turned Nadam into NaN and applied LARS/LAMB's weight decay twice).
+#
+# What this cannot reach is refused by `check_supported` before training: a
+# class outside Keras and tfopt (whose classes the equivalence matrix in
+# tests/strategies/test_equivalence.py checks one by one) that overrides one
+# of these hooks without calling `super()`, or overrides the merge_call
+# helpers this path bypasses.
 # ---------------------------------------------------------------------------
 
+_TFOptimizer = tf_optimizer.TFOptimizer
+_FLAG = "_strategies_replica_local"
+_PATCHED = "_strategies_replica_local_patch"
+_ISSUES = "tensorflow/tensorflow#33929, keras-team/keras#20582"
+# Hooks whose TFOptimizer version merge_calls; the flagged path replaces them.
+_REPLICA_LOCAL_HOOKS = ("_backend_update_step", "_apply_weight_decay",
+                        "_backend_increment_gradient_accumulators",
+                        "_overwrite_model_variables_with_average_value")
+# Reached only from TFOptimizer's own merge_call path, which flagged optimizers skip.
+_BYPASSED = ("_all_reduce_sum_gradients", "_distributed_tf_update_step")
+_VERIFIED_MODULES = ("keras.src.optimizers.", "keras.src.backend.", "tfopt.")
 
-def _all_reduce_then_apply(self: Any, grads: list[Any], trainable_variables: list[Any]) -> None:
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        # Keras divides each replica's loss by num_replicas, so SUM is the mean gradient.
-        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
-    _Base._backend_apply_gradients(self, grads, trainable_variables)
+
+class UnsupportedOptimizerError(ValueError):
+    """An optimizer whose own methods the all-reduce-first path cannot keep."""
+
+
+def _replica_local(optimizer: Any) -> bool:
+    return (getattr(optimizer, _FLAG, False)
+            and not tf.distribute.in_cross_replica_context())
 
 
 def _replica_local_update_step(self: Any, grads: list[Any], trainable_variables: list[Any],
                                learning_rate: Any) -> None:
-    # Same contract as TFOptimizer._backend_update_step (update_step sees
-    # tf.Variables, which tfopt's fused kernels need), minus the merge_call.
+    # TFOptimizer's contract (update_step sees tf.Variables, which tfopt's fused
+    # kernels need), minus the all-reduce and the merge_call.
     for grad, variable in zip(grads, trainable_variables, strict=True):
-        self.update_step(grad, getattr(variable, "value", variable), learning_rate)
+        if isinstance(variable, keras.Variable):
+            variable = variable.value
+        self.update_step(grad, variable, learning_rate)
+
+
+def _identity_all_reduce(self: Any, grads_and_vars: Any) -> list[Any]:
+    return list(grads_and_vars)
+
+
+_REPLICA_LOCAL = {
+    "_backend_update_step": _replica_local_update_step,
+    "_apply_weight_decay": _Base._apply_weight_decay,
+    "_backend_increment_gradient_accumulators": _Base._backend_increment_gradient_accumulators,
+    "_overwrite_model_variables_with_average_value":
+        _Base._overwrite_model_variables_with_average_value,
+    "_all_reduce_sum_gradients": _identity_all_reduce,
+}
+
+
+def _dispatch(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    replica_local = _REPLICA_LOCAL[name]
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _replica_local(self):
+            return replica_local(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    method.__name__ = name
+    method.__qualname__ = f"TFOptimizer.{name}"
+    method.__doc__ = original.__doc__
+    setattr(method, _PATCHED, original)
+    return method
+
+
+def _patch_tf_optimizer_once() -> None:
+    for name in _REPLICA_LOCAL:
+        current = _TFOptimizer.__dict__[name]
+        if getattr(current, _PATCHED, None) is None:
+            setattr(_TFOptimizer, name, _dispatch(name, current))
+
+
+def _optimizer_tree(optimizer: Any) -> list[Any]:
+    """``optimizer`` and every optimizer it hands gradients to (wrappers, MultiOptimizer)."""
+    found, stack = [], [optimizer]
+    while stack:
+        current = stack.pop()
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        stack.append(getattr(current, "inner_optimizer", None))
+        stack.extend(getattr(current, "_inner_optimizers", None) or ())
+    return found
+
+
+def _calls_super(function: Any, name: str) -> bool:
+    code = getattr(function, "__code__", None)
+    return code is not None and "super" in code.co_names and name in code.co_names
+
+
+def check_supported(optimizer: keras.optimizers.Optimizer) -> None:
+    """Raises `UnsupportedOptimizerError` if the all-reduce-first path would skip a method
+    that ``optimizer`` (or an optimizer it wraps) defines."""
+    for member in _optimizer_tree(optimizer):
+        for cls in type(member).__mro__:
+            if cls is _TFOptimizer or cls.__module__.startswith(_VERIFIED_MODULES):
+                continue
+            for name in _REPLICA_LOCAL_HOOKS + _BYPASSED:
+                function = cls.__dict__.get(name)
+                if function is None or (name in _REPLICA_LOCAL_HOOKS
+                                        and _calls_super(function, name)):
+                    continue
+                how = ("is bypassed where gradients are all-reduced first" if name in _BYPASSED
+                       else f"does not call super().{name}(), which is where the "
+                       "replica-local update runs")
+                raise UnsupportedOptimizerError(
+                    f"strategies.fit cannot give optimizer {cls.__name__} one-device semantics "
+                    f"over several replicas: its method {cls.__name__}.{name} {how} "
+                    f"({_ISSUES}); call super().{name}(...) from it instead of distributing "
+                    "by hand, or pass clip_gradients='per_replica' to keep Keras' own order."
+                )
+
+
+def _all_reduce_then_apply(self: Any, grads: list[Any], trainable_variables: Any = None) -> Any:
+    grads = list(grads)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if present:
+            reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+            for i, g in zip(present, reduced, strict=True):
+                grads[i] = g
+    if not self.built and trainable_variables is not None:
+        # Building creates a MultiOptimizer's sub-optimizers: flag them before they apply.
+        with keras.name_scope(self.name, caller=self):
+            self.build(list(trainable_variables))
+    for member in _optimizer_tree(self):
+        object.__setattr__(member, _FLAG, True)
+    return type(self).apply(self, grads, trainable_variables)
 
 
 def synchronize_gradients(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-    """Makes ``optimizer`` all-reduce before clipping, accumulating and EMA, on every replica.
+    """Makes ``optimizer`` all-reduce once, before any wrapper, clip, accumulation or update.
 
-    Wrappers that hand the gradients to an ``inner_optimizer`` (Keras'
-    LossScaleOptimizer, tfopt's SkipNonFinite and Lookahead) are left as they
-    are and the innermost optimizer, the one that clips and applies, is
-    patched. Safe with one replica (the all-reduce is skipped), but only
-    needed where ``num_replicas_in_sync > 1``. Returns the patched optimizer.
+    After this, ``optimizer.apply`` (and ``apply_gradients``) all-reduce the
+    gradients in the replica context and then run ``optimizer``'s own class
+    methods, and the optimizers it wraps take `TFOptimizer`'s replica-local
+    path (see this module's section 1). Safe with one replica (the all-reduce
+    is skipped), but only needed where ``num_replicas_in_sync > 1``.
+
+    Raises:
+        UnsupportedOptimizerError: ``optimizer`` or one it wraps overrides a
+            hook this path cannot keep (see `check_supported`).
+
+    Returns:
+        ``optimizer``.
     """
-    check_versions("clipping before the all-reduce (tensorflow/tensorflow#33929) and "
-                   "merge_call inside a cond (keras-team/keras#20582)")
-    while getattr(optimizer, "inner_optimizer", None) is not None:
-        optimizer = optimizer.inner_optimizer
-    _install(optimizer, "_backend_apply_gradients", _all_reduce_then_apply)
-    _install(optimizer, "_backend_update_step", _replica_local_update_step)
-    for name in ("_backend_increment_gradient_accumulators", "_apply_weight_decay",
-                 "_overwrite_model_variables_with_average_value"):
-        _install(optimizer, name, getattr(_Base, name))
+    check_versions(f"clipping before the all-reduce, merge_call inside a cond and loss-scale "
+                   f"checks per replica ({_ISSUES})")
+    check_supported(optimizer)
+    _patch_tf_optimizer_once()
+    for member in _optimizer_tree(optimizer):
+        object.__setattr__(member, _FLAG, True)
+    _install(optimizer, "apply", _all_reduce_then_apply)
     return optimizer
+
+
+def is_synchronized(optimizer: keras.optimizers.Optimizer) -> bool:
+    """Whether `synchronize_gradients` was applied to ``optimizer``."""
+    return getattr(optimizer, _FLAG, False) and "apply" in vars(optimizer)
 
 
 def needs_merge_call_in_cond(optimizer: keras.optimizers.Optimizer) -> bool:

@@ -131,14 +131,30 @@ def test_stock_keras_cannot_accumulate_under_mirrored():
         _regression(_mirrored(), OPTIMIZERS[0].values[0], synchronize=False)
 
 
-def test_synchronize_patches_the_innermost_optimizer():
+def test_synchronize_wraps_the_outermost_apply_and_patches_no_subclass():
     with _mirrored().scope():
-        inner = keras.optimizers.SGD(1.0, clipnorm=1.0)
+        inner = keras.optimizers.Nadam(1.0, clipnorm=1.0)
         outer = keras.optimizers.LossScaleOptimizer(inner)
         patched = _keras_compat.synchronize_gradients(outer)
-    assert patched is inner
-    assert "_backend_apply_gradients" in vars(inner)
-    assert "_backend_apply_gradients" not in vars(outer)
+    assert patched is outer
+    # The all-reduce sits in front of the outermost apply, the one train_step calls ...
+    assert "apply" in vars(outer) and "apply" not in vars(inner)
+    assert _keras_compat.is_synchronized(outer)
+    # ... and no instance shadows a class's own method (Nadam's _backend_update_step).
+    for name in ("_backend_update_step", "_apply_weight_decay", "_backend_apply_gradients"):
+        assert name not in vars(inner) and name not in vars(outer)
+    assert type(inner)._backend_update_step is keras.optimizers.Nadam._backend_update_step
+
+
+def test_unflagged_optimizers_keep_tf_optimizer_methods():
+    # The class patch changes nothing for an optimizer strategies.fit did not flag.
+    reference = _regression(_one_device(), lambda: keras.optimizers.Nadam(0.05),
+                            synchronize=False)
+    with _mirrored().scope():
+        _keras_compat.synchronize_gradients(keras.optimizers.SGD(0.1))  # installs the patch
+    mirrored = _regression(_mirrored(), lambda: keras.optimizers.Nadam(0.05), synchronize=False)
+    for expected, got in zip(reference.get_weights(), mirrored.get_weights(), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_mirrored_strategies_with_other_shapes_do_not_collide():
