@@ -54,9 +54,12 @@ def fit(
     `strategies._keras_compat` are installed on this model only; parameter
     servers get a ``ClusterCoordinator`` loop around ``model.train_step``.
 
-    Gradients are all-reduced *before* the optimizer clips, accumulates or
-    applies them, so with N replicas the result equals one device running the
-    same global batches (``clip_gradients="after_all_reduce"``).
+    Gradients are all-reduced *before* any loss-scale check, clipping,
+    accumulation or update, and then the optimizer's own methods run (a
+    subclass's overrides included), so with N replicas the result equals one
+    device running the same global batches (``clip_gradients="after_all_reduce"``;
+    see docs/equivalence.md). An optimizer whose own methods that path cannot
+    keep is refused before training.
     ``clip_gradients="per_replica"`` keeps Keras' own order: each replica clips
     its partial gradient before the all-reduce.
 
@@ -95,6 +98,9 @@ def fit(
         Preempted: with ``model_dir``, after a SIGTERM: the checkpoint is saved.
         CheckpointMismatchError: ``model_dir`` holds a checkpoint of another
             model or optimizer.
+        UnsupportedOptimizerError: (a ValueError) several replicas, and an
+            optimizer class outside Keras and tfopt distributes by hand in a
+            method the all-reduce-first path replaces.
 
     Example:
 

@@ -18,14 +18,14 @@ def test_small_run_reports_both_sides_and_their_ratio(tmp_path):
     output = tmp_path / "bench_fit.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
     done = subprocess.run(
-        [sys.executable, "-m", "launch.bench_fit", "--comparisons=one_device,mirrored_1_replica",
+        [sys.executable, "-m", "launch.bench_fit", "--comparisons=one_device,mirrored_1_replica,mirrored_2_replicas",
          "--steps=4", "--epochs=2", "--repeats=2", f"--output={output}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(output.read_text())
     assert report["settings"] == {"steps": 4, "epochs": 2, "repeats": 2}
-    assert set(report["results"]) == {"one_device", "mirrored_1_replica"}
+    assert set(report["results"]) == {"one_device", "mirrored_1_replica", "mirrored_2_replicas"}
     for name, result in report["results"].items():
         # Epochs after the first are timed: (2 - 1) per run, 2 rounds per side.
         assert len(result["epochs"]["baseline"]) == 2 and len(result["epochs"]["candidate"]) == 2

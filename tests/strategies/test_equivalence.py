@@ -1,0 +1,220 @@
+"""The generated equivalence matrix: every cell trains like one device, on every strategy.
+
+Cells are ``model/optimizer/option`` (see equivalence_cells.py): every
+optimizer class ``keras.optimizers`` exports (by introspection), every name in
+``tfopt.available()``, and the wrappers LossScaleOptimizer, tfopt.Lookahead,
+tfopt.SkipNonFinite and MultiOptimizer around representative inner optimizers,
+each crossed with every option it accepts (clipnorm, clipvalue,
+global_clipnorm, weight_decay with biases excluded, gradient_accumulation_steps=2,
+use_ema with ema_overwrite_frequency, steps_per_execution=3); plus a
+subclassed model with its own ``train_step`` and a model with a sparse
+Embedding. A new Keras built-in or tfopt optimizer joins with no edit.
+
+Each cell trains 3 epochs of 3 global batches of 8 with ``strategies.fit`` and
+must end within 1e-5 (float32) of the same cell on one device, with the same
+optimizer ``iterations``, under:
+
+* Mirrored over the 2 logical CPUs (in-process, one test per bundle of cells);
+* a 2-process MultiWorkerMirrored cluster: ONE pair of processes runs every cell;
+* a parameter-server cluster with ONE worker (chief + worker + ps), which runs
+  steps one after another and so must equal one device too.
+
+Cells train in bundles (many cells side by side in one model, one trace; see
+equivalence_cells.py) because tracing, not arithmetic, is what a cell costs.
+A cell that cannot hold is listed in EXCEPTIONS with its reason; an excepted
+cell that starts to hold fails the test too, so the table stays true.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfopt
+from launch import local_cluster
+from strategies import _keras_compat
+from tests.strategies import equivalence_cells as cells_module
+
+ATOL = 1e-5
+# The reference must move each cell's weights well beyond the tolerance.
+MIN_MOVE = 10 * ATOL
+
+ALL_CELLS = cells_module.cells()
+ACCEPTED = [c for c in ALL_CELLS if cells_module.accepted(c)[0]]
+REFUSED = [c for c in ALL_CELLS if not cells_module.accepted(c)[0]]
+
+# The one exception table: (strategy, cell pattern (fnmatch), reason).
+# Strategies: "mirrored", "multi_worker_mirrored", "parameter_server".
+EXCEPTIONS: list[tuple[str, str, str]] = [
+]
+
+
+def _excepted(strategy: str, cell: str) -> str | None:
+    for name, pattern, reason in EXCEPTIONS:
+        if name == strategy and fnmatch.fnmatchcase(cell, pattern):
+            return reason
+    return None
+
+
+def _one_device() -> tf.distribute.Strategy:
+    return tf.distribute.OneDeviceStrategy("CPU:0")
+
+
+def _difference(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> str | None:
+    """None if ``got`` equals ``expected`` within ATOL (and the same iterations), else why."""
+    if set(got) != set(expected):
+        return f"other variables: {sorted(got)} != {sorted(expected)}"
+    if not np.array_equal(got["iterations"], expected["iterations"]):
+        return f"iterations {got['iterations'].tolist()} != {expected['iterations'].tolist()}"
+    worst = max(float(np.max(np.abs(got[k] - expected[k]))) if got[k].size else 0.0
+                for k in expected if k.startswith("w"))
+    if not worst <= ATOL:  # NaN fails too.
+        return f"max |dw| = {worst:.3g} > {ATOL}"
+    return None
+
+
+def _check_reference(cell: str, reference: dict[str, np.ndarray] | str) -> str | None:
+    if isinstance(reference, str):
+        return f"fails on one device:\n{reference}"
+    moved = max(float(np.max(np.abs(reference[f"w{i}"] - reference[f"initial{i}"])))
+                for i in range(sum(k.startswith("w") for k in reference)))
+    if not moved > MIN_MOVE:
+        return f"one device moved the weights by only {moved:.3g}: the cell proves nothing"
+    return None
+
+
+def _compare(strategy: str, cell_ids: list[str], references: dict, results: dict) -> None:
+    problems = []
+    for cell in cell_ids:
+        problem = _check_reference(cell, references[cell])
+        if problem is None:
+            got = results.get(cell, "no result")
+            problem = (f"failed:\n{got}" if isinstance(got, str)
+                       else _difference(references[cell], got))
+        reason = _excepted(strategy, cell)
+        if reason is not None and problem is None:
+            problems.append(f"{cell}: holds now; remove it from EXCEPTIONS ({reason})")
+        elif reason is None and problem is not None:
+            problems.append(f"{cell}: {problem}")
+    assert not problems, f"{len(problems)} of {len(cell_ids)} cells under {strategy}:\n" + \
+        "\n".join(problems)
+
+
+# --- the matrix is generated ---------------------------------------------------------
+
+
+def test_matrix_covers_every_optimizer_and_option():
+    optimizers = {cells_module.split(c)[1] for c in ALL_CELLS}
+    assert set(cells_module.keras_optimizer_classes()) <= optimizers
+    assert {f"tfopt.{n}" for n in tfopt.available()} <= optimizers
+    # Introspection found Keras' classes, not a hand list (3.15.1 has 14).
+    assert {"keras.Adam", "keras.Nadam", "keras.Muon"} <= set(cells_module.keras_optimizer_classes())
+    for wrapper in ("LossScaleOptimizer", "Lookahead", "SkipNonFinite", "MultiOptimizer"):
+        assert any(name.startswith(wrapper) for name in optimizers), wrapper
+    for optimizer in optimizers:
+        options = {cells_module.split(c)[2] for c in ALL_CELLS
+                   if cells_module.split(c)[1] == optimizer and c.startswith("mlp/")}
+        assert options == set(cells_module.OPTIONS), optimizer
+    models = {cells_module.split(c)[0] for c in ACCEPTED}
+    assert models == set(cells_module.MODELS)
+
+
+@pytest.mark.parametrize("cell", REFUSED)
+def test_an_option_an_optimizer_refuses_is_named(cell):
+    # "Where the optimizer accepts them": a refusal must be a clear error naming the option.
+    _, _, option = cells_module.split(cell)
+    _, message = cells_module.accepted(cell)
+    assert any(key in message for key in cells_module.OPTIONS[option][0]), message
+
+
+def test_exception_table_names_known_cells():
+    for strategy, pattern, reason in EXCEPTIONS:
+        assert strategy in ("mirrored", "multi_worker_mirrored", "parameter_server")
+        assert fnmatch.filter(ACCEPTED, pattern), pattern
+        assert reason
+
+
+# --- Mirrored over 2 logical CPUs, in-process ----------------------------------------
+
+BUNDLES = cells_module.bundles(ACCEPTED)
+
+
+def _bundle_id(group: list[str]) -> str:
+    model, spe, loss_scale = cells_module.bundle_key(group[0])
+    return f"{model}-spe{spe}{'-loss_scale' if loss_scale else ''}-{BUNDLES.index(group)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", BUNDLES, ids=_bundle_id)
+def test_mirrored_equals_one_device(group):
+    references = dict(cells_module.train_all(group, _one_device()))
+    mirrored = dict(cells_module.train_all(
+        group, _keras_compat.mirrored_strategy(["CPU:0", "CPU:1"])))
+    _compare("mirrored", group, references, mirrored)
+
+
+# --- one MultiWorkerMirrored pair and one parameter-server cluster, every cell ------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLUSTER_TIMEOUT = 1200.0
+CLUSTERS = {
+    "multi_worker_mirrored": dict(workers=2),
+    "parameter_server": dict(workers=1, ps=1, chief=True),
+}
+RESULT_TASKS = {"multi_worker_mirrored": ("worker0", "worker1"), "parameter_server": ("chief0",)}
+
+
+@pytest.fixture(scope="module")
+def cluster_results(tmp_path_factory):
+    """Both clusters run every cell while this process trains the one-device references."""
+    out_dir = tmp_path_factory.mktemp("equivalence")
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+    clusters = {
+        kind: local_cluster.LocalCluster(
+            [sys.executable, "-m", "tests.strategies.equivalence_cells", kind, str(out_dir)],
+            timeout=CLUSTER_TIMEOUT, env=env, output=None, cwd=ROOT, **shape)
+        for kind, shape in CLUSTERS.items()
+    }
+    outcomes = {}
+    try:
+        for cluster in clusters.values():
+            cluster.start()
+        references = dict(cells_module.train_all(ACCEPTED, _one_device()))
+        for kind, cluster in clusters.items():
+            outcomes[kind] = cluster.wait()
+    finally:
+        for cluster in clusters.values():
+            cluster.stop()
+    results = {}
+    for kind, result in outcomes.items():
+        tail = "\n".join(f"[{name}] {line}" for name, lines in result.output.items()
+                         for line in lines[-15:])
+        assert result.returncode == 0, f"{kind}: {result.reason}\n{tail}"
+        results[kind] = {task: cells_module.load(os.path.join(out_dir, f"{kind}-{task}"))
+                         for task in RESULT_TASKS[kind]}
+    return references, results
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(CLUSTERS))
+def test_cluster_equals_one_device(cluster_results, strategy):
+    references, results = cluster_results
+    for task, found in results[strategy].items():
+        _compare(f"{strategy}", ACCEPTED, references, found)
+        del task
+
+
+def test_bundled_cell_equals_the_cell_alone():
+    # Bundling is a test device: a cell trained beside others must equal the cell alone.
+    cell = "mlp/keras.Adam/global_clipnorm"
+    group = ["mlp/keras.SGD/clipnorm", cell, "mlp/tfopt.lars/weight_decay"]
+    alone = cells_module.train_bundle([cell], _one_device())[cell]
+    bundled = cells_module.train_bundle(group, _one_device())[cell]
+    assert _check_reference(cell, alone) is None
+    assert _difference(alone, bundled) is None
