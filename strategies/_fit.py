@@ -134,6 +134,10 @@ def fit(
 
     trainer = None
     if path == _roles.PARAMETER_SERVER:
+        # Workers update the parameter servers' variables from a replica
+        # context: Keras' merge_call inside a cond (accumulation, EMA overwrite,
+        # keras-team/keras#20582) fails there too, the replica-local path does not.
+        _keras_compat.synchronize_gradients(model.optimizer)
         trainer = _ps_training.CoordinatorTrainer(model, strategy, data,
                                                   chunk_steps=checkpoint_every_steps)
     else:

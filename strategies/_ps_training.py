@@ -113,6 +113,8 @@ class CoordinatorTrainer:
             callbacks.on_epoch_end(epoch, logs)
             if model.stop_training:
                 break
+        # As Keras' fit does at the end: with use_ema, the weights become their averages.
+        model.optimizer.finalize_variable_values(model.trainable_variables)
         callbacks.on_train_end(logs)
         return model.history
 

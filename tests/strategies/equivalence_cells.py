@@ -1,6 +1,9 @@
 """The cells of the equivalence matrix, and a runner that trains many of them in one process.
 
-    python -m tests.strategies.equivalence_cells multi_worker_mirrored|parameter_server OUT_DIR
+    python -m tests.strategies.equivalence_cells multi_worker_mirrored|parameter_server OUT_DIR \
+        [PATTERN]
+
+(PATTERN, an fnmatch pattern such as ``'mlp/keras.Nadam/*'``, reruns a few cells.)
 
 Used by test_equivalence.py in-process (OneDevice, Mirrored over 2 logical
 CPUs) and by the tasks of its two local clusters (one MultiWorkerMirrored pair,
@@ -17,6 +20,7 @@ clips and updates (the inner one, for a wrapper).
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
 import os
@@ -120,10 +124,15 @@ def wrappers() -> dict[str, Factory]:
 # --- models -------------------------------------------------------------------------
 
 
-def _mlp(name: str) -> keras.Model:
+def _mlp(name: str, dtype: str | None = None) -> keras.Model:
     return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh",
-                                                                   name="hidden"),
+                                                                   name="hidden", dtype=dtype),
                              keras.layers.Dense(2, name="out")], name=name)
+
+
+def _mixed_float16(name: str) -> keras.Model:
+    # The hidden layer computes in float16 (float32 weights); the output stays float32.
+    return _mlp(name, dtype="mixed_float16")
 
 
 def _embedding(name: str) -> keras.Model:
@@ -163,11 +172,16 @@ class CustomTrainStep(keras.Model):
 # Model kind -> (subnet builder, whether the bundle is a CustomTrainStep).
 MODELS: dict[str, tuple[Callable[[str], keras.Model], bool]] = {
     "mlp": (_mlp, False), "subclassed": (_mlp, True), "embedding": (_embedding, False),
+    "mixed_float16": (_mixed_float16, False),
 }
-# The extra models are crossed with these optimizers and options only.
-EXTRA_MODEL_OPTIMIZERS = ("keras.SGD", "keras.Adam", "tfopt.lazy_adam",
-                          "LossScaleOptimizer(Adam)")
-EXTRA_MODEL_OPTIONS = ("plain", "global_clipnorm", "accumulate2")
+# The models other than "mlp" are crossed with these optimizers and options only.
+_EXTRA = (("keras.SGD", "keras.Adam", "tfopt.lazy_adam", "LossScaleOptimizer(Adam)"),
+          ("plain", "global_clipnorm", "accumulate2"))
+EXTRA_MODELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "subclassed": _EXTRA, "embedding": _EXTRA,
+    "mixed_float16": (("LossScaleOptimizer(Adam)", "LossScaleOptimizer(SkipNonFinite(Nadam))"),
+                      ("plain", "global_clipnorm")),
+}
 
 
 def all_factories() -> dict[str, Factory]:
@@ -178,8 +192,8 @@ def cells() -> list[str]:
     """Every cell id, ``model/optimizer/option``, in a fixed order."""
     factories = all_factories()
     ids = [f"mlp/{opt}/{option}" for opt in factories for option in OPTIONS]
-    ids += [f"{model}/{opt}/{option}" for model in MODELS if model != "mlp"
-            for opt in EXTRA_MODEL_OPTIMIZERS for option in EXTRA_MODEL_OPTIONS]
+    ids += [f"{model}/{opt}/{option}" for model, (optimizers, options) in EXTRA_MODELS.items()
+            for opt in optimizers for option in options]
     return ids
 
 
@@ -349,10 +363,14 @@ def train_bundle(cell_ids: list[str], strategy: tf.distribute.Strategy,
     import strategies
 
     bundle = _Bundle(cell_ids)
-    parameter_server = isinstance(strategy, tf.distribute.ParameterServerStrategy)
-    strategies.fit(bundle.model_fn, bundle.dataset(repeat=parameter_server), strategy=strategy,
-                   epochs=EPOCHS, steps_per_epoch=BATCHES if parameter_server else None,
-                   verbose=0)
+    if isinstance(strategy, tf.distribute.ParameterServerStrategy):
+        # Parameter servers take the input as a dataset_fn, built on each worker;
+        # with one worker its per-replica batches are the global batches.
+        strategies.fit(bundle.model_fn, lambda context: bundle.dataset(repeat=True),
+                       strategy=strategy, epochs=EPOCHS, steps_per_epoch=BATCHES, verbose=0)
+    else:
+        strategies.fit(bundle.model_fn, bundle.dataset(repeat=False), strategy=strategy,
+                       epochs=EPOCHS, verbose=0)
     return bundle.results()
 
 
@@ -412,7 +430,8 @@ def main(argv: list[str]) -> None:
         strategy = strategies.build(config)
     else:
         strategy = strategies.build("multi_worker_mirrored")
-    runnable = [c for c in cells() if accepted(c)[0]]
+    pattern = argv[3] if len(argv) > 3 else "*"
+    runnable = [c for c in cells() if accepted(c)[0] and fnmatch.fnmatchcase(c, pattern)]
     results = dict(train_all(runnable, strategy))
     save(os.path.join(out_dir, f"{kind}-{name}"), results)
 
