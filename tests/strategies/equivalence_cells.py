@@ -274,7 +274,7 @@ def dataset(cell: str, repeat: bool = False) -> tf.data.Dataset:
 # pins non-finite gradients). A bundle that fails is retried one cell at a
 # time, so that every error is reported against its own cell.
 
-BUNDLE_SIZE = int(os.environ.get("EQ_BUNDLE", "24"))
+BUNDLE_SIZE = 24
 
 
 def bundle_key(cell: str) -> tuple[str, int, bool]:

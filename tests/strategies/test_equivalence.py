@@ -48,16 +48,27 @@ ALL_CELLS = cells_module.cells()
 ACCEPTED = [c for c in ALL_CELLS if cells_module.accepted(c)[0]]
 REFUSED = [c for c in ALL_CELLS if not cells_module.accepted(c)[0]]
 
-# The one exception table: (strategy, cell pattern (fnmatch), reason).
-# Strategies: "mirrored", "multi_worker_mirrored", "parameter_server".
-EXCEPTIONS: list[tuple[str, str, str]] = [
+# The one exception table: (strategy, cell pattern (fnmatch), looser tolerance, reason).
+# Strategies: "mirrored", "multi_worker_mirrored", "parameter_server". A cell
+# listed with a tolerance must still hold to it (and fails if it holds to ATOL,
+# so that the table stays true); a tolerance of None would mean "expected to
+# differ", and no cell needs that today.
+_FLOAT16_REASON = (
+    "float16 compute, not float32: each replica's gradient over its half of the batch is "
+    "rounded to float16 (about 5e-4 relative) before the all-reduce, where one device rounds "
+    "the whole batch's; after 9 steps that is 3e-5 to 1e-4 in the float32 weights. The "
+    "update rule, the skip decisions and the loss scale are the same (the float32 cells "
+    "and test_one_device_semantics.py pin those).")
+EXCEPTIONS: list[tuple[str, str, float | None, str]] = [
+    ("mirrored", "mixed_float16/*", 1e-3, _FLOAT16_REASON),
+    ("multi_worker_mirrored", "mixed_float16/*", 1e-3, _FLOAT16_REASON),
 ]
 
 
-def _excepted(strategy: str, cell: str) -> str | None:
-    for name, pattern, reason in EXCEPTIONS:
+def _excepted(strategy: str, cell: str) -> tuple[float | None, str] | None:
+    for name, pattern, tolerance, reason in EXCEPTIONS:
         if name == strategy and fnmatch.fnmatchcase(cell, pattern):
-            return reason
+            return tolerance, reason
     return None
 
 
@@ -65,16 +76,17 @@ def _one_device() -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy("CPU:0")
 
 
-def _difference(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> str | None:
-    """None if ``got`` equals ``expected`` within ATOL (and the same iterations), else why."""
+def _difference(expected: dict[str, np.ndarray], got: dict[str, np.ndarray],
+                atol: float = ATOL) -> str | None:
+    """None if ``got`` equals ``expected`` within ``atol`` (and the same iterations), else why."""
     if set(got) != set(expected):
         return f"other variables: {sorted(got)} != {sorted(expected)}"
     if not np.array_equal(got["iterations"], expected["iterations"]):
         return f"iterations {got['iterations'].tolist()} != {expected['iterations'].tolist()}"
     worst = max(float(np.max(np.abs(got[k] - expected[k]))) if got[k].size else 0.0
                 for k in expected if k.startswith("w"))
-    if not worst <= ATOL:  # NaN fails too.
-        return f"max |dw| = {worst:.3g} > {ATOL}"
+    if not worst <= atol:  # NaN fails too.
+        return f"max |dw| = {worst:.3g} > {atol}"
     return None
 
 
@@ -92,15 +104,25 @@ def _compare(strategy: str, cell_ids: list[str], references: dict, results: dict
     problems = []
     for cell in cell_ids:
         problem = _check_reference(cell, references[cell])
-        if problem is None:
-            got = results.get(cell, "no result")
-            problem = (f"failed:\n{got}" if isinstance(got, str)
-                       else _difference(references[cell], got))
-        reason = _excepted(strategy, cell)
-        if reason is not None and problem is None:
-            problems.append(f"{cell}: holds now; remove it from EXCEPTIONS ({reason})")
-        elif reason is None and problem is not None:
+        if problem is not None:
             problems.append(f"{cell}: {problem}")
+            continue
+        got = results.get(cell, "no result")
+        if isinstance(got, str):
+            problems.append(f"{cell}: failed:\n{got}")
+            continue
+        problem = _difference(references[cell], got)
+        exception = _excepted(strategy, cell)
+        if exception is None:
+            if problem is not None:
+                problems.append(f"{cell}: {problem}")
+            continue
+        tolerance, reason = exception
+        if problem is None:
+            problems.append(f"{cell}: holds to {ATOL} now; remove it from EXCEPTIONS ({reason})")
+        elif tolerance is not None and _difference(references[cell], got, tolerance):
+            problems.append(f"{cell}: not even within its excepted tolerance: "
+                            f"{_difference(references[cell], got, tolerance)}")
     assert not problems, f"{len(problems)} of {len(cell_ids)} cells under {strategy}:\n" + \
         "\n".join(problems)
 
@@ -133,9 +155,10 @@ def test_an_option_an_optimizer_refuses_is_named(cell):
 
 
 def test_exception_table_names_known_cells():
-    for strategy, pattern, reason in EXCEPTIONS:
+    for strategy, pattern, tolerance, reason in EXCEPTIONS:
         assert strategy in ("mirrored", "multi_worker_mirrored", "parameter_server")
         assert fnmatch.filter(ACCEPTED, pattern), pattern
+        assert tolerance is None or tolerance > ATOL
         assert reason
 
 
@@ -161,7 +184,7 @@ def test_mirrored_equals_one_device(group):
 # --- one MultiWorkerMirrored pair and one parameter-server cluster, every cell ------
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLUSTER_TIMEOUT = 1200.0
+CLUSTER_TIMEOUT = 1800.0
 CLUSTERS = {
     "multi_worker_mirrored": dict(workers=2),
     "parameter_server": dict(workers=1, ps=1, chief=True),
