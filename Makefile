@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test test-fast test-cluster lint bench bench-fit bench-optimizers clean
+.PHONY: train test test-fast test-cluster lint bench bench-fit bench-optimizers device-check clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 2; }
@@ -40,6 +40,10 @@ bench-fit: $(STAMP)
 
 bench-optimizers: $(STAMP)
 	$(BIN)/python -m launch.bench_optimizers $(ARGS)
+
+# The accelerator check (docs/accelerators.md); ARGS="--quick" for the CPU stand-in.
+device-check: $(STAMP)
+	$(BIN)/python -m launch.device_check $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -52,10 +52,10 @@ OPTIMIZERS: dict[str, tuple[Callable[[Any], Any], Callable[[], Any] | None, int]
 }  # fmt: skip
 NO_FUSED_KERNEL = {"lamb"}
 TOLERANCE = 1e-6
-ROOF_MIN_PARAMS = {catalog.FULL: 16 << 20, catalog.QUICK: 4 << 20}
+ROOF_MIN_PARAMS = {catalog.FULL: 16 << 20, catalog.QUICK: 1 << 20}
 _AGREEMENT_STEPS = 3
 # (warm-up calls, timed rounds, calls per round)
-_TIMING = {catalog.FULL: (3, 5, 10), catalog.QUICK: (2, 3, 5)}
+_TIMING = {catalog.FULL: (3, 5, 10), catalog.QUICK: (1, 3, 3)}
 
 
 def _shape(n: int) -> tuple[int, ...]:

@@ -71,7 +71,7 @@ def markdown(report: dict[str, Any]) -> str:
     if fused:
         lines += ["", "## Fused kernels vs the memory roof", "",
                   "Roof: the faster of an XLA copy and triad kernel, timed in the same rounds as the "
-                  "steps on arrays of max(params, 16M) parameters (4M in the quick profile). "
+                  "steps on arrays of max(params, 16M) parameters (1M in the quick profile). "
                   "% roof = (bytes a step must move / roof) / step time.",
                   "", *_fused_table(fused)]  # fmt: skip
     return "\n".join(lines) + "\n"
