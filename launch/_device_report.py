@@ -1,10 +1,65 @@
-"""`launch.device_check`'s report: the markdown tables made from ``device_check.json``."""
+"""`launch.device_check`'s report: ``device_check.json``'s content, and its markdown tables."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
+import subprocess
 from typing import Any
 
 from launch import _device_catalog as catalog
+
+
+def _git() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        run = dict(capture_output=True, text=True, timeout=10, check=True, cwd=here)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
+        return commit + ("+uncommitted changes" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def build_report(plan: list[catalog.Check], results: dict[str, dict[str, Any]], profile: str,
+                 date: str, wall_s: float, budget_s: float) -> dict[str, Any]:  # fmt: skip
+    """``device_check.json``'s content: the machine, then every check of ``plan`` with a status."""
+    checks = []
+    for c in plan:
+        r = results.get(c.name) or {"status": catalog.FAILED, "reason": "no result was recorded"}
+        checks.append({"name": c.name, "status": r["status"], "reason": r.get("reason", ""),
+                       "what": c.what, "layout": c.layout, "box_s": c.box_s,
+                       "seconds": r.get("seconds"), "device": r.get("device"),
+                       "metrics": r.get("metrics", {}),
+                       **{k: r[k] for k in ("traceback", "worker_pid") if k in r}})  # fmt: skip
+    accel = results.get("accelerators") or {"status": catalog.SKIPPED, "reason": "the accelerators check did not run"}
+    device = accel.get("device") or next((c["device"] for c in checks if c["device"]), "unknown")
+    counts = {s: sum(c["status"] == s for c in checks) for s in catalog.STATUSES}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if accel["status"] != catalog.PASS:
+        summary += "; no accelerator was checked" + (" (the CPU stood in)" if profile == catalog.QUICK else "")
+    return {
+        "schema": "device_check/1",
+        "profile": profile,
+        "date": date,
+        "wall_seconds": wall_s,
+        "time_budget_s": budget_s,
+        "machine": {"device": device, "tensorflow": _version("tensorflow"), "keras": _version("keras"),
+                    "python": platform.python_version(), "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(), "git": _git()},  # fmt: skip
+        "accelerator": {"status": accel["status"], "reason": accel.get("reason", "")},
+        "summary": summary,
+        "counts": counts,
+        "checks": checks,
+    }
 
 
 def _cell(text: Any) -> str:

@@ -28,10 +28,9 @@ reported while the others go on. See docs/accelerators.md.
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,138 +89,121 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT reached this process (an outer ``timeout``, Ctrl-C)."""
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def _run_worker(checks: list[catalog.Check], spec: dict[str, Any], workdir: str, deadline: float,
-                startup_s: float, box_override: float | None) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Runs ``checks`` in one worker; returns the results of those that ended (all but
-    those a killed or dead worker never reached)."""
+                startup_s: float, box_override: float | None,
+                results: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+    """Runs ``checks`` in one worker, adding to ``results`` each check that ends.
+
+    A check the worker never reached (it was killed, or it died) stays out of
+    ``results``, for a fresh worker to run. On `Interrupted`, the worker is
+    killed and the check it was running is recorded before re-raising.
+    """
     spec_path = os.path.join(workdir, f"spec-{checks[0].name}.json")
     with open(spec_path, "w") as f:
         json.dump({**spec, "layout": checks[0].layout, "checks": [c.name for c in checks],
-                   "workdir": workdir}, f)
+                   "workdir": workdir}, f)  # fmt: skip
     log = os.path.join(workdir, f"worker-{checks[0].name}.log")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "launch._device_worker", spec_path],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    started, results = time.monotonic(), {}
+    started, mine = time.monotonic(), [c for c in checks if c.name not in results]
 
     def path(c: catalog.Check, ext: str) -> str:
         return os.path.join(workdir, f"{c.name}.{ext}")
 
-    while True:
-        code = proc.poll()
-        for c in checks:
-            if c.name not in results and os.path.exists(path(c, "json")):
-                with open(path(c, "json")) as f:
-                    results[c.name] = json.load(f)
-        running = [c for c in checks if c.name not in results and os.path.exists(path(c, "start"))]
-        if code is not None:
-            break
-        now = time.monotonic()
-        if running:
-            c = running[0]
-            with open(path(c, "start")) as f:
-                elapsed = time.time() - json.load(f)["began"]
-            box = box_override or c.box_s
-            if elapsed > box or now > deadline:
+    def stop(c: catalog.Check, status: str, why: str) -> None:
+        _kill(proc)
+        with open(path(c, "start")) as f:
+            began = json.load(f)["began"]
+        results[c.name] = {**_result(status, f"{why}; killed after {time.time() - began:.0f} s"),
+                           "seconds": round(time.time() - began, 2), "worker_pid": proc.pid}  # fmt: skip
+
+    running: list[catalog.Check] = []
+    try:
+        while True:
+            code = proc.poll()
+            for c in mine:
+                if c.name not in results and os.path.exists(path(c, "json")):
+                    with open(path(c, "json")) as f:
+                        results[c.name] = json.load(f)
+            running = [c for c in mine if c.name not in results and os.path.exists(path(c, "start"))]
+            if code is not None:
+                break
+            now = time.monotonic()
+            if running:
+                c = running[0]
+                with open(path(c, "start")) as f:
+                    elapsed = time.time() - json.load(f)["began"]
+                box = box_override or c.box_s
+                if elapsed > box:
+                    return stop(c, catalog.TIMEOUT, f"outran its {box:.0f} s time box")
+                if now > deadline:
+                    return stop(c, catalog.TIMEOUT, "--time_budget_s ran out")
+            elif now > deadline or now - started > startup_s:
                 _kill(proc)
-                why = f"outran its {box:.0f} s time box" if elapsed > box else "--time_budget_s ran out"
-                results[c.name] = {**_result(catalog.TIMEOUT, f"{why}; killed after {elapsed:.0f} s"),
-                                   "seconds": round(elapsed, 2)}  # fmt: skip
-                return results
-        elif now > deadline:
+                for c in mine:
+                    results[c.name] = (
+                        _result(catalog.SKIPPED, "--time_budget_s ran out before it began")
+                        if now > deadline else _result(catalog.TIMEOUT, "its worker did not start "
+                                                       f"within {now - started:.0f} s: {_tail(log)}"))  # fmt: skip
+                return None
+            time.sleep(_POLL_S)
+    except Interrupted as signal_name:
+        if running:
+            stop(running[0], catalog.TIMEOUT, f"the run was stopped by {signal_name} during this check")
+        raise
+    finally:
+        if proc.poll() is None:
             _kill(proc)
-            return {c.name: _result(catalog.SKIPPED, "--time_budget_s ran out before it began")
-                    for c in checks}  # fmt: skip
-        elif now - started > startup_s:
-            _kill(proc)
-            return {c.name: _result(catalog.TIMEOUT, f"its worker did not start within "
-                                    f"{now - started:.0f} s: {_tail(log)}") for c in checks}  # fmt: skip
-        time.sleep(_POLL_S)
     for c in running:  # Started, no result: the process died under it.
         results[c.name] = _result(catalog.FAILED, f"its worker process died (exit status {code}) "
                                   f"during this check: {_tail(log)}")  # fmt: skip
-    if not running and not results:
-        for c in checks:
+    if not any(c.name in results for c in mine):
+        for c in mine:
             results[c.name] = _result(catalog.FAILED, f"its worker could not start (exit status "
                                       f"{code}): {_tail(log)}")  # fmt: skip
-    return results
+    return None
 
 
 def run_checks(plan: list[catalog.Check], spec: dict[str, Any], workdir: str, budget_s: float,
                startup_s: float, box_override: float | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Every check of ``plan`` -> its result; one worker per layout, a new one after a kill."""
+    """Every check of ``plan`` -> its result; one worker per layout, a new one after a kill.
+
+    SIGTERM or SIGINT stops the run: the check in progress is a TIMEOUT, the
+    rest are SKIPPED, and the report is still written.
+    """
     deadline = time.monotonic() + budget_s
     results: dict[str, dict[str, Any]] = {}
-    for layout in catalog.LAYOUTS:
-        pending = [c for c in plan if c.layout == layout]
-        while pending:
-            accel = results.get("accelerators")
-            if spec["profile"] == catalog.FULL and accel and accel["status"] != catalog.PASS:
-                # The full profile's sizes are for an accelerator (the worker
-                # stopped after `accelerators`); the CPU stand-in is --quick.
-                for c in pending:
-                    results[c.name] = _result(catalog.MISSING, "no usable GPU (see accelerators: "
-                                              f"{accel['reason']}); --quick runs the CPU stand-in")  # fmt: skip
-                break
-            if time.monotonic() >= deadline:
-                for c in pending:
-                    results[c.name] = _result(catalog.SKIPPED, "--time_budget_s was spent first")
-                break
-            done = _run_worker(pending, spec, workdir, deadline, startup_s, box_override)
-            results.update(done)
-            pending = [c for c in pending if c.name not in results]
+    try:
+        for layout in catalog.LAYOUTS:
+            pending = [c for c in plan if c.layout == layout]
+            while pending:
+                accel = results.get("accelerators")
+                if spec["profile"] == catalog.FULL and accel and accel["status"] != catalog.PASS:
+                    # The full profile's sizes are for an accelerator (the worker
+                    # stopped after `accelerators`); the CPU stand-in is --quick.
+                    for c in pending:
+                        results[c.name] = _result(catalog.MISSING, "no usable GPU (see accelerators: "
+                                                  f"{accel['reason']}); --quick runs the CPU stand-in")  # fmt: skip
+                    break
+                if time.monotonic() >= deadline:
+                    for c in pending:
+                        results[c.name] = _result(catalog.SKIPPED, "--time_budget_s was spent first")
+                    break
+                _run_worker(pending, spec, workdir, deadline, startup_s, box_override, results)
+                pending = [c for c in pending if c.name not in results]
+    except Interrupted as signal_name:
+        for c in plan:
+            results.setdefault(c.name, _result(catalog.SKIPPED, f"the run was stopped by {signal_name} first"))
     return results
-
-
-def _git() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        run = dict(capture_output=True, text=True, timeout=10, check=True, cwd=here)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
-        return commit + ("+uncommitted changes" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def build_report(plan: list[catalog.Check], results: dict[str, dict[str, Any]], profile: str,
-                 date: str, wall_s: float, budget_s: float) -> dict[str, Any]:  # fmt: skip
-    """``device_check.json``'s content: the machine, then every check of ``plan`` with a status."""
-    checks = []
-    for c in plan:
-        r = results.get(c.name) or _result(catalog.FAILED, "no result was recorded")
-        checks.append({"name": c.name, "status": r["status"], "reason": r.get("reason", ""),
-                       "what": c.what, "layout": c.layout, "box_s": c.box_s,
-                       "seconds": r.get("seconds"), "device": r.get("device"),
-                       "metrics": r.get("metrics", {}),
-                       **({"traceback": r["traceback"]} if "traceback" in r else {})})  # fmt: skip
-    accel = results.get("accelerators") or _result(catalog.SKIPPED, "the accelerators check did not run")
-    device = accel.get("device") or next((c["device"] for c in checks if c["device"]), "unknown")
-    counts = {s: sum(c["status"] == s for c in checks) for s in catalog.STATUSES}
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    if accel["status"] != catalog.PASS:
-        summary += "; no accelerator was checked" + (" (the CPU stood in)" if profile == catalog.QUICK else "")
-    return {
-        "schema": "device_check/1",
-        "profile": profile,
-        "date": date,
-        "wall_seconds": wall_s,
-        "time_budget_s": budget_s,
-        "machine": {"device": device, "tensorflow": _version("tensorflow"), "keras": _version("keras"),
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "cpu_count": os.cpu_count(), "git": _git()},  # fmt: skip
-        "accelerator": {"status": accel["status"], "reason": accel.get("reason", "")},
-        "summary": summary,
-        "counts": counts,
-        "checks": checks,
-    }
 
 
 def _fail(message: str) -> NoReturn:
@@ -259,9 +241,13 @@ def main(argv: Sequence[str]) -> None:
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     spec = {"profile": profile, "inject": inject,
             "data_dir": os.path.abspath(_DATA_DIR.value) if _DATA_DIR.value else None}  # fmt: skip
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _on_signal)
     with tempfile.TemporaryDirectory(prefix="device_check-") as workdir:
         results = run_checks(plan, spec, workdir, budget, _STARTUP_TIMEOUT_S.value, _CHECK_TIMEOUT_S.value)
-    report = build_report(plan, results, profile, date, time.monotonic() - began, budget)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)  # Let the report be written whole.
+    report = _device_report.build_report(plan, results, profile, date, time.monotonic() - began, budget)
     json_path = os.path.join(_OUTPUT_DIR.value, "device_check.json")
     md_path = os.path.join(_OUTPUT_DIR.value, "device_check.md")
     with open(json_path, "w") as f:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from absl import flags
@@ -166,6 +168,30 @@ def test_time_budget_spent_skips_the_rest(tmp_path):
     assert code == (1 if accel == catalog.TIMEOUT else 0)
     assert checks["job_auto"]["status"] == catalog.SKIPPED
     assert "--time_budget_s" in checks["job_auto"]["reason"]
+
+
+def test_sigterm_kills_the_worker_and_still_writes_the_report(tmp_path):
+    # An outer `timeout` sends SIGTERM; the worker leads its own session, so
+    # only the parent can end it, and the report must still come out.
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.device_check", "--quick", "--checks=accelerators,job_auto",
+         "--inject_fault=accelerators=hang", f"--output_dir={out}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(8)  # Long enough for the parent to be watching; the worker may still be starting.
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    report = json.loads((out / "device_check.json").read_text())
+    checks = _by_name(report)
+    assert checks["accelerators"]["status"] in (catalog.TIMEOUT, catalog.SKIPPED)
+    assert "stopped by SIGTERM" in checks["accelerators"]["reason"]
+    assert checks["job_auto"]["status"] == catalog.SKIPPED
+    assert "stopped by SIGTERM" in checks["job_auto"]["reason"]
+    assert proc.returncode == (1 if checks["accelerators"]["status"] == catalog.TIMEOUT else 0)
+    if "worker_pid" in checks["accelerators"]:
+        with pytest.raises(ProcessLookupError):  # Killed and reaped: no orphan.
+            os.kill(checks["accelerators"]["worker_pid"], 0)
 
 
 def _parse_error(argv: list[str], capsys) -> str:
