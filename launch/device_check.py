@@ -12,9 +12,9 @@ the CPU stands in: about 40 s of CPU work; ``make test`` runs it).
 Every check has its own time box. A check that fails, raises, crashes its
 process or outruns its box is reported FAILED or TIMEOUT with the reason; an
 accelerator that is not there is MISSING; nothing is reported as a pass that
-did not run and pass. It writes ``device_check.json`` and ``device_check.md``
-to ``--output_dir`` and prints the table. Exit status: 0 when no check FAILED
-or TIMED OUT, 1 otherwise, 2 for a bad flag::
+did not run and pass. It writes ``device_check.json``, ``device_check.md``
+and each worker's log to ``--output_dir``, and prints the table. Exit status:
+0 when no check FAILED or TIMED OUT, 1 otherwise, 2 for a bad flag::
 
     python -m launch.device_check --output_dir=runs/device_check
     python -m launch.device_check --quick
@@ -229,6 +229,18 @@ def _plan(profile: str) -> tuple[list[catalog.Check], dict[str, str]]:
     return plan, inject
 
 
+def _keep_logs(workdir: str, output_dir: str, max_bytes: int = 1 << 20) -> None:
+    """Copies each worker's log (its last MiB) next to the report: a one-shot GPU
+    run has no second chance to look."""
+    for name in sorted(os.listdir(workdir)):
+        if name.startswith("worker-") and name.endswith(".log"):
+            with open(os.path.join(workdir, name), "rb") as f:
+                f.seek(max(0, os.path.getsize(f.name) - max_bytes))
+                tail = f.read()
+            with open(os.path.join(output_dir, name), "wb") as f:
+                f.write(tail)
+
+
 def main(argv: Sequence[str]) -> None:
     """Runs the checks, writes ``device_check.json`` and ``.md``, prints the table."""
     if len(argv) > 1:
@@ -245,6 +257,7 @@ def main(argv: Sequence[str]) -> None:
         signal.signal(signum, _on_signal)
     with tempfile.TemporaryDirectory(prefix="device_check-") as workdir:
         results = run_checks(plan, spec, workdir, budget, _STARTUP_TIMEOUT_S.value, _CHECK_TIMEOUT_S.value)
+        _keep_logs(workdir, _OUTPUT_DIR.value)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)  # Let the report be written whole.
     report = _device_report.build_report(plan, results, profile, date, time.monotonic() - began, budget)

@@ -64,13 +64,17 @@ def quick(tmp_path_factory, digits_dir):
     check timed out by load would say nothing about the check. The boxes
     themselves are tested with injected hangs below.
     """
-    return run_device_check(tmp_path_factory.mktemp("quick"), "--quick", f"--data_dir={digits_dir}",
-                            "--time_budget_s=900", "--check_timeout_s=150", timeout=1200)
+    tmp = tmp_path_factory.mktemp("quick")
+    code, report, table = run_device_check(
+        tmp, "--quick", f"--data_dir={digits_dir}", "--time_budget_s=900", "--check_timeout_s=150",
+        timeout=1200,
+    )  # fmt: skip
+    return code, report, table, tmp / "out"
 
 
 @pytest.mark.slow
 def test_quick_profile_reports_every_check_with_a_status(quick):
-    code, report, table = quick
+    code, report, table, out = quick
     names = [c.name for c in catalog.checks(catalog.QUICK)]
     _assert_schema(report, "quick", names)
     checks = _by_name(report)
@@ -118,6 +122,10 @@ def test_quick_profile_reports_every_check_with_a_status(quick):
             r["bytes_per_step"] / (r["roof_gb_per_s"] * 1e9) / (r["tfopt_ms"] / 1e3)
         )
         assert ("keras_ms" in r) is (r["optimizer"] in ("sgd_momentum", "adagrad", "adam", "lamb"))
+    # Each worker's log comes back with the report: one per device layout.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "device_check.json", "device_check.md", "worker-accelerators.log", "worker-job_mirrored.log"
+    ]
     assert "## Fused kernels vs the memory roof" in table and "| lamb | 256K | on | no fused kernel |" in table
 
 
