@@ -89,6 +89,15 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _progress(name: str, result: dict[str, Any] | None) -> None:
+    """One line on stderr as each check starts and ends: a long GPU run shows where it is."""
+    if result is None:
+        line = f"{name}: started"
+    else:
+        line = f"{name}: {result['status']} ({result.get('seconds', 0) or 0:.1f} s) {result.get('reason', '')}"
+    print(f"{PROG}: {' '.join(line.split())[:300]}", file=sys.stderr, flush=True)
+
+
 class Interrupted(Exception):
     """SIGTERM or SIGINT reached this process (an outer ``timeout``, Ctrl-C)."""
 
@@ -125,8 +134,10 @@ def _run_worker(checks: list[catalog.Check], spec: dict[str, Any], workdir: str,
             began = json.load(f)["began"]
         results[c.name] = {**_result(status, f"{why}; killed after {time.time() - began:.0f} s"),
                            "seconds": round(time.time() - began, 2), "worker_pid": proc.pid}  # fmt: skip
+        _progress(c.name, results[c.name])
 
     running: list[catalog.Check] = []
+    announced: set[str] = set()
     try:
         while True:
             code = proc.poll()
@@ -134,7 +145,11 @@ def _run_worker(checks: list[catalog.Check], spec: dict[str, Any], workdir: str,
                 if c.name not in results and os.path.exists(path(c, "json")):
                     with open(path(c, "json")) as f:
                         results[c.name] = json.load(f)
+                    _progress(c.name, results[c.name])
             running = [c for c in mine if c.name not in results and os.path.exists(path(c, "start"))]
+            if running and running[0].name not in announced:
+                announced.add(running[0].name)
+                _progress(running[0].name, None)
             if code is not None:
                 break
             now = time.monotonic()
