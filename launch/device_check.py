@@ -72,12 +72,14 @@ def _result(status: str, reason: str) -> dict[str, Any]:
     return {"status": status, "reason": reason}
 
 
-def _tail(path: str, chars: int = 800) -> str:
+def _tail(path: str, lines: int = 3, chars: int = 600) -> str:
+    """The last few lines of a worker's log (a traceback ends with its exception)."""
     try:
         with open(path, errors="replace") as f:
-            return " ".join(f.read()[-chars:].split())
+            last = [line.strip() for line in f.read()[-20_000:].splitlines() if line.strip()]
     except OSError:
         return ""
+    return " | ".join(last[-lines:])[-chars:]
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -206,8 +208,10 @@ def run_checks(plan: list[catalog.Check], spec: dict[str, Any], workdir: str, bu
                     # The full profile's sizes are for an accelerator (the worker
                     # stopped after `accelerators`); the CPU stand-in is --quick.
                     for c in pending:
-                        results[c.name] = _result(catalog.MISSING, "no usable GPU (see accelerators: "
-                                                  f"{accel['reason']}); --quick runs the CPU stand-in")  # fmt: skip
+                        results[c.name] = (
+                            _result(catalog.MISSING, "no GPU (see accelerators); --quick runs the "
+                                    "CPU stand-in") if accel["status"] == catalog.MISSING
+                            else _result(catalog.SKIPPED, f"not run: accelerators is {accel['status']}"))  # fmt: skip
                     break
                 if time.monotonic() >= deadline:
                     for c in pending:

@@ -25,12 +25,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CHECK_KEYS = {"name", "status", "reason", "what", "layout", "box_s", "seconds", "device", "metrics"}
 
 
-def run_device_check(tmp_path, *argv: str, timeout: float = 400) -> tuple[int, dict, str]:
+def run_device_check(tmp_path, *argv: str, timeout: float = 400,
+                     env: dict[str, str] | None = None) -> tuple[int, dict, str]:  # fmt: skip
     """Runs the command; returns its exit status, device_check.json and device_check.md."""
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "launch.device_check", f"--output_dir={out}", *argv],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
     assert (out / "device_check.json").exists(), proc.stderr[-3000:]
     report = json.loads((out / "device_check.json").read_text())
@@ -160,8 +161,25 @@ def test_full_profile_without_gpu_reports_missing_not_pass(tmp_path):
     assert report["counts"]["PASS"] == 0
     for name in ("accelerators", "job_auto", "job_mirrored"):
         assert checks[name]["status"] == catalog.MISSING, name
-    assert "--quick runs the CPU stand-in" in checks["job_auto"]["reason"]
+    assert "no GPU" in checks["job_auto"]["reason"] and "--quick" in checks["job_auto"]["reason"]
     assert checks["job_auto"]["seconds"] is None  # Never started.
+
+
+def test_machine_without_tensorflow_reports_failed_with_the_import_error(tmp_path):
+    # As on a GPU image that has no TensorFlow: the parent needs none, the workers fail to start.
+    broken = tmp_path / "site" / "tensorflow"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('no TensorFlow on this machine')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken.parent), ROOT])}
+    code, report, _ = run_device_check(tmp_path, env=env)
+    checks = _by_name(report)
+    assert code == 1 and report["counts"]["PASS"] == 0
+    for c in catalog.checks(catalog.FULL):
+        if c.layout == catalog.ONE:
+            assert checks[c.name]["status"] == catalog.FAILED, c.name
+            assert "no TensorFlow on this machine" in checks[c.name]["reason"]
+        else:  # Not run: without a working `accelerators` the full profile stops there.
+            assert checks[c.name]["status"] == catalog.SKIPPED, c.name
 
 
 def test_time_budget_spent_skips_the_rest(tmp_path):
