@@ -64,13 +64,16 @@ class Context:
             details = tf.config.experimental.get_device_details(self.gpus[0])
             cc = details.get("compute_capability")
             suffix = f", compute capability {cc[0]}.{cc[1]}" if cc else ""
-            return f"GPU: {details.get('device_name', self.gpus[0].name)}{suffix}"
+            count = f"{len(self.gpus)}x " if len(self.gpus) > 1 else ""
+            return f"GPU: {count}{details.get('device_name', self.gpus[0].name)}{suffix}"
         return f"CPU: {platform.machine()}, {os.cpu_count()} cores (no GPU)"
 
-    def strategy(self) -> tf.distribute.Strategy:
-        """``auto`` on the ONE layout; ``mirrored`` over the two logical devices on TWO."""
+    def strategy(self, one_device: bool = False) -> tf.distribute.Strategy:
+        """On the ONE layout, ``auto`` (TF's default strategy with one GPU, ``mirrored``
+        with several), or TF's default strategy, one device, if ``one_device``; on
+        TWO, ``mirrored`` over the two logical devices."""
         if self.layout["layout"] == catalog.ONE:
-            return strategies.build("auto")
+            return tf.distribute.get_strategy() if one_device else strategies.build("auto")
         # On a split GPU `mirrored` takes the two logical GPUs; on the CPU,
         # virtual_cpus=2 names the two logical CPUs the worker already made.
         return strategies.build("mirrored", virtual_cpus=0 if self.gpus else 2)
@@ -246,7 +249,7 @@ def overflow_skipped(strategy: tf.distribute.Strategy) -> list[str]:
 
 def mixed_precision(check: catalog.Check, context: Context) -> dict[str, Any]:
     """mixed_float16 vs float32 steps/s, and an fp16 overflow skipped on every replica."""
-    strategy = context.strategy()
+    strategy = context.strategy(one_device=True)
     model = _MIXED_MODEL[context.profile]
     fp32 = steps_per_second(model, context.profile, strategy, "float32")
     fp16 = steps_per_second(model, context.profile, strategy, "mixed_float16")

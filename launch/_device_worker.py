@@ -57,6 +57,9 @@ def set_layout(layout: str) -> dict[str, Any]:
         total = gpu_memory_mb()
         limit = int(total * _SPLIT_MEMORY_FRACTION) if total else _SPLIT_MEMORY_FALLBACK_MB
         config = [tf.config.LogicalDeviceConfiguration(memory_limit=limit)] * 2
+        # Only the first GPU, split: on a multi-GPU machine the two replicas
+        # must still share one physical device.
+        tf.config.set_visible_devices(gpus[0], "GPU")
         tf.config.set_logical_device_configuration(gpus[0], config)
         return {"layout": layout, "split": f"{gpus[0].name} into 2 logical GPUs of {limit} MB"}
     cpu = tf.config.list_physical_devices("CPU")[0]
