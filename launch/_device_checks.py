@@ -215,7 +215,8 @@ def overflow_skipped(strategy: tf.distribute.Strategy) -> list[str]:
     Two global batches: a good one, then one whose last example (the last
     replica's half) overflows float16. Every replica must skip that step: its
     weights stay finite, equal across replicas and equal to a run of the good
-    batch alone, its step count stays 1 and its loss scale halves.
+    batch alone (which must itself take its step), its step count stays 1 and
+    its loss scale halves.
     """
     replicas, per_replica = strategy.num_replicas_in_sync, 4
     batch = replicas * per_replica
@@ -230,6 +231,11 @@ def overflow_skipped(strategy: tf.distribute.Strategy) -> list[str]:
     problems = []
     if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return [f"compile under mixed_float16 gave {type(optimizer).__name__}, not LossScaleOptimizer"]
+    # The reference must really step, or "unchanged like the reference" proves nothing.
+    reference_steps = [int(c) for c in _copies(reference.optimizer.iterations)]
+    if any(s != 1 for s in reference_steps):
+        problems.append(f"the run of the good batch alone took {reference_steps} steps per "
+                        "replica, expected 1 (a finite step was skipped)")  # fmt: skip
     for variable, expected in zip(model.weights, reference.weights, strict=True):
         copies, want = _copies(variable), _copies(expected)[0]
         if not all(np.all(np.isfinite(c)) for c in copies):
