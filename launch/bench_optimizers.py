@@ -52,7 +52,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import tfopt  # noqa: E402
-from launch import _outputs  # noqa: E402
+from launch import _console, _outputs  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,6 +438,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point: absl parses the flags; a bad value exits with status 2."""
+    _console.list_key_flags_in_help(__name__)
     app.run(main, argv=argv, flags_parser=_parse_flags)
 
 

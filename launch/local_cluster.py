@@ -46,6 +46,8 @@ from typing import TextIO
 
 from absl import app, flags
 
+from launch import _console
+
 HOST = "127.0.0.1"
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
@@ -352,6 +354,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console-script entry point (``tfopt-local-cluster``)."""
+    _console.list_key_flags_in_help(__name__)
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -32,6 +32,8 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from launch import _console
+
 PROG = "launch.tpu_vm"
 STEPS = ("package", "create", "copy", "install", "train", "delete")
 LIBTPU_INDEX = "https://storage.googleapis.com/libtpu-tf-releases/index.html"
@@ -175,6 +177,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console entry point."""
+    _console.list_key_flags_in_help(__name__)
     app.run(main, flags_parser=_parse_flags)
 
 
