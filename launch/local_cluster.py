@@ -95,7 +95,9 @@ class LocalCluster:
 
     Args:
         command: the program every task runs (argv list).
-        workers, ps, chief: the cluster's shape.
+        workers: number of worker tasks.
+        ps: number of parameter-server tasks.
+        chief: whether to add a chief task.
         timeout: seconds before every task is killed (None: no limit).
         env: extra environment for every task (``TF_CONFIG`` is set per task).
         output: where the prefixed lines go; None keeps them only in `Task.lines`.

@@ -107,7 +107,7 @@ def commands(
     Returns:
       One argv list per command. Remote commands run on ``--worker=all``.
 
-    Example:
+    Examples:
       >>> cmds = commands(name="t", zone="us-central2-b", steps=["train"])
       >>> cmds[0][:5]
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']

@@ -49,7 +49,7 @@ def get_class(name: str) -> type:
     Raises:
       ValueError: unknown name; the message lists the valid ones.
 
-    Example:
+    Examples:
       >>> import tfopt
       >>> tfopt.get_class("lazy_adam").__name__
       'LazyAdam'
@@ -114,7 +114,7 @@ def get(
       ValueError: unknown name, a bad hyperparameter, or overrides given with
         an instance or ``None``.
 
-    Example:
+    Examples:
       >>> import tfopt
       >>> opt = tfopt.get("sgd", learning_rate=0.1, momentum=0.9)
       >>> type(opt).__name__, float(opt.momentum)
