@@ -27,7 +27,7 @@ from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARK = re.compile(r"<!--\s*example:\s*needs\s+(cluster|gpu|tpu)\s*-->")
-FENCE = re.compile(r"^(\s*)```(\w*)[^\n]*\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"([ \t]*)```(\S.*)?")
 
 # (page, index of the Python block in that page, what it needs). Every marked
 # block is listed here; the test fails if a block is marked and not listed, or
@@ -63,16 +63,24 @@ def _read(page: str) -> str:
 
 def fenced(page: str, language: str) -> list[tuple[int, str, str | None]]:
     """(line, code, needs) of each fenced block in ``language``, in page order."""
-    text = _read(page)
     blocks = []
-    for match in FENCE.finditer(text):
-        if match.group(2) != language:
+    lines = _read(page).splitlines()
+    i = 0
+    while i < len(lines):
+        opening = FENCE.fullmatch(lines[i])
+        if not opening:
+            i += 1
             continue
-        line = text.count("\n", 0, match.start()) + 1
-        before = text[: match.start()].rstrip().rsplit("\n", 1)[-1]
-        mark = MARK.fullmatch(before.strip())
-        code = "\n".join(row[len(match.group(1)):] for row in match.group(3).splitlines())
-        blocks.append((line, code, mark.group(1) if mark else None))
+        indent, info = opening.group(1), opening.group(2) or ""
+        end = i + 1
+        while end < len(lines) and lines[end].strip() != "```":
+            end += 1
+        if info.split(" ", 1)[0] == language:
+            previous = next((row for row in reversed(lines[:i]) if row.strip()), "")
+            mark = MARK.fullmatch(previous.strip())
+            code = "\n".join(row[len(indent):] for row in lines[i + 1:end])
+            blocks.append((i + 1, code, mark.group(1) if mark else None))
+        i = end + 1
     return blocks
 
 
