@@ -153,13 +153,13 @@ def _digits_default_pair(end_to_end: bool, strategy_name: str = "auto"
         import shutil
         import tempfile
 
-        from launch import _data, _job, _models, _optimizers, _schedules
+        from launch import _data, _input, _job, _models, _optimizers, _schedules
 
         del steps, epochs
         job = _job.Job(data_dir=tempfile.mkdtemp(prefix="bench_digits_"))
         data = _data.prepare(job.dataset, job.data_dir)
         x, y = data.read_arrays("train")
-        steps_per_epoch = _data.steps_per_epoch(data, "train", job.batch_size, drop_remainder=False)
+        steps_per_epoch = _input.steps_per_epoch(data, "train", job.batch_size, drop_remainder=False)
         strategy = strategies.build(strategy_name)
 
         def timed(timer: keras.callbacks.Callback, train: Callable[[list], None]) -> None:
