@@ -2,10 +2,9 @@
 
 `launch.train` turns its flags into a `Job`; benchmarks and tests build one
 directly. `run` composes the parts, each chosen by a field: a TFDS dataset
-(`_data`) batched for the strategy (`_input`), a model (`_models`), an optimizer
-(`_optimizers`) with a schedule
-(`_schedules`), `strategies.fit` under the given strategy, then the outputs
-(`_outputs`).
+(`_data`) batched for the strategy (`_input`), a model (`_models`), an
+optimizer (`_optimizers`) with a schedule (`_schedules`), `strategies.fit`
+under the given strategy, then the outputs (`_outputs`).
 """
 
 from __future__ import annotations
