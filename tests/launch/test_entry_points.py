@@ -80,6 +80,7 @@ def _listed_flags(*commands: list[str]) -> list[set[str]]:
     return [set(re.findall(r"^\s+--(?:\[no\])?(\w+):", out, re.MULTILINE)) for out in outputs]
 
 
+@pytest.mark.slow  # tfopt-train: two processes importing TensorFlow, 15-27 s on 2 shared cores.
 @pytest.mark.parametrize("script", sorted(_console_scripts()))
 def test_console_script_help_lists_the_flags_python_m_lists(script, tmp_path):
     module, function = _console_scripts()[script].split(":")
