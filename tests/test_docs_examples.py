@@ -63,8 +63,12 @@ def _read(page: str) -> str:
 
 def fenced(page: str, language: str) -> list[tuple[int, str, str | None]]:
     """(line, code, needs) of each fenced block in ``language``, in page order."""
+    return fenced_text(_read(page), language)
+
+
+def fenced_text(text: str, language: str) -> list[tuple[int, str, str | None]]:
     blocks = []
-    lines = _read(page).splitlines()
+    lines = text.splitlines()
     i = 0
     while i < len(lines):
         opening = FENCE.fullmatch(lines[i])
@@ -99,15 +103,10 @@ def test_every_marked_block_is_listed_and_every_listed_block_is_marked():
 
 
 def test_the_marker_is_recognised_only_right_above_a_fence():
-    text = "<!-- example: needs cluster -->\n```python\nx = 1\n```\n\n```python\ny = 2\n```\n"
-    path = os.path.join(REPO, "docs", "_probe_never_committed.md")
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        page = os.path.relpath(path, REPO)
-        assert [needs for _, _, needs in fenced(page, "python")] == ["cluster", None]
-    finally:
-        os.remove(path)
+    text = ("<!-- example: needs cluster -->\n```python\nx = 1\n```\n\n```python\ny = 2\n```\n"
+            "```sh\nls\n```\n  ```python\n  z = 3\n  ```\n")
+    assert fenced_text(text, "python") == [(2, "x = 1", "cluster"), (6, "y = 2", None),
+                                           (12, "z = 3", None)]
 
 
 def test_marked_blocks_still_compile():
