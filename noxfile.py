@@ -108,7 +108,11 @@ def colab(session: nox.Session) -> None:
     # The same command, the interpreter and source swapped for the venv's and the local wheel.
     session.run("python", *argv[1:-1], wheel)
     session.install("nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29")
-    session.run("python", os.path.join(ROOT, "tests", "run_notebook.py"),
+    # From outside the checkout, the packages are the wheel's, not the sources'.
+    session.chdir(session.create_tmp())
+    session.run("python", "-c", "import sys, tfopt, strategies, launch; "
+                "assert all(m.__file__.startswith(sys.prefix) for m in (tfopt, strategies, launch))")
+    session.run("python", os.path.join(ROOT, "tests", "notebook_runner.py"),
                 os.path.join(NOTEBOOKS, "01_quickstart.ipynb"), env={"PYTHONPATH": ""})  # fmt: skip
 
 
