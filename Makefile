@@ -24,7 +24,7 @@ NOX    := $(BIN)/python -m nox --no-color
 MATRIX  = $(filter-out $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'),\
           $(sort $(firstword $(SUPPORTED_PYTHONS)) $(lastword $(SUPPORTED_PYTHONS))))
 
-.PHONY: train test test-fast test-cluster test-matrix python lint bench bench-fit bench-optimizers \
+.PHONY: train test test-fast test-cluster test-matrix python lint docs bench bench-fit bench-optimizers \
         device-check set-repo clean
 
 # One line, naming the supported versions, when PYTHON is missing or unsupported.
@@ -39,7 +39,7 @@ python:
 $(STAMP): setup.cfg pyproject.toml
 	$(check_python)test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -49,6 +49,7 @@ train: $(STAMP)
 # multi-process cluster tests run after, alone, so they get whole cores.
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
+	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster" --durations=15
 	$(BIN)/python -m pytest -q -m cluster --durations=10
 	$(MAKE) --no-print-directory test-matrix PYTHONS="$(MATRIX)"
@@ -67,6 +68,12 @@ test-cluster: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
+# The docs site (mkdocs.yml, docs/), built strictly: a broken link or anchor, or
+# any warning from the API reference, fails (no --quiet: it hides the warnings
+# strict mode counts). The result goes to site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 bench: bench-fit bench-optimizers
 
 bench-fit: $(STAMP)
@@ -84,4 +91,4 @@ set-repo: $(STAMP)
 	$(NOX) -s set_repo -- $(REPO)
 
 clean:
-	rm -rf $(VENV) .nox build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .nox build site *.egg-info .pytest_cache .ruff_cache

@@ -37,6 +37,8 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from launch import _console
+
 PROG = "launch.tpu_vm"
 STEPS = ("package", "create", "copy", "install", "train", "delete")
 LIBTPU_INDEX = "https://storage.googleapis.com/libtpu-tf-releases/index.html"
@@ -160,7 +162,7 @@ def commands(
     Returns:
       One argv list per command. Remote commands run on ``--worker=all``.
 
-    Example:
+    Examples:
       >>> cmds = commands(name="t", zone="us-central2-b", steps=["train"])
       >>> cmds[0][:5]
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
@@ -225,6 +227,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console entry point."""
+    _console.list_key_flags_in_help(__name__)
     app.run(main, flags_parser=_parse_flags)
 
 
