@@ -120,5 +120,10 @@ def main(spec_path: str) -> None:
             return  # The full profile is for an accelerator; the parent reports the rest MISSING.
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m launch._device_worker SPEC.json`` (started by device_check)."""
+    main((sys.argv if argv is None else argv)[1])
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run()

@@ -40,16 +40,18 @@ from typing import NoReturn
 from absl import app, flags
 
 from launch import _device_catalog as catalog
-from launch import _device_report, _device_runner
+from launch import _device_report, _device_runner, _flags
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/device_check", "Where to write the report.")
-_QUICK = flags.DEFINE_bool("quick", False, "The small profile: the CPU stand-in, for make test.")
+# --output_dir and --quick are shared with launch.bench_optimizers, --data_dir with
+# launch.train (launch/_flags.py): entry points must import into one process.
+_OUTPUT_DIR, _QUICK, _DATA_DIR = _flags.OUTPUT_DIR, _flags.QUICK, _flags.DATA_DIR
+_flags.declare_key_flags(__name__, _OUTPUT_DIR, _QUICK, _DATA_DIR)
+_DEFAULT_OUTPUT_DIR = "runs/device_check"
 _TIME_BUDGET_S = flags.DEFINE_float(
     "time_budget_s", None, "Wall-clock budget for all checks; checks that no longer fit are "
     "SKIPPED. Default: 480 (8 minutes), or 300 with --quick.", lower_bound=1.0,
 )  # fmt: skip
 _CHECKS = flags.DEFINE_list("checks", None, "Run only these checks (default: all).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for the digits job.")
 _CHECK_TIMEOUT_S = flags.DEFINE_float(
     "check_timeout_s", None, "Override every check's own time box (seconds).", lower_bound=0.1
 )
@@ -110,19 +112,20 @@ def main(argv: Sequence[str]) -> None:
     budget = _TIME_BUDGET_S.value or (300.0 if _QUICK.value else 480.0)
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     began = time.monotonic()
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
+    os.makedirs(output_dir, exist_ok=True)
     spec = {"profile": profile, "inject": inject,
             "data_dir": os.path.abspath(_DATA_DIR.value) if _DATA_DIR.value else None}  # fmt: skip
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _device_runner.on_signal)
     with tempfile.TemporaryDirectory(prefix="device_check-") as workdir:
         results = _device_runner.run_checks(plan, spec, workdir, budget, _STARTUP_TIMEOUT_S.value, _CHECK_TIMEOUT_S.value)
-        _keep_logs(workdir, _OUTPUT_DIR.value)
+        _keep_logs(workdir, output_dir)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)  # Let the report be written whole.
     report = _device_report.build_report(plan, results, profile, date, time.monotonic() - began, budget)
-    json_path = os.path.join(_OUTPUT_DIR.value, "device_check.json")
-    md_path = os.path.join(_OUTPUT_DIR.value, "device_check.md")
+    json_path = os.path.join(output_dir, "device_check.json")
+    md_path = os.path.join(output_dir, "device_check.md")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1, default=str)
     table = _device_report.markdown(report)
