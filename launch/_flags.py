@@ -13,6 +13,7 @@ not collide (``launch.tpu_vm --steps`` are the steps of its plan).
 
 from __future__ import annotations
 
+import sys
 from typing import TypeVar
 
 from absl import flags
@@ -59,6 +60,10 @@ def declare_key_flags(module_name: str, *holders: flags.FlagHolder) -> None:
     blanket ``flags.adopt_module_key_flags(_flags)`` would show ``--quick`` in
     ``launch.train --help``.
     """
+    if module_name == "__main__":
+        # Run as `python -m`: absl names the main module by sys.argv[0], as
+        # flags.declare_key_flag does for its caller.
+        module_name = sys.argv[0]
     for holder in holders:
         flags.FLAGS.register_key_flag_for_module(module_name, flags.FLAGS[holder.name])
 
