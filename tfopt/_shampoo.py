@@ -406,7 +406,7 @@ class Shampoo(keras.optimizers.Optimizer):
         # every replica, so each replica updates its own copy of every
         # optimizer variable (aggregation "none"), as TF does without
         # merge_call, and only the roots need a collective.
-        pairs = self._all_reduce_sum_gradients(list(zip(grads, variables)))
+        pairs = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
         steps, matrices, fns, previous = [], [], {}, {}
         for grad, variable in pairs:
             if grad is None:
