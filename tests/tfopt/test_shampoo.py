@@ -331,7 +331,14 @@ def test_assign_owners_balances_cubes():
     costs = [_sharded_preconditioner.matrix_cost(n) for n in sizes]
     owners = _sharded_preconditioner.assign_owners(costs, 2)
     loads = [sum(c for c, o in zip(costs, owners, strict=True) if o == r) for r in range(2)]
-    assert max(loads) <= 0.51 * sum(costs)
+    # The best split of these nine, by brute force over the 2**9 assignments.
+    best = min(
+        max(sum(c for c, b in zip(costs, bits, strict=True) if b),
+            sum(c for c, b in zip(costs, bits, strict=True) if not b))
+        for bits in itertools.product([0, 1], repeat=len(costs))
+    )  # fmt: skip
+    assert max(loads) == best
+    assert best < 0.53 * sum(costs)
     assert _sharded_preconditioner.assign_owners(costs, 1) == [0] * len(costs)
     assert set(_sharded_preconditioner.assign_owners(costs, 64)) == set(range(len(costs)))
 
