@@ -381,8 +381,9 @@ def _fit(strategy, split, epochs=3):
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(20, activation="tanh"),
                                   keras.layers.Dense(2)])  # fmt: skip
         model.compile(
-            optimizer=tfopt.Shampoo(0.05, block_size=8, start_preconditioning_step=1,
-                                    precondition_frequency=2, split_preconditioner_work=split),
+            optimizer=tfopt.Shampoo(0.05, block_size=16, best_effort_shape_interpretation=False,
+                                    start_preconditioning_step=1, precondition_frequency=2,
+                                    split_preconditioner_work=split),  # 11 statistics.
             loss="mse",
         )  # fmt: skip
     initial = model.get_weights()
