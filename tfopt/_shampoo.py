@@ -175,8 +175,8 @@ class Shampoo(keras.optimizers.Optimizer):
       ...                     best_effort_shape_interpretation=False)
       >>> w = keras.Variable(np.ones((3, 2), "float32"))
       >>> opt.apply([np.full((3, 2), 0.5, "float32")], [w])
-      >>> [tuple(v.shape) for v in opt.variables if "statistic" in v.path]
-      [(2, 2), (2, 2), (1, 1), (2, 2)]
+      >>> print(*[tuple(v.shape) for v in opt.variables if "statistic" in v.path])
+      (2, 2) (2, 2) (1, 1) (2, 2)
     """
 
     def __init__(
