@@ -391,6 +391,7 @@ def _fit(strategy, split, epochs=3):
     return initial, model.get_weights()
 
 
+@pytest.mark.slow  # 18-30 s each on a busy 2-core machine: tracing 11 Newton loops, 4 times.
 @pytest.mark.parametrize("split", [True, False], ids=["split", "every_replica"])
 def test_mirrored_matches_one_device(split):
     """Keras' own model.fit over two logical CPUs, roots split or not, equals one device."""
