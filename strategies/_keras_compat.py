@@ -242,9 +242,11 @@ def _all_reduce_then_apply(self: Any, grads: list[Any], trainable_variables: Any
             for i, g in zip(present, reduced, strict=True):
                 grads[i] = g
     if not self.built and trainable_variables is not None:
-        # Building creates a MultiOptimizer's sub-optimizers: flag them before they apply.
         with keras.name_scope(self.name, caller=self):
             self.build(list(trainable_variables))
+    # Building creates a MultiOptimizer's sub-optimizers: check and flag them
+    # before they apply (synchronize_gradients saw only those that existed then).
+    check_supported(self)
     for member in _optimizer_tree(self):
         object.__setattr__(member, _FLAG, True)
     return type(self).apply(self, grads, trainable_variables)
