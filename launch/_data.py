@@ -37,6 +37,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from launch import _paths
+
 LOCAL_DATASETS = ("digits",)
 # mnist, fashion_mnist and most TFDS downloads are served from here; a host
 # that cannot reach it in _PROBE_TIMEOUT_S is treated as offline.
@@ -173,7 +175,13 @@ def check_available(
     data_dir = _resolve_dir(data_dir)
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"--data_dir must be a directory; {data_dir} is a file. Received: data_dir={data_dir!r}.")
+    # Nothing is prepared in a directory that does not exist: check it before
+    # TFDS looks (and warns) there. Preparing or downloading writes there.
+    if not os.path.isdir(data_dir):
+        _check_writable(name, data_dir)
     builder = _builder(name, data_dir)
+    if not builder.is_prepared():
+        _check_writable(name, data_dir)
     online = is_online or network_reachable
     if not builder.is_prepared() and name not in LOCAL_DATASETS and not online():
         raise DataError(
@@ -181,6 +189,15 @@ def check_available(
             f"offline; {_how_to_prepare(name, data_dir)}."
         )
     return builder
+
+
+def _check_writable(name: str, data_dir: str) -> None:
+    reason = _paths.unwritable_reason(data_dir)
+    if reason is not None:
+        raise DataError(
+            f"--data_dir must be a writable directory to prepare {name!r} in; {reason}. "
+            f"Received: data_dir={data_dir!r}."
+        )
 
 
 def prepare(

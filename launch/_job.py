@@ -24,6 +24,8 @@ import strategies
 from launch import _data, _models, _optimizers, _outputs, _schedules
 
 METRICS = ("accuracy", "loss")
+# NumPy seeds its generator with an unsigned 32-bit integer (keras.utils.set_random_seed).
+MAX_SEED = 2**32 - 1
 
 
 class UsageError(ValueError):

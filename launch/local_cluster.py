@@ -33,6 +33,7 @@ import collections
 import ctypes
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -56,6 +57,8 @@ _GRACE_SECONDS = 3.0
 # long to finish by themselves before they are stopped.
 _PREEMPTED_GRACE_SECONDS = 30.0
 _POLL_SECONDS = 0.05
+# Each task is a process with its own ports and pipes on this one machine.
+MAX_TASKS = 64
 
 
 @dataclasses.dataclass
@@ -262,6 +265,9 @@ def check_shape(workers: int, ps: int, chief: bool) -> None:
         raise ValueError(f"--workers must be at least 1. Received: workers={workers}.")
     if ps < 0:
         raise ValueError(f"--ps must be 0 or more. Received: ps={ps}.")
+    if workers + ps + int(chief) > MAX_TASKS:
+        raise ValueError(f"A local cluster runs at most {MAX_TASKS} tasks on this machine. "
+                         f"Received: workers={workers}, ps={ps}, chief={chief}.")
     if ps and not chief:
         raise ValueError("A parameter-server cluster needs a coordinator: add --chief. "
                          f"Received: ps={ps}, chief={chief}.")
@@ -301,6 +307,8 @@ _PS = flags.DEFINE_integer("ps", 0, "Number of parameter-server tasks (needs --c
 _CHIEF = flags.DEFINE_boolean("chief", False, "Add a chief task (the coordinator under --ps).")
 _TIMEOUT = flags.DEFINE_float("timeout", 0.0, "Seconds before every task is killed; 0: no limit.",
                               lower_bound=0.0)
+# NaN passes the lower bound (every comparison with it is False) and would mean "no limit".
+flags.register_validator("timeout", math.isfinite, "--timeout must be a finite number of seconds")
 
 
 def main(argv: Sequence[str]) -> int:

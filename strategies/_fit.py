@@ -17,6 +17,7 @@ from absl import logging
 from strategies import (
     _checkpointing,
     _data,
+    _fit_checks,
     _keras_compat,
     _preemption,
     _progress,
@@ -122,6 +123,10 @@ def fit(
     with strategy.scope():
         model = model_fn()
     _check_model(model)
+    _fit_checks.check_model_in_scope(model, strategy)
+    for name, value in (("data", data), ("validation_data", validation_data)):
+        if value is not None:
+            _fit_checks.check_data(model, value, strategy, name)
     if steps_per_execution is not None:
         model.steps_per_execution = int(steps_per_execution)
     spec = _data.element_spec(data, strategy)
