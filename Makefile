@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test test-fast test-cluster lint bench bench-fit bench-optimizers clean
+.PHONY: train test test-fast test-cluster lint bench bench-fit bench-optimizers clean fuzz
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 2; }
@@ -43,3 +43,9 @@ bench-optimizers: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# The bad-input property test with a long profile (make test runs 2,000 examples
+# per program; this runs FUZZ_EXAMPLES, and every run that reaches training takes its steps).
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_FULL_RUNS=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/launch/test_fuzz_inputs.py

@@ -126,10 +126,11 @@ def run(
     steps = job.steps_per_epoch or _data.steps_per_epoch(
         data, "train", job.batch_size, drop_remainder=_data.drops_remainder(strategy)
     )
-    # Per-host pipelines repeat, so that every worker runs the same number of steps.
-    repeat = job.steps_per_epoch is not None or _data.uses_input_fn(strategy)
+    # First: tf.data's shuffle seeds combine with TF's global seed.
+    keras.utils.set_random_seed(job.seed)
     inputs = dict(global_batch_size=job.batch_size, strategy=strategy, seed=job.seed)
-    train_input = _data.make_input(data, "train", training=True, repeat=repeat, **inputs)
+    # Endless, each epoch's order a function of (seed, epoch): see _data.epoch_stream.
+    train_input = _data.make_input(data, "train", training=True, **inputs)
     eval_input = _data.make_input(data, "test", training=False, **inputs)
     try:
         lr = _schedules.build_schedule(job.lr_schedule, job.learning_rate, steps * job.epochs, job.warmup_steps)
@@ -151,14 +152,15 @@ def run(
         return model
 
     keras.utils.set_random_seed(job.seed)
+    # Seeded too, and saved in checkpoints (strategies._resume), for code that draws from it.
+    tf.random.set_global_generator(tf.random.Generator.from_seed(job.seed))
     timer = _Timer()
     history = strategies.fit(
         model_fn,
         train_input,
         strategy=strategy,
         epochs=job.epochs,
-        # A finite dataset ends each epoch by itself.
-        steps_per_epoch=steps if repeat else None,
+        steps_per_epoch=steps,
         validation_data=eval_input,
         callbacks=[timer, *callbacks],
         model_dir=model_dir,

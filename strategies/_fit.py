@@ -22,6 +22,7 @@ from strategies import (
     _preemption,
     _progress,
     _ps_training,
+    _resume,
     _roles,
 )
 
@@ -164,7 +165,14 @@ def fit(
                 profile_batch=0))
     # Without model_dir there is nowhere to save, and SIGTERM keeps its default.
     preemption = _preemption.PreemptionWatcher(strategy) if model_dir is not None else None
+    recorder = None
     if model_dir is not None:
+        # Exact resumption (strategies._resume): the epoch's metrics, then the history.
+        if restored is not None and start.step_in_epoch:
+            all_callbacks.insert(0, _resume.RestoreEpochMetrics(
+                checkpointer.resume_state, checkpointer.latest(), start.epoch))
+        recorder = _resume.HistoryRecorder(checkpointer.resume_state)
+        all_callbacks.append(recorder)
         all_callbacks.append(_checkpointing.CheckpointCallback(
             checkpointer, start, every_steps=checkpoint_every_steps, preemption=preemption))
 
@@ -174,6 +182,7 @@ def fit(
                          steps_per_epoch=steps_per_epoch, validation_data=validation_data,
                          validation_steps=validation_steps, verbose=verbose)
     train_seconds = time.perf_counter() - began
+    _resume.prepend_saved_history(history, recorder, start.epoch)
 
     if model_dir is not None:
         _checkpointing.save_model(model, strategy, model_dir)
@@ -202,7 +211,8 @@ def _train(model: keras.Model, strategy: tf.distribute.Strategy, data: _data.Dat
 
 
 def _build_variables(model: keras.Model, spec: Any) -> None:
-    if not model.built:
+    # The compiled metrics too: their state is checkpointed (strategies._resume).
+    if not model.built or not _resume.metrics_built(model):
         _keras_compat.build_from_spec(model, spec)
     elif not model.optimizer.built:
         with model.distribute_strategy.scope():
@@ -245,7 +255,8 @@ def _keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, data: _data
                   # Keras would ignore shuffle=True for them and warn on every run.
                   shuffle=False, verbose=1 if verbose == 1 else 0)
     if start.step_in_epoch == 0 or start.epoch >= epochs:
-        return model.fit(_data.for_keras(data, strategy), epochs=epochs,
+        skip, _ = _resume.start_positions(data, strategy, start.global_step, 0, 0)
+        return model.fit(_data.for_keras(_data.skip(data, skip), strategy), epochs=epochs,
                          steps_per_epoch=steps_per_epoch, initial_epoch=start.epoch, **common)
     per_epoch = steps_per_epoch or _data.cardinality(data, strategy)
     if per_epoch is None:
@@ -254,14 +265,16 @@ def _keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, data: _data
             f"known cardinality. Received: steps_per_epoch={steps_per_epoch}, checkpoint at "
             f"epoch {start.epoch}, step {start.step_in_epoch}."
         )
-    rest = _data.skip(data, start.step_in_epoch)
-    first = model.fit(_data.for_keras(rest, strategy), epochs=start.epoch + 1,
-                      steps_per_epoch=per_epoch - start.step_in_epoch,
-                      initial_epoch=start.epoch, **common)
+    first_skip, next_skip = _resume.start_positions(data, strategy, start.global_step,
+                                                    start.step_in_epoch, per_epoch - start.step_in_epoch)
+    with _resume.no_final_ema_overwrite(model) if start.epoch + 1 < epochs else contextlib.nullcontext():
+        first = model.fit(_data.for_keras(_data.skip(data, first_skip), strategy), epochs=start.epoch + 1,
+                          steps_per_epoch=per_epoch - start.step_in_epoch,
+                          initial_epoch=start.epoch, **common)
     record = {"epoch": list(first.epoch), "history": {k: list(v) for k, v in first.history.items()}}
     if start.epoch + 1 >= epochs or model.stop_training:
         return first
-    history = model.fit(_data.for_keras(data, strategy), epochs=epochs,
+    history = model.fit(_data.for_keras(_data.skip(data, next_skip), strategy), epochs=epochs,
                         steps_per_epoch=steps_per_epoch, initial_epoch=start.epoch + 1, **common)
     history.epoch[:0] = record["epoch"]
     for key, values in record["history"].items():
