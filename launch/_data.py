@@ -47,6 +47,7 @@ _PROBE_TIMEOUT_S = 3.0
 _SHUFFLE_BUFFER_MAX = 60_000
 # Epoch e of a run with seed s shuffles with the seed s * stride + e (< 2**63 for s < 2**32).
 _EPOCH_SEED_STRIDE = 2**24
+_EPOCH_GRAPH_SEED = 20_240_611
 # A split whose decoded images fit in this many bytes (mnist: 47 MB, cifar10:
 # 150 MB) is read into memory once; larger ones stream from TFDS each epoch.
 IN_MEMORY_MAX_BYTES = 256 * 2**20
@@ -378,7 +379,15 @@ def epoch_stream(
     """
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
-        epoch_seed = None if seed is None else tf.constant(seed, tf.int64) * _EPOCH_SEED_STRIDE + e
+        epoch_seed = None
+        if seed is not None:
+            # tf.data pairs an op seed with the graph-level seed, which this
+            # function's graph inherits from TF's global seed (whatever the
+            # program set, or nothing): fix it, so the order depends on (seed, e)
+            # alone. (A global seed of 0 would also break a tensor op seed:
+            # tf.random's get_seed compares the pair with (0, 0) in Python.)
+            tf.compat.v1.get_default_graph().seed = _EPOCH_GRAPH_SEED
+            epoch_seed = tf.constant(seed, tf.int64) * _EPOCH_SEED_STRIDE + e
         shuffled = examples.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
         return shuffled.batch(batch_size, drop_remainder=drop_remainder)
 

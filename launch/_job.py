@@ -188,7 +188,8 @@ def _summarize(
 ) -> dict[str, Any]:
     logs = history.history
     last = {k: v[-1] for k, v in logs.items() if v}
-    epochs_run = len(history.epoch)
+    # Throughput counts the epochs this process ran, not those before a restart.
+    epochs_run = len(history.epoch) - getattr(history, "epochs_before_restart", 0)
     if job.steps_per_epoch is None and not _data.uses_input_fn(strategy):
         examples = epochs_run * data.num_examples["train"]  # Each epoch's last batch is partial.
     else:

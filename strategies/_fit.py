@@ -91,7 +91,9 @@ def fit(
         checkpoint_every_steps: also checkpoint whenever this many more steps are done.
 
     Returns:
-        The ``keras.callbacks.History`` of the epochs run here, with ``.model`` set.
+        The ``keras.callbacks.History`` of the whole run, with ``.model`` set:
+        after a restart, the epochs before it come from the checkpoint, and
+        ``.epochs_before_restart`` counts them.
 
     Raises:
         Preempted: with ``model_dir``, after a SIGTERM: the checkpoint is saved.
@@ -294,7 +296,7 @@ def _write_summary(model_dir: str | os.PathLike[str], model: keras.Model,
         "optimizer": {"name": type(optimizer).__name__,
                       "config": json.loads(json.dumps(optimizer.get_config(), default=str))},
         "epochs": len(history.epoch) and history.epoch[-1] + 1,
-        "epochs_run": len(history.epoch),
+        "epochs_run": len(history.epoch) - getattr(history, "epochs_before_restart", 0),
         "steps": int(keras.ops.convert_to_numpy(optimizer.iterations)),
         "train_seconds": train_seconds,
         "examples_per_second": last.pop("examples_per_second", None),

@@ -135,12 +135,18 @@ class HistoryRecorder(keras.callbacks.Callback):
 
 def prepend_saved_history(history: keras.callbacks.History, recorder: HistoryRecorder | None,
                           first_epoch: int) -> None:
-    """Puts the epochs run before the restart in front of ``history``."""
+    """Puts the epochs run before the restart in front of ``history``.
+
+    Sets ``history.epochs_before_restart`` to their number (0 for a run that
+    did not resume), so that throughput counts only the epochs run here.
+    """
+    history.epochs_before_restart = 0
     if recorder is None:
         return
     before = [i for i, e in enumerate(recorder.epochs) if e < first_epoch]
     if not before:
         return
+    history.epochs_before_restart = len(before)
     history.epoch[:0] = [recorder.epochs[i] for i in before]
     for key, values in recorder.history.items():
         history.history.setdefault(key, [])[:0] = values[: len(before)]
