@@ -45,7 +45,8 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
 # The bad-input property test with a long profile (make test runs 2,000 examples
-# per program; this runs FUZZ_EXAMPLES, and every run that reaches training takes its steps).
+# over both programs; this runs FUZZ_EXAMPLES of each, and every run that reaches
+# training takes its 2 steps). Hours on 2 cores at the default.
 FUZZ_EXAMPLES ?= 20000
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_FULL_RUNS=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/launch/test_fuzz_inputs.py

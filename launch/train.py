@@ -90,6 +90,10 @@ _SEED = flags.DEFINE_integer(
     "seed", _D.seed, "Seeds weights, shuffling and dropout.", lower_bound=0, upper_bound=_job.MAX_SEED
 )
 
+_DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", False, "tf.config.experimental.enable_op_determinism(): the same run, op for op, "
+    "on GPUs too (CPU kernels here are deterministic already). Costs speed; see docs/reliability.md.",
+)
 
 strategy_flags.register_number_validators(sys.modules[__name__])
 
@@ -133,6 +137,8 @@ def train() -> dict[str, Any]:
     # Files only: fails fast, before any cluster wait, for data that is
     # neither local nor downloadable.
     _data.check_available(job.dataset, job.data_dir)
+    if _DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()
     strategy = strategies.build(config)  # First TF call: it may split the CPU.
     summary = _job.run(job, strategy)
     if strategy.extended.should_checkpoint:
