@@ -99,7 +99,8 @@ class Report:
             how = "SIGKILL inside a checkpoint write" if kill.in_write else "SIGKILL"
             rows.append(f"| {i} | {_s(kill.step)} | {kill.victim} | {how} | {_s(kill.resumed_from)} | "
                         f"{_s(kill.redone)} |")
-        redone = sum(k.redone or 0 for k in self.kills)
+        known = [k.redone for k in self.kills if k.redone is not None]
+        redone = sum(known) if known or self.max_abs_dw is not None else "n/a"
         lost = None if self.reference_seconds is None else self.seconds - self.reference_seconds
         rows += ["", "| kills | restarts | steps redone | time lost | final steps | final max abs dw |",
                  "|---|---|---|---|---|---|",
