@@ -389,7 +389,7 @@ _TIMEOUT = flags.DEFINE_float("timeout", 0.0, "Seconds before every task is kill
 _MAX_RESTARTS = flags.DEFINE_integer(
     "max_restarts", 0, "Restart a task that dies up to this many times (per task), as torchrun's "
     "--max-restarts: every task of a multi-worker cluster, a parameter-server worker alone. "
-    "A task that exits 2 (a user error) is never restarted.", lower_bound=0, upper_bound=1000)
+    "A task that exits 2 (a user error) is never restarted.", lower_bound=0, upper_bound=100)
 # NaN passes the lower bound (every comparison with it is False) and would mean "no limit".
 flags.register_validator("timeout", math.isfinite, "--timeout must be a finite number of seconds")
 

@@ -155,6 +155,12 @@ def check_result(result: dict[str, Any], names: list[str], prefix: str,
     return None
 
 
+def local_cluster_exit_out_of_restarts() -> int:
+    from launch import local_cluster
+
+    return local_cluster.EXIT_OUT_OF_RESTARTS
+
+
 def driver_log_line(line: str) -> bool:
     from tests.launch.test_bad_inputs import _LOG_LINE
 
@@ -289,8 +295,10 @@ def fuzz_local_cluster(root: str, max_examples: int) -> dict[str, Any]:
     commands = st.sampled_from([["true"], ["false"], [f"{root}/file"], ["/nonexistent/x"], []])
 
     def run(pairs: list[tuple[str, str]], command: list[str]) -> dict[str, Any]:
-        argv = tuple([f"--{name}={_fill(value, {'root': root, 'port0': '1', 'port1': '2'})}"
-                      for name, value in pairs] + (["--", *command] if command else []))
+        # A base --timeout (a fuzzed one comes later and wins): `false` under a
+        # large --max_restarts would otherwise restart for a long time, rightly.
+        argv = tuple(["--timeout=5"] + [f"--{name}={_fill(value, {'root': root, 'port0': '1', 'port1': '2'})}"
+                                        for name, value in pairs] + (["--", *command] if command else []))
         if argv in report.cache:
             return report.cache[argv]
         flags.FLAGS.unparse_flags()
@@ -353,8 +361,11 @@ def _fuzz(run: Any, table: dict[str, Any], root: str, max_examples: int, report:
         names = [name for name, _ in pairs] + list(also)
         if extra is not None:  # local_cluster: its command, after `--`, is an input too.
             names.append(more[0] if more else "`--`")
-        # A launched command's own failure (`false` exits 1) is passed on, not a usage error.
-        ran = (0, CAPPED, 1) if more == ["false"] else (0, CAPPED)
+        ran: tuple[Any, ...] = (0, CAPPED)
+        if extra is not None:
+            # A launched command's own failure is passed on (`false` exits 1), or ends
+            # the restarts (3); the base --timeout may end a long run (124).
+            ran = (0, 124, 1, local_cluster_exit_out_of_restarts()) if more == ["false"] else (0, 124)
         problem = check_result(result, names, prefix, ran)
         if problem is not None:
             failures.append({"flags": pairs, "extra": more, "problem": problem})
