@@ -16,7 +16,7 @@ uninterrupted run in four ways; this module closes each:
    number of batches trained, so the resumed run skips exactly those.
    Skipping replays the input pipeline without training; its order must
    therefore be a function of the position alone (``launch`` shuffles epoch
-   ``e`` with the seed ``(seed, e)``; see ``launch._data``), which holds for
+   ``e`` with the seed ``(seed, e)``; see ``launch._input``), which holds for
    any pipeline without ``reshuffle_each_iteration``. For a finite dataset
    (one iterator per epoch) the position is the step within the epoch.
 3. **The epoch's metrics.** Keras resets metrics when an epoch begins, so a

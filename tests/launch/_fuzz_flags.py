@@ -69,12 +69,12 @@ USER_FILE = "NOTES.txt"
 
 
 def program_flags(module_names: tuple[str, ...]) -> dict[str, Any]:
-    """``{name: Flag}`` of every flag the named modules define."""
+    """``{name: Flag}`` of every key flag of the named modules (their own and those they adopt)."""
     from absl import flags
 
     found = {}
     for module in module_names:
-        for flag in flags.FLAGS.get_flags_for_module(module):
+        for flag in flags.FLAGS.get_key_flags_for_module(module):
             found[flag.name] = flag
     return found
 

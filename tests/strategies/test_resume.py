@@ -1,7 +1,7 @@
 """A run killed mid-epoch and resumed is the same run: bitwise, on OneDevice and Mirrored.
 
 One training setup exercises every piece of state the issue names:
-shuffling that differs per epoch (``launch._data.epoch_stream``), dropout
+shuffling that differs per epoch (``launch._input.epoch_stream``), dropout
 (a Keras ``SeedGenerator``), batch-norm moving statistics, a cosine
 learning-rate schedule, EMA, gradient accumulation (the crash lands
 mid-cycle), ``SkipNonFinite`` (one label is inf, so some steps are skipped
@@ -30,7 +30,7 @@ import tensorflow as tf
 
 import strategies
 import tfopt
-from launch import _data as launch_data
+from launch import _input
 from strategies import _keras_compat
 
 BATCH, EXAMPLES, EPOCHS = 8, 40, 3
@@ -57,7 +57,7 @@ def _stream() -> tf.data.Dataset:
     x = rng.normal(size=(EXAMPLES, 6)).astype(np.float32)
     y = (x[:, :1] * 2 - x[:, 1:2]).astype(np.float32)
     x[7, 0] = 0.0  # A NaN gradient, with a finite loss: SkipNonFinite skips that step, once per epoch.
-    return launch_data.epoch_stream(tf.data.Dataset.from_tensor_slices((x, y)), EXAMPLES, BATCH, seed=5,
+    return _input.epoch_stream(tf.data.Dataset.from_tensor_slices((x, y)), EXAMPLES, BATCH, seed=5,
                                     drop_remainder=False)
 
 
