@@ -89,12 +89,15 @@ class Checkpointer:
         self._signature = signature(model)
         self._signature_variable = tf.Variable(json.dumps(self._signature), trainable=False,
                                                name="signature")
+        parts = dict(model=model, optimizer=model.optimizer, epoch=self._epoch,
+                     step_in_epoch=self._step_in_epoch, global_step=self._global_step,
+                     signature=self._signature_variable)
         # Random state, non-trainable variables, metrics and history: see _resume.
+        # Saved with the rest, restored apart and leniently: checkpoints written
+        # before it existed, or without a tf.random generator, still restore.
         self.resume_state = _resume.ResumeState(model)
-        self._checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=model.optimizer, epoch=self._epoch,
-            step_in_epoch=self._step_in_epoch, global_step=self._global_step,
-            signature=self._signature_variable, resume=self.resume_state)
+        self._checkpoint = tf.train.Checkpoint(**parts, resume=self.resume_state)
+        self._restorable = tf.train.Checkpoint(**parts)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self._write_dir, max_to_keep=max_to_keep if self.chief else 1,
             checkpoint_name="ckpt")
@@ -115,8 +118,9 @@ class Checkpointer:
             return None
         self._check_signature(path)
         try:
-            status = self._checkpoint.restore(path)
+            status = self._restorable.restore(path)
             status.assert_existing_objects_matched()
+            self.resume_state.restore(path)
         except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
             # A checkpoint without a signature (or one Keras still cannot load).
             raise self._mismatch(path, _first_line(error)) from None

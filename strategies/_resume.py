@@ -56,12 +56,19 @@ class ResumeState(tf.Module):
         # By position, as Keras orders them: paths hold auto-generated layer
         # names ("dense_3") that depend on how many models the process made.
         # The checkpoint's signature has already checked that the models match.
-        self.model_variables = [_tf_variable(v) for v in model.variables]
-        self.metric_variables = [_tf_variable(v) for v in model.metrics_variables]
+        # The Keras variables themselves (trackable under the TF backend), not
+        # their tf.Variables: the trainable ones are also reached through the
+        # optimizer, and one object is saved once, a second wrapper twice.
+        self.model_variables = list(model.variables)
+        self.metric_variables = list(model.metrics_variables)
         self.history = tf.Variable("{}", trainable=False, name="history")
         generator = _global_generator()
         if generator is not None:
             self.tf_random_generator = generator
+
+    def restore(self, path: str) -> None:
+        """Restores what ``path`` holds of this state; a part it lacks keeps its value."""
+        tf.train.Checkpoint(resume=self).restore(path).expect_partial()
 
     def record_history(self, epochs: list[int], history: dict[str, list[float]]) -> None:
         self.history.assign(json.dumps({"epoch": epochs, "history": history}))
@@ -69,10 +76,6 @@ class ResumeState(tf.Module):
     def saved_history(self) -> tuple[list[int], dict[str, list[float]]]:
         saved = json.loads(self.history.numpy().decode() or "{}")
         return list(saved.get("epoch", [])), dict(saved.get("history", {}))
-
-
-def _tf_variable(variable: Any) -> Any:
-    return getattr(variable, "value", variable) if isinstance(variable, keras.Variable) else variable
 
 
 def _global_generator() -> tf.random.Generator | None:
