@@ -66,7 +66,8 @@ def _hold_inside_writes(progress_dir: str) -> None:
     checkpoint_management.update_checkpoint_state_internal = update_state
 
 
-def main() -> None:
+def run() -> None:
+    """Entry point: ``python -m launch._chaos_task PROGRESS_DIR [launch.train flags...]``."""
     progress_dir = sys.argv[1]
     _hold_inside_writes(progress_dir)
     real_fit = strategies.fit
@@ -79,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,7 +1,7 @@
 r"""A chaos soak: SIGKILL tasks of a training job at seeded moments, check that nothing is lost.
 
     python -m launch.chaos                       # 2-worker MWMS, 300 steps, 5 kills, then a PS job
-    python -m launch.chaos --steps_per_epoch=10 --epochs=4 --kills=2 --noparameter_server   # a short one
+    python -m launch.chaos --epochs=2 --steps_per_epoch=10 --kills=2 --noparameter_server   # a short one
 
 For the multi-worker (MultiWorkerMirrored) job it runs, on 127.0.0.1:
 
@@ -41,21 +41,38 @@ from typing import Any
 
 from absl import app, flags
 
-from launch import local_cluster
+from launch import _flags, local_cluster
 
-_EPOCHS = flags.DEFINE_integer("epochs", 10, "Epochs of the job.", lower_bound=1)
-_STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 30, "Steps per epoch.", lower_bound=1)
-_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 7, "Checkpoint interval, in steps.", lower_bound=1)
+# --epochs (default here: 10) and --steps_per_epoch (30) are the flags launch.train shares
+# (launch/_flags.py); the other names differ from launch.train's, since absl flags are global.
+flags.adopt_module_key_flags(_flags)
+flags.adopt_module_key_flags(local_cluster)
+_EVERY = flags.DEFINE_integer("save_every_steps", 7, "The job's --checkpoint_every_steps.", lower_bound=1)
 _KILLS = flags.DEFINE_integer("kills", 5, "SIGKILLs to deliver (one inside a checkpoint write).", lower_bound=1)
-_SEED = flags.DEFINE_integer("seed", 0, "Seeds the kill schedule (and training).", lower_bound=0)
+_SEED = flags.DEFINE_integer("chaos_seed", 0, "Seeds the kill schedule (and the job's --seed).", lower_bound=0)
 _PS = flags.DEFINE_boolean("parameter_server", True,
                            "Also soak a parameter-server job (worker kills, step count only).")
 _WORK_DIR = flags.DEFINE_string("work_dir", None, "Where runs go (default: a new temporary directory).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for the digits (default: under work_dir).")
+_DATA_DIR = flags.DEFINE_string("digits_dir", None, "TFDS data_dir for the digits (default: under work_dir).")
 # --workers (2) and --timeout (seconds per job; 0: 900) are launch.local_cluster's own flags.
 _WORKERS, _TIMEOUT = local_cluster._WORKERS, local_cluster._TIMEOUT
 
 _POLL = 0.02
+
+
+class _Shared:
+    """The shared flags' values, with this soak's defaults."""
+
+    @property
+    def epochs(self) -> int:
+        return _flags.value_or(_flags.EPOCHS, 10)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return _flags.value_or(_flags.STEPS_PER_EPOCH, 30)
+
+
+_SHARED = _Shared()
 
 
 def _timeout() -> float:
@@ -117,7 +134,7 @@ def _s(value: Any) -> str:
 
 def train_args(model_dir: str, data_dir: str, strategy: str) -> list[str]:
     return [f"--strategy={strategy}", "--model=mlp", "--dataset=digits", f"--data_dir={data_dir}",
-            "--batch_size=32", f"--epochs={_EPOCHS.value}", f"--steps_per_epoch={_STEPS_PER_EPOCH.value}",
+            "--batch_size=32", f"--epochs={_SHARED.epochs}", f"--steps_per_epoch={_SHARED.steps_per_epoch}",
             f"--checkpoint_every_steps={_EVERY.value}", f"--seed={_SEED.value}", f"--model_dir={model_dir}",
             "--cluster_timeout=120"]  # fmt: skip
 
@@ -149,7 +166,7 @@ def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
     """Runs the job under local_cluster --max_restarts while killing on schedule."""
     model_dir, progress = os.path.join(work, f"{name}-chaos"), os.path.join(work, f"{name}-progress")
     os.makedirs(progress, exist_ok=True)
-    planned = _EPOCHS.value * _STEPS_PER_EPOCH.value
+    planned = _SHARED.epochs * _SHARED.steps_per_epoch
     rng = random.Random(_SEED.value)
     kills_n = _KILLS.value
     low = min(_EVERY.value + 2, planned - 1)
@@ -285,5 +302,10 @@ def main(argv: Sequence[str]) -> int:
     return 0 if all(not r.failures for r in reports) else 1
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Entry point: ``python -m launch.chaos``."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -28,8 +28,8 @@ def test_short_chaos_soak_loses_nothing(tmp_path, digits_dir):
     env.pop("TF_CONFIG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "launch.chaos", "--epochs=2", "--steps_per_epoch=10",
-         "--checkpoint_every_steps=4", "--kills=2", "--seed=3", f"--work_dir={tmp_path}",
-         f"--data_dir={digits_dir}", "--timeout=300"],
+         "--save_every_steps=4", "--kills=2", "--chaos_seed=3", f"--work_dir={tmp_path}",
+         f"--digits_dir={digits_dir}", "--timeout=300"],
         cwd=str(REPO), env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr[-5000:]
