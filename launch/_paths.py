@@ -5,7 +5,7 @@
 that is a file, lies under a file, cannot be created (``/proc/1/x``) or is not
 writable (a read-only mount) is one line naming the flag, not a traceback from
 ``os.makedirs`` minutes into a run. Remote paths (``gs://...``) are left to
-the filesystem: only the run can ask it.
+the filesystem (only the run can ask it), once their scheme is known to be one.
 """
 
 from __future__ import annotations
@@ -20,6 +20,14 @@ def unwritable_reason(path: str) -> str | None:
     writable directory, and every missing level must be creatable there.
     """
     if "://" in path:
+        # The filesystem answers for the path itself when the run writes; the
+        # scheme can be checked now (grpc://, http:// are not file systems).
+        import tensorflow as tf
+
+        scheme = path.split("://", 1)[0]
+        if scheme not in tf.io.gfile.get_registered_schemes():
+            schemes = ", ".join(f"{s}://" for s in sorted(tf.io.gfile.get_registered_schemes()) if s)
+            return f"TensorFlow has no file system for {scheme}:// here (it has {schemes})"
         return None
     path = os.path.abspath(os.path.expanduser(path))
     too_long = _too_long(path)
