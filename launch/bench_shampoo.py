@@ -145,5 +145,10 @@ def main(argv: list[str]) -> None:
             json.dump(result, f, indent=1)
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Entry point, as for every launch module."""
+    app.run(main, argv=argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -208,6 +208,11 @@ def main(argv: list[str]) -> None:
     print(json.dumps({"worst_relative": max(r["relative"] for r in rows)}))
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Entry point, as for every launch module."""
+    app.run(main, argv=argv)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    app.run(main)
+    run()
