@@ -45,7 +45,7 @@ from launch import _flags, local_cluster
 
 # --epochs (default here: 10) and --steps_per_epoch (30) are the flags launch.train shares
 # (launch/_flags.py); the other names differ from launch.train's, since absl flags are global.
-flags.adopt_module_key_flags(_flags)
+_flags.declare_key_flags(__name__, _flags.EPOCHS, _flags.STEPS_PER_EPOCH)
 flags.adopt_module_key_flags(local_cluster)
 _EVERY = flags.DEFINE_integer("save_every_steps", 7, "The job's --checkpoint_every_steps.", lower_bound=1)
 _KILLS = flags.DEFINE_integer("kills", 5, "SIGKILLs to deliver (one inside a checkpoint write).", lower_bound=1)
