@@ -108,6 +108,7 @@ def _variables(model: keras.Model) -> dict[str, np.ndarray]:
     return found
 
 
+@pytest.mark.slow  # 25 s (OneDevice) and 50 s (Mirrored) on 2 cores: 3 runs of 15 steps each.
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_resumed_run_is_the_uninterrupted_run(tmp_path, strategy):
     reference = _fit(STRATEGIES[strategy], tmp_path / "reference")
