@@ -13,6 +13,7 @@ MODULES = [
     "tfopt._dynamic_gradient_descent",
     "tfopt._adagrad",
     "tfopt._adam",
+    "tfopt._soap",
 ]
 
 

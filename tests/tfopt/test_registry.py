@@ -21,6 +21,7 @@ EXPECTED_ALL = [
     "Lookahead",
     "RAdam",
     "SGD",
+    "SOAP",
     "SkipNonFinite",
     "SkippedSteps",
     "available",
@@ -40,6 +41,7 @@ EXPECTED_NAMES = [
     "radam",
     "lookahead",
     "lazy_adam",
+    "soap",
 ]
 
 # The classic optimizers (issue 2): name -> class.
