@@ -1,17 +1,45 @@
 # Two commands on a fresh machine: `make train` and `make test`.
 # Each creates .venv from setup.cfg if it is missing or stale, then does its job.
-PYTHON ?= python3.11
+
+# setup.cfg's classifiers list the same versions (tests/test_python_support.py).
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+PYENV_ROOT ?= $(HOME)/.pyenv
+# The first supported interpreter that runs: pythonX.Y on PATH, else pyenv's
+# install directory. Each candidate is run, because pyenv keeps a shim on PATH
+# for every installed version and the shims of unselected versions fail.
+# PYTHON=/path/to/python overrides it.
+find_python = $(firstword $(foreach v,$(1),$(shell for c in python$(v) \
+    $(wildcard $(PYENV_ROOT)/versions/$(v).*/bin/python$(v)); do \
+    $$c -c '' >/dev/null 2>&1 && { command -v $$c; break; }; done)))
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(call find_python,$(SUPPORTED_PYTHONS))
+endif
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NOX    := $(BIN)/python -m nox --no-color
+# The matrix next to the full suite: the fast suite on the lowest and highest
+# supported Pythons, unless that one is the default interpreter (the full
+# suite already ran there), then Colab's install path on the newest.
+MATRIX  = $(filter-out $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'),\
+          $(sort $(firstword $(SUPPORTED_PYTHONS)) $(lastword $(SUPPORTED_PYTHONS))))
 
-.PHONY: train test test-fast test-cluster lint bench bench-fit bench-optimizers clean
+.PHONY: train test test-fast test-cluster test-matrix python lint docs bench bench-fit bench-optimizers \
+        set-repo clean
+
+# One line, naming the supported versions, when PYTHON is missing or unsupported.
+python_version = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+check_python = $(if $(filter $(call python_version,$(PYTHON)),$(SUPPORTED_PYTHONS)),,$(error \
+    need one of Python $(SUPPORTED_PYTHONS); PYTHON='$(PYTHON)' is missing or unsupported \
+    (install one, or run 'make PYTHON=/path/to/python3.X ...')))
+
+python:
+	$(check_python)@echo "$(PYTHON)"
 
 $(STAMP): setup.cfg pyproject.toml
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 2; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(check_python)test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -21,8 +49,15 @@ train: $(STAMP)
 # multi-process cluster tests run after, alone, so they get whole cores.
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
+	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster" --durations=15
 	$(BIN)/python -m pytest -q -m cluster --durations=10
+	$(MAKE) --no-print-directory test-matrix PYTHONS="$(MATRIX)"
+
+# `make test-matrix` alone runs the fast suite on every supported Python present.
+PYTHONS ?= $(SUPPORTED_PYTHONS)
+test-matrix: $(STAMP)
+	$(NOX) -s $(foreach v,$(PYTHONS),fast-$(v)) colab
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster and not notebook and not slow"
@@ -33,6 +68,12 @@ test-cluster: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
+# The docs site (mkdocs.yml, docs/), built strictly: a broken link or anchor, or
+# any warning from the API reference, fails (no --quiet: it hides the warnings
+# strict mode counts). The result goes to site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 bench: bench-fit bench-optimizers
 
 bench-fit: $(STAMP)
@@ -41,5 +82,9 @@ bench-fit: $(STAMP)
 bench-optimizers: $(STAMP)
 	$(BIN)/python -m launch.bench_optimizers $(ARGS)
 
+# A fork points the notebooks' Colab badges and install cells at itself: make set-repo REPO=owner/name
+set-repo: $(STAMP)
+	$(NOX) -s set_repo -- $(REPO)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .nox build site *.egg-info .pytest_cache .ruff_cache

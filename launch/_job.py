@@ -2,9 +2,9 @@
 
 `launch.train` turns its flags into a `Job`; benchmarks and tests build one
 directly. `run` composes the parts, each chosen by a field: a TFDS dataset
-(`_data`), a model (`_models`), an optimizer (`_optimizers`) with a schedule
-(`_schedules`), `strategies.fit` under the given strategy, then the outputs
-(`_outputs`).
+(`_data`) batched for the strategy (`_input`), a model (`_models`), an
+optimizer (`_optimizers`) with a schedule (`_schedules`), `strategies.fit`
+under the given strategy, then the outputs (`_outputs`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 import strategies
-from launch import _data, _models, _optimizers, _outputs, _schedules
+from launch import _data, _input, _models, _optimizers, _outputs, _schedules
 
 METRICS = ("accuracy", "loss")
 
@@ -121,14 +121,14 @@ def run(
     """
     data = _data.prepare(job.dataset, job.data_dir)
     model_dir = job.model_dir or default_model_dir(strategy, data.name, job.model)
-    steps = job.steps_per_epoch or _data.steps_per_epoch(
-        data, "train", job.batch_size, drop_remainder=_data.drops_remainder(strategy)
+    steps = job.steps_per_epoch or _input.steps_per_epoch(
+        data, "train", job.batch_size, drop_remainder=_input.drops_remainder(strategy)
     )
     # Per-host pipelines repeat, so that every worker runs the same number of steps.
-    repeat = job.steps_per_epoch is not None or _data.uses_input_fn(strategy)
+    repeat = job.steps_per_epoch is not None or _input.uses_input_fn(strategy)
     inputs = dict(global_batch_size=job.batch_size, strategy=strategy, seed=job.seed)
-    train_input = _data.make_input(data, "train", training=True, repeat=repeat, **inputs)
-    eval_input = _data.make_input(data, "test", training=False, **inputs)
+    train_input = _input.make_input(data, "train", training=True, repeat=repeat, **inputs)
+    eval_input = _input.make_input(data, "test", training=False, **inputs)
     try:
         lr = _schedules.build_schedule(job.lr_schedule, job.learning_rate, steps * job.epochs, job.warmup_steps)
         _models.check_args(job.model, data.input_shape, data.num_classes)
@@ -185,7 +185,7 @@ def _summarize(
     logs = history.history
     last = {k: v[-1] for k, v in logs.items() if v}
     epochs_run = len(history.epoch)
-    if job.steps_per_epoch is None and not _data.uses_input_fn(strategy):
+    if job.steps_per_epoch is None and not _input.uses_input_fn(strategy):
         examples = epochs_run * data.num_examples["train"]  # Each epoch's last batch is partial.
     else:
         examples = epochs_run * steps_per_epoch * job.batch_size

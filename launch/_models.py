@@ -102,7 +102,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> kera
     Raises:
       ValueError: an unknown ``name``, or a shape or class count that cannot work.
 
-    Example:
+    Examples:
       >>> model = build_model("cnn", (8, 8, 1), 10)
       >>> model.output_shape
       (None, 10)

@@ -38,7 +38,7 @@ def build_schedule(
     Raises:
       ValueError: a value that cannot work, naming its flag.
 
-    Example:
+    Examples:
       >>> lr = build_schedule("warmup_cosine", 1e-3, total_steps=100, warmup_steps=10)
       >>> round(float(lr(5)), 6), round(float(lr(10)), 6)
       (0.0005, 0.001)

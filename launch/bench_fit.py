@@ -41,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import strategies  # noqa: E402
+from launch import _console, _flags  # noqa: E402
 from strategies import _keras_compat  # noqa: E402
 
 Trainer = Callable[[keras.callbacks.Callback], None]
@@ -152,13 +153,13 @@ def _digits_default_pair(end_to_end: bool, strategy_name: str = "auto"
         import shutil
         import tempfile
 
-        from launch import _data, _job, _models, _optimizers, _schedules
+        from launch import _data, _input, _job, _models, _optimizers, _schedules
 
         del steps, epochs
         job = _job.Job(data_dir=tempfile.mkdtemp(prefix="bench_digits_"))
         data = _data.prepare(job.dataset, job.data_dir)
         x, y = data.read_arrays("train")
-        steps_per_epoch = _data.steps_per_epoch(data, "train", job.batch_size, drop_remainder=False)
+        steps_per_epoch = _input.steps_per_epoch(data, "train", job.batch_size, drop_remainder=False)
         strategy = strategies.build(strategy_name)
 
         def timed(timer: keras.callbacks.Callback, train: Callable[[list], None]) -> None:
@@ -227,8 +228,9 @@ def measure(name: str, *, steps: int, epochs: int, repeats: int) -> dict[str, An
 
 _NAMES = flags.DEFINE_list("comparisons", None,
                            "Comparisons to run (default: all registered).")
-_STEPS = flags.DEFINE_integer("steps", 200, "Steps per epoch.")
-_EPOCHS = flags.DEFINE_integer("epochs", 4, "Epochs per run; the first is not timed.")
+# --epochs and --steps_per_epoch are shared with launch.train (launch/_flags.py).
+flags.adopt_module_key_flags(_flags)
+_DEFAULT_STEPS_PER_EPOCH, _DEFAULT_EPOCHS = 200, 4
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating baseline/candidate rounds.")
 _OUTPUT = flags.DEFINE_string("output", "runs/bench_fit.json", "Where the JSON goes.")
 
@@ -240,9 +242,11 @@ def main(argv: Sequence[str]) -> None:
     if unknown:
         raise app.UsageError(f"--comparisons must name registered comparisons "
                              f"{sorted(_COMPARISONS)}. Received: {unknown}.")
+    steps = _flags.value_or(_flags.STEPS_PER_EPOCH, _DEFAULT_STEPS_PER_EPOCH)
+    epochs = _flags.value_or(_flags.EPOCHS, _DEFAULT_EPOCHS)
     results = {}
     for name in names:
-        results[name] = measure(name, steps=_STEPS.value, epochs=_EPOCHS.value,
+        results[name] = measure(name, steps=steps, epochs=epochs,
                                 repeats=_REPEATS.value)
         r = results[name]
         print(f"{name:>22}: median steps/s baseline {r['baseline_steps_per_second']:7.1f}, "
@@ -251,7 +255,7 @@ def main(argv: Sequence[str]) -> None:
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "gpus": len(tf.config.list_physical_devices("GPU"))},
               "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-              "settings": {"steps": _STEPS.value, "epochs": _EPOCHS.value,
+              "settings": {"steps": steps, "epochs": epochs,
                            "repeats": _REPEATS.value},
               "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
@@ -260,5 +264,11 @@ def main(argv: Sequence[str]) -> None:
     print(f"Wrote {_OUTPUT.value}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Entry point of ``python -m launch.bench_fit``."""
+    _console.list_key_flags_in_help(__name__)
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -46,6 +46,8 @@ from typing import TextIO
 
 from absl import app, flags
 
+from launch import _console
+
 HOST = "127.0.0.1"
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
@@ -93,7 +95,9 @@ class LocalCluster:
 
     Args:
         command: the program every task runs (argv list).
-        workers, ps, chief: the cluster's shape.
+        workers: number of worker tasks.
+        ps: number of parameter-server tasks.
+        chief: whether to add a chief task.
         timeout: seconds before every task is killed (None: no limit).
         env: extra environment for every task (``TF_CONFIG`` is set per task).
         output: where the prefixed lines go; None keeps them only in `Task.lines`.
@@ -352,6 +356,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console-script entry point (``tfopt-local-cluster``)."""
+    _console.list_key_flags_in_help(__name__)
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -9,11 +9,15 @@ The steps, each a command you can copy:
    already something pip can fetch, such as ``git+https://...``).
 2. ``create``: ``gcloud compute tpus tpu-vm create`` on a base Ubuntu runtime.
 3. ``copy``: ``gcloud compute tpus tpu-vm scp`` of the archive to every host.
-4. ``install``: on every host, ``tensorflow-tpu`` from Google's libtpu wheel
-   index plus this project's other requirements, then the project itself with
-   ``--no-deps`` (its ``tensorflow`` requirement would otherwise pull the CPU
-   wheel over ``tensorflow-tpu``).
-5. ``train``: ``python3 -m launch.train --strategy=tpu --tpu=local`` on
+4. ``install``: on every host, a venv with its own Python (``--python``,
+   default 3.11), made by ``uv``, which downloads that interpreter: the
+   ``tpu-ubuntu2204-base`` image's system Python is 3.10, and Keras 3.15 needs
+   3.11 or newer. The script stops with one line if the venv's Python is older.
+   Into that venv go ``tensorflow-tpu`` from Google's libtpu wheel index and this
+   project's other requirements, then the project itself with ``--no-deps`` (its
+   ``tensorflow`` requirement would otherwise pull the CPU wheel over
+   ``tensorflow-tpu``).
+5. ``train``: ``~/tfopt-venv/bin/python -m launch.train --strategy=tpu --tpu=local`` on
    ``--worker=all``. On a pod slice every host must run this same command: TF
    forms the TPU system only when all hosts join, and each host feeds its own
    share of every batch. Arguments after ``--`` go to ``launch.train``.
@@ -23,6 +27,7 @@ The steps, each a command you can copy:
 from __future__ import annotations
 
 import configparser
+import importlib.metadata
 import os
 import shlex
 import subprocess
@@ -32,12 +37,20 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from launch import _console
+
 PROG = "launch.tpu_vm"
 STEPS = ("package", "create", "copy", "install", "train", "delete")
 LIBTPU_INDEX = "https://storage.googleapis.com/libtpu-tf-releases/index.html"
 TENSORFLOW_TPU = "tensorflow-tpu==2.21.*"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ARCHIVE = "tfopt-strategies.tar.gz"
+# The Pythons this project supports (setup.cfg's classifiers; a test keeps them equal).
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")
+# 3.11: the interpreter the whole suite, cluster tests included, runs on in CI.
+DEFAULT_PYTHON = "3.11"
+# Every host installs into and trains from this venv, never the image's python3.
+VENV = "~/tfopt-venv"
 
 _NAME = flags.DEFINE_string("name", None, "TPU VM name (lowercase letters, digits, '-').")
 _ZONE = flags.DEFINE_string("zone", None, "GCP zone, e.g. us-central2-b.")
@@ -46,10 +59,14 @@ _ACCELERATOR = flags.DEFINE_string("accelerator_type", "v4-8", "TPU type, e.g. v
 _RUNTIME = flags.DEFINE_string(
     "runtime_version", "tpu-ubuntu2204-base", "TPU VM image; tensorflow-tpu is pip-installed on it."
 )
+_PYTHON = flags.DEFINE_enum(
+    "python", DEFAULT_PYTHON, list(SUPPORTED_PYTHONS),
+    "Python for the venv on every host (uv downloads it; the base image's own python3 is 3.10).",
+)
 _SPOT = flags.DEFINE_bool("spot", False, "Create a Spot (preemptible) TPU VM.")
 _SOURCE = flags.DEFINE_string(
     "source", _ROOT, "This project: a local git checkout (archived and copied), or a pip spec such as "
-    "git+https://github.com/ORG/REPO.",
+    "git+https://github.com/OWNER/NAME (setup.cfg's url).",
 )  # fmt: skip
 _STEPS = flags.DEFINE_multi_enum(
     "steps", ["package", "create", "copy", "install", "train"], list(STEPS), "Steps to print or run, in order."
@@ -58,12 +75,50 @@ _EXECUTE = flags.DEFINE_bool("execute", False, "Run the commands instead of prin
 
 
 def _requirements(setup_cfg: str = os.path.join(_ROOT, "setup.cfg")) -> list[str]:
-    """This project's install_requires, with tensorflow replaced by tensorflow-tpu."""
+    """This project's install_requires, with tensorflow replaced by tensorflow-tpu.
+
+    Read from setup.cfg in a checkout, else from the installed distribution's metadata.
+    """
     parser = configparser.ConfigParser()
-    parser.read(setup_cfg)
-    lines = parser.get("options", "install_requires", fallback="").split("\n")
+    if parser.read(setup_cfg):
+        lines = parser.get("options", "install_requires", fallback="").split("\n")
+    else:
+        lines = [r for r in importlib.metadata.requires("tfopt-strategies") or [] if "extra ==" not in r]
     keep = [r.strip() for r in lines if r.strip() and not r.strip().startswith("#")]
     return [TENSORFLOW_TPU] + [r for r in keep if not _is_tensorflow(r)]
+
+
+def install_script(requirements: Sequence[str], project_spec: str, python: str = DEFAULT_PYTHON) -> str:
+    """The shell script every host runs: a venv with its own ``python``, then the packages into it.
+
+    ``uv`` (from PyPI, through the image's pip) downloads the interpreter, so the
+    image's system Python does not matter. The venv's Python is checked before
+    anything is installed: an older one stops the script with one line.
+    """
+    if python not in SUPPORTED_PYTHONS:
+        raise ValueError(f"`python` must be one of {list(SUPPORTED_PYTHONS)}. Received: python={python!r}.")
+    venv_python = f"{VENV}/bin/python"
+    # Double quotes keep the printed command readable inside gcloud's single-quoted --command.
+    quoted = " ".join('"' + r + '"' for r in requirements)
+    return "; ".join([
+        "set -e",
+        "python3 -m pip install --user --quiet --upgrade uv",
+        f"python3 -m uv venv --seed --allow-existing --python {python} {VENV}",
+        python_check(venv_python),
+        f"{venv_python} -m pip install --upgrade pip",
+        f"{venv_python} -m pip install {quoted} -f {LIBTPU_INDEX}",
+        f"{venv_python} -m pip install --no-deps {project_spec}",
+    ])  # fmt: skip
+
+
+def python_check(python: str) -> str:
+    """A shell command that stops with one line unless ``python`` is 3.11 or newer."""
+    minimum = SUPPORTED_PYTHONS[0]
+    return (
+        f'{python} -c "import sys; sys.exit(sys.version_info < ({minimum.replace(".", ", ")}))" || '
+        f'{{ echo "{PROG}: error: {python} is older than Python {minimum}, which tfopt-strategies needs" >&2; '
+        "exit 1; }"
+    )
 
 
 def _is_tensorflow(requirement: str) -> bool:
@@ -84,6 +139,7 @@ def commands(
     project: str | None = None,
     accelerator_type: str = "v4-8",
     runtime_version: str = "tpu-ubuntu2204-base",
+    python: str = DEFAULT_PYTHON,
     spot: bool = False,
     source: str = _ROOT,
     steps: Sequence[str] = STEPS[:-1],
@@ -97,6 +153,7 @@ def commands(
       project: GCP project, or ``None`` for gcloud's default.
       accelerator_type: e.g. ``"v4-8"`` (one host) or ``"v4-32"`` (a 4-host pod slice).
       runtime_version: The VM image.
+      python: The venv's Python on every host, one of ``SUPPORTED_PYTHONS``.
       spot: Create a Spot VM.
       source: A local checkout, or a pip spec that every host can fetch.
       steps: A subset of ``STEPS``.
@@ -105,7 +162,7 @@ def commands(
     Returns:
       One argv list per command. Remote commands run on ``--worker=all``.
 
-    Example:
+    Examples:
       >>> cmds = commands(name="t", zone="us-central2-b", steps=["train"])
       >>> cmds[0][:5]
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
@@ -118,14 +175,9 @@ def commands(
     local = not _is_pip_spec(source)
     archive = os.path.join("/tmp", _ARCHIVE)
     project_spec = f"~/{_ARCHIVE}" if local else shlex.quote(source)
-    # Double quotes keep the printed command readable inside gcloud's single-quoted --command.
-    requirements = " ".join('"' + r + '"' for r in _requirements())
-    install = (
-        f"python3 -m pip install --upgrade pip && "
-        f"python3 -m pip install {requirements} -f {LIBTPU_INDEX} && "
-        f"python3 -m pip install --no-deps {project_spec}"
-    )
-    train = shlex.join(["python3", "-m", "launch.train", "--strategy=tpu", "--tpu=local", *train_args])
+    install = install_script(_requirements(), project_spec, python)
+    train = shlex.join([f"{VENV}/bin/python", "-m", "launch.train", "--strategy=tpu", "--tpu=local", *train_args])
+    train = train.replace(f"'{VENV}/bin/python'", f"{VENV}/bin/python")  # ~ must expand on the host.
     by_step = {
         "package": [["git", "-C", source, "archive", "--format=tar.gz", "--prefix=tfopt-strategies/",
                      "-o", archive, "HEAD"]] if local else [],
@@ -152,7 +204,7 @@ def main(argv: Sequence[str], runner: Callable[..., subprocess.CompletedProcess]
     try:
         cmds = commands(
             name=_NAME.value, zone=_ZONE.value, project=_PROJECT.value, accelerator_type=_ACCELERATOR.value,
-            runtime_version=_RUNTIME.value, spot=_SPOT.value, source=_SOURCE.value, steps=_STEPS.value,
+            runtime_version=_RUNTIME.value, python=_PYTHON.value, spot=_SPOT.value, source=_SOURCE.value, steps=_STEPS.value,
             train_args=argv[1:],
         )  # fmt: skip
     except ValueError as e:
@@ -175,6 +227,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console entry point."""
+    _console.list_key_flags_in_help(__name__)
     app.run(main, flags_parser=_parse_flags)
 
 

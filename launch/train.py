@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import strategies  # noqa: E402
-from launch import _data, _job, _models, _optimizers, _outputs, _schedules  # noqa: E402
+from launch import _console, _data, _flags, _job, _models, _optimizers, _outputs, _schedules  # noqa: E402
 from strategies import flags as strategy_flags  # noqa: E402
 from strategies._preemption import EXIT_CODE as PREEMPTED_EXIT_CODE  # noqa: E402
 
@@ -70,10 +70,9 @@ _LR_SCHEDULE = flags.DEFINE_enum(
 _WARMUP_STEPS = flags.DEFINE_integer(
     "warmup_steps", _D.warmup_steps, "Linear warm-up steps (lr_schedule=warmup_cosine only).", lower_bound=0
 )
-_EPOCHS = flags.DEFINE_integer("epochs", _D.epochs, "Epochs to train.", lower_bound=1)
-_STEPS_PER_EPOCH = flags.DEFINE_integer(
-    "steps_per_epoch", None, "Steps per epoch. Unset: one pass over the train split.", lower_bound=1
-)
+# --epochs and --steps_per_epoch are shared with launch.bench_fit (launch/_flags.py).
+flags.adopt_module_key_flags(_flags)
+flags.adopt_module_key_flags(strategy_flags)
 _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     "steps_per_execution", _D.steps_per_execution, "Steps per tf.function call (raise it on TPUs).", lower_bound=1
 )
@@ -99,7 +98,9 @@ def _fail(message: str) -> NoReturn:
 
 def job_from_flags() -> _job.Job:
     """The `Job` the parsed flags describe."""
-    return _job.Job(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(_job.Job)})
+    values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(_job.Job)}
+    values["epochs"] = _flags.value_or(_flags.EPOCHS, _D.epochs)  # Shared flag: unset is None.
+    return _job.Job(**values)
 
 
 def _check_model_dir(model_dir: str) -> None:
@@ -192,6 +193,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run(argv: list[str] | None = None, main_fn: Callable[[Sequence[str]], None] = main) -> None:
     """Console-script entry point (``tfopt-train``)."""
+    _console.list_key_flags_in_help(__name__)
     app.run(main_fn, argv=argv, flags_parser=_parse_flags)
 
 

@@ -8,16 +8,17 @@ can never list a name the factory rejects.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from strategies._errors import StrategyError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from strategies._config import StrategyConfig
-
-Builder = Callable[["StrategyConfig"], "tf.distribute.Strategy"]
+# A builder takes a validated `StrategyConfig`. The type says `Any` because
+# `_config` imports this module (to validate names against `available()`), and
+# the registry must not import `_config` back, not even for a type.
+Builder = Callable[[Any], "tf.distribute.Strategy"]
 _B = TypeVar("_B", bound=Builder)
 
 _BUILDERS: dict[str, Builder] = {}

@@ -1,9 +1,7 @@
-"""Every notebook in notebooks/ runs headless, top to bottom, in a fresh kernel (nbclient).
+"""Every notebook in notebooks/ runs headless, top to bottom, in a fresh kernel of this Python.
 
-The kernel is this test's own Python: a kernelspec pointing at ``sys.executable``
-is installed into a temporary prefix that ``JUPYTER_PATH`` puts first, so a
-fresh clone needs no ``jupyter kernelspec install`` and a user's own
-``python3`` kernel cannot shadow it.
+See tests/notebook_runner.py for the kernel set-up; `nox -s colab` runs the
+quickstart the same way in a fresh venv that holds only the installed wheel.
 """
 
 from __future__ import annotations
@@ -15,10 +13,11 @@ import re
 import nbformat
 import pytest
 
+from tests import notebook_runner
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
 NOTEBOOKS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
-KERNEL = "tfopt-strategies-tests"
 # Private modules (a leading underscore after a package name) are not for users.
 _PRIVATE_IMPORT = re.compile(r"^\s*(from|import)\s+(tfopt|strategies|launch)(\.\w+)*\._", re.M)
 
@@ -42,35 +41,19 @@ def test_stored_clean_with_badge_and_public_api(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory: pytest.TempPathFactory):
-    from ipykernel.kernelspec import install
-
     from launch import _data
 
-    prefix = tmp_path_factory.mktemp("jupyter")
-    install(kernel_name=KERNEL, display_name=KERNEL, prefix=str(prefix))
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     _data.prepare("digits", data_dir)  # Prepared once for all three kernels.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", os.path.join(str(prefix), "share", "jupyter"))
-        mp.setenv("TFDS_DATA_DIR", data_dir)
-        mp.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-        mp.setenv("MPLBACKEND", "Agg")
-        # The checkout is importable in the kernel (and in the processes its
-        # cells start) whether or not it is pip-installed.
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    # The checkout is importable in the kernel (and in the processes its
+    # cells start) whether or not it is pip-installed.
+    pythonpath = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    with notebook_runner.kernel_environment(TFDS_DATA_DIR=data_dir, PYTHONPATH=pythonpath):
         yield
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name: str, kernel_env, tmp_path) -> None:
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
     # Run where a user would, but leave nothing behind in the checkout.
-    client = NotebookClient(
-        nb, kernel_name=KERNEL, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    assert notebook_runner.run(os.path.join(NOTEBOOK_DIR, name), str(tmp_path)) == []

@@ -51,7 +51,7 @@ class Adagrad(keras.optimizers.Optimizer):
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
-    Example:
+    Examples:
       >>> import keras, tfopt
       >>> theta = keras.Variable([1.0])
       >>> opt = tfopt.Adagrad(learning_rate=0.1, initial_accumulator_value=0.0, epsilon=0.0)

@@ -68,7 +68,7 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
-    Example:
+    Examples:
       >>> import keras, tfopt
       >>> theta = keras.Variable([1.0])
       >>> opt = tfopt.DynamicGradientDescent(learning_rate=0.1, learning_rate_decay=0.5)

@@ -41,7 +41,7 @@ class GradientDescent(keras.optimizers.Optimizer):
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
-    Example:
+    Examples:
       >>> import keras, tfopt
       >>> theta = keras.Variable([1.0, 2.0])
       >>> opt = tfopt.GradientDescent(learning_rate=0.1)

@@ -70,7 +70,7 @@ class LAMB(keras.optimizers.Optimizer):
       You et al., "Large Batch Optimization for Deep Learning: Training BERT
       in 76 minutes", 2019, https://arxiv.org/abs/1904.00962
 
-    Example:
+    Examples:
       >>> import tfopt
       >>> opt = tfopt.LAMB(1e-3, weight_decay=0.01,
       ...                  exclude_from_layer_adaptation=["bias", "norm"])

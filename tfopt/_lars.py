@@ -84,7 +84,7 @@ class LARS(keras.optimizers.Optimizer):
       You et al., "Large Batch Training of Convolutional Networks", 2017,
       https://arxiv.org/abs/1708.03888
 
-    Example:
+    Examples:
       >>> import tfopt
       >>> opt = tfopt.LARS(1.0, weight_decay=1e-4,
       ...                  exclude_from_layer_adaptation=["bias"])

@@ -64,7 +64,7 @@ class LazyAdam(keras.optimizers.Optimizer):
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2014,
       https://arxiv.org/abs/1412.6980
 
-    Example:
+    Examples:
       >>> import keras, tfopt
       >>> model = keras.Sequential([keras.Input((4,), dtype="int32"),
       ...                           keras.layers.Embedding(10_000, 8)])

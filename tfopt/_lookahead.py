@@ -59,7 +59,7 @@ class Lookahead(InnerOptimizerMixin, keras.optimizers.Optimizer):
       Zhang et al., "Lookahead Optimizer: k steps forward, 1 step back", 2019,
       https://arxiv.org/abs/1907.08610
 
-    Example:
+    Examples:
       >>> import keras, tfopt
       >>> opt = tfopt.Lookahead(tfopt.RAdam(1e-3), sync_period=6)  # "Ranger"
       >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])

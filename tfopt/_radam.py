@@ -71,7 +71,7 @@ class RAdam(keras.optimizers.Optimizer):
       Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond",
       2019, https://arxiv.org/abs/1908.03265
 
-    Example:
+    Examples:
       >>> import keras, tfopt
       >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
       >>> model.compile(optimizer=tfopt.RAdam(1e-3), loss="mse")

@@ -49,7 +49,7 @@ def get_class(name: str) -> type:
     Raises:
       ValueError: unknown name; the message lists the valid ones.
 
-    Example:
+    Examples:
       >>> import tfopt
       >>> tfopt.get_class("lazy_adam").__name__
       'LazyAdam'
@@ -84,30 +84,59 @@ def _lookup_instance_name(name: str) -> type:
 
 
 def get(
-    name_or_config: str | Mapping[str, Any], *, skip_nonfinite: bool = False, **overrides: Any
-) -> keras.optimizers.Optimizer:
+    name_or_config: str | Mapping[str, Any] | keras.optimizers.Optimizer | None,
+    *,
+    skip_nonfinite: bool = False,
+    **overrides: Any,
+) -> keras.optimizers.Optimizer | None:
     """Builds a tfopt optimizer from a name or a config.
+
+    Like ``keras.optimizers.get``, ``None`` gives ``None`` and an optimizer
+    instance (tfopt's or Keras') is returned as it is, so code written for
+    Keras' ``get`` can call this one instead.
 
     Args:
       name_or_config: a name from :func:`available` (``"adam"``), a class name
-        (``"Adam"`` or ``"tfopt>Adam"``), a ``get_config()`` dict, or a Keras
-        serialized dict (``{"class_name": ..., "config": ...}``).
+        (``"Adam"`` or ``"tfopt>Adam"``), a ``get_config()`` dict, a Keras
+        serialized dict (``{"class_name": ..., "config": ...}``), an optimizer
+        instance, or ``None``.
       skip_nonfinite: wrap the optimizer in :class:`tfopt.SkipNonFinite`, which
-        skips (on all replicas) each step whose gradients hold NaN or Inf.
-      **overrides: hyperparameters that replace the config's.
+        skips (on all replicas) each step whose gradients hold NaN or Inf. An
+        instance is wrapped as it is.
+      **overrides: hyperparameters that replace the config's. An instance or
+        ``None`` takes none.
 
     Returns:
-      A new optimizer instance.
+      A new optimizer instance; the instance itself (or it wrapped in
+      :class:`tfopt.SkipNonFinite`) when given one; ``None`` for ``None``.
 
     Raises:
-      ValueError: unknown name, or a bad hyperparameter.
+      ValueError: unknown name, a bad hyperparameter, or overrides given with
+        an instance or ``None``.
 
-    Example:
+    Examples:
       >>> import tfopt
       >>> opt = tfopt.get("sgd", learning_rate=0.1, momentum=0.9)
       >>> type(opt).__name__, float(opt.momentum)
       ('SGD', 0.9)
+      >>> tfopt.get(opt) is opt, tfopt.get(None)
+      (True, None)
     """
+    if name_or_config is None or isinstance(name_or_config, keras.optimizers.Optimizer):
+        # keras.optimizers.get's contract: None -> None, an instance unchanged.
+        if overrides:
+            raise ValueError(
+                "tfopt.get() applies hyperparameters only when it builds the optimizer; "
+                f"it was given {type(name_or_config).__name__}. Received: "
+                + ", ".join(f"{k}={v!r}" for k, v in overrides.items()) + "."
+            )
+        if name_or_config is None:
+            if skip_nonfinite:
+                raise ValueError(
+                    "tfopt.get(None) has no optimizer to wrap. Received: skip_nonfinite=True."
+                )
+            return None
+        return SkipNonFinite(name_or_config) if skip_nonfinite else name_or_config
     optimizer = _get(name_or_config, **overrides)
     if skip_nonfinite:
         optimizer = SkipNonFinite(optimizer)
@@ -134,6 +163,6 @@ def _get(name_or_config: str | Mapping[str, Any], **overrides: Any) -> keras.opt
         config.update(overrides)
         return cls.from_config(config)
     raise ValueError(
-        "tfopt.get() takes a name or a config dict. "
+        "tfopt.get() takes a name, a config dict, an optimizer instance or None. "
         f"Received: {type(name_or_config).__name__} {name_or_config!r}."
     )

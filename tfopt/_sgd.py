@@ -52,7 +52,7 @@ class SGD(keras.optimizers.Optimizer):
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
         ``loss_scale_factor``, ``gradient_accumulation_steps``).
 
-    Example:
+    Examples:
       >>> import keras, tfopt
       >>> theta = keras.Variable([1.0])
       >>> opt = tfopt.SGD(learning_rate=0.1, momentum=0.9)

@@ -53,7 +53,7 @@ class SkipNonFinite(InnerOptimizerMixin, keras.optimizers.Optimizer):
         (Keras' or tfopt's), not yet built on other variables.
       name: the optimizer's name.
 
-    Example:
+    Examples:
       >>> import keras, tfopt
       >>> opt = tfopt.SkipNonFinite(tfopt.Adam(1e-3))  # or tfopt.get("adam", skip_nonfinite=True)
       >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
@@ -186,7 +186,7 @@ class SkippedSteps(keras.callbacks.Callback):
     optimizer variable). It appears in the progress bar, in ``History`` and in
     every callback listed after this one (TensorBoard, CSVLogger).
 
-    Example:
+    Examples:
       >>> model.fit(x, y, callbacks=[tfopt.SkippedSteps()])  # doctest: +SKIP
     """
 

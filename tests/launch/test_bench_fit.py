@@ -1,7 +1,8 @@
 """launch.bench_fit: a tiny real run through the command line, and its JSON.
 
-A subprocess, because bench_fit and launch.train both define ``--epochs``
-(absl flags are process-global), and other test modules import launch.train.
+A subprocess, so that the command line itself is what is tested; the
+``--epochs`` and ``--steps_per_epoch`` flags are launch.train's too
+(`launch._flags`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def test_small_run_reports_both_sides_and_their_ratio(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
     done = subprocess.run(
         [sys.executable, "-m", "launch.bench_fit", "--comparisons=one_device,mirrored_1_replica",
-         "--steps=4", "--epochs=2", "--repeats=2", f"--output={output}"],
+         "--steps_per_epoch=4", "--epochs=2", "--repeats=2", f"--output={output}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""launch._data and the digits builder: real data offline, mocked remote datasets."""
+"""launch._data, launch._input and the digits builder: real data offline, mocked remote datasets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
-from launch import _data
+from launch import _data, _input
 from launch.datasets.digits import digits_dataset_builder as digits_builder
 from strategies import _keras_compat
 
@@ -129,7 +129,7 @@ def test_remote_datasets_through_mock_data(mocked, name: str, shape: tuple[int, 
     with mocked(name):
         data = _data.prepare(name, mocked.data_dir, is_online=lambda: False)
         assert data.input_shape == shape and data.num_classes == 10
-        ds = _data.make_input(
+        ds = _input.make_input(
             data, "train", global_batch_size=16, strategy=tf.distribute.get_strategy(), training=True, seed=1
         )
         images, labels = next(iter(ds))
@@ -148,23 +148,23 @@ def test_non_image_dataset_is_rejected(mocked) -> None:
 
 def test_global_batches_for_single_host_strategies(digits: _data.ImageDataset) -> None:
     strategy = _keras_compat.mirrored_strategy(["/cpu:0", "/cpu:1"])
-    ds = _data.make_input(digits, "test", global_batch_size=32, strategy=strategy, training=False)
+    ds = _input.make_input(digits, "test", global_batch_size=32, strategy=strategy, training=False)
     assert isinstance(ds, tf.data.Dataset)
     assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
     sizes = [int(x.shape[0]) for x, _ in ds]
     assert sizes == [32] * 11 + [8]  # 360 test images; the last batch is partial off TPU.
-    assert _data.steps_per_epoch(digits, "test", 32, drop_remainder=False) == 12
-    assert _data.steps_per_epoch(digits, "test", 32, drop_remainder=True) == 11
+    assert _input.steps_per_epoch(digits, "test", 32, drop_remainder=False) == 12
+    assert _input.steps_per_epoch(digits, "test", 32, drop_remainder=True) == 11
 
 
 @pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "streamed"])
 def test_per_replica_input_fn_shards_disjointly(digits: _data.ImageDataset, monkeypatch, in_memory: bool) -> None:
     # As for MultiWorkerMirrored: 2 hosts x 2 replicas, global batch 32.
-    monkeypatch.setattr(_data, "uses_input_fn", lambda strategy: True)
+    monkeypatch.setattr(_input, "uses_input_fn", lambda strategy: True)
     if not in_memory:
-        monkeypatch.setattr(_data, "IN_MEMORY_MAX_BYTES", 0)
+        monkeypatch.setattr(_input, "IN_MEMORY_MAX_BYTES", 0)
     strategy = _keras_compat.mirrored_strategy(["/cpu:0", "/cpu:1"])
-    dataset_fn = _data.make_input(digits, "test", global_batch_size=32, strategy=strategy, training=False)
+    dataset_fn = _input.make_input(digits, "test", global_batch_size=32, strategy=strategy, training=False)
     shards = []
     for host in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=host, num_replicas_in_sync=4)
@@ -184,7 +184,7 @@ def test_training_order_is_seeded(digits: _data.ImageDataset) -> None:
     strategy = tf.distribute.get_strategy()
 
     def first_labels(seed: int) -> list[int]:
-        ds = _data.make_input(digits, "train", global_batch_size=64, strategy=strategy, training=True, seed=seed)
+        ds = _input.make_input(digits, "train", global_batch_size=64, strategy=strategy, training=True, seed=seed)
         return next(iter(ds))[1].numpy().tolist()
 
     assert first_labels(3) == first_labels(3)
@@ -195,4 +195,4 @@ def test_training_order_is_seeded(digits: _data.ImageDataset) -> None:
 def test_batch_size_must_split_evenly(digits: _data.ImageDataset, batch_size: int) -> None:
     strategy = _keras_compat.mirrored_strategy(["/cpu:0", "/cpu:1"])
     with pytest.raises(_data.DataError, match=f"batch_size={batch_size}"):
-        _data.make_input(digits, "train", global_batch_size=batch_size, strategy=strategy, training=True)
+        _input.make_input(digits, "train", global_batch_size=batch_size, strategy=strategy, training=True)

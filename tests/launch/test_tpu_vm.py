@@ -41,21 +41,81 @@ def test_install_uses_tensorflow_tpu_and_not_the_cpu_wheel() -> None:
     requirements = [shlex.split(part)[0] for part in script.split('"')[1::2]]
     assert "tensorflow-datasets>=4.9" in requirements  # kept: it is not tensorflow itself
     assert not any(r.startswith("tensorflow==") for r in requirements)
-    assert script.endswith("pip install --no-deps ~/tfopt-strategies.tar.gz")
+    assert script.endswith("~/tfopt-venv/bin/python -m pip install --no-deps ~/tfopt-strategies.tar.gz")
+
+
+def _script_commands(script: str) -> list[str]:
+    return [c.strip() for c in script.split("; ") if c.strip()]
+
+
+@pytest.mark.parametrize("python", tpu_vm.SUPPORTED_PYTHONS)
+def test_install_brings_its_own_python_and_never_uses_the_image_python(python: str) -> None:
+    script = _cmds(steps=["install"], python=python)[0][-1].removeprefix("--command=")
+    check = tpu_vm.python_check("~/tfopt-venv/bin/python")
+    assert script.count(check) == 1
+    commands = _script_commands(script.replace(check, "CHECK"))
+    assert commands[0] == "set -e"  # any failing step stops the host's install
+    # The image's python3 only installs uv; uv makes the venv with the chosen interpreter.
+    image_python = [c for c in commands if c.startswith("python3 ")]
+    assert image_python == [
+        "python3 -m pip install --user --quiet --upgrade uv",
+        f"python3 -m uv venv --seed --allow-existing --python {python} ~/tfopt-venv",
+    ]
+    # The version check comes before any package, and every pip runs in the venv.
+    assert commands.index("CHECK") == 3
+    pips = [c for c in commands if " -m pip install" in c and not c.startswith("python3 ")]
+    assert len(pips) == 3 and all(c.startswith("~/tfopt-venv/bin/python -m pip install") for c in pips)
+
+
+def test_unsupported_python_is_rejected() -> None:
+    with pytest.raises(ValueError, match="python='3.10'"):
+        _cmds(steps=["install"], python="3.10")
+
+
+def test_supported_pythons_are_setup_cfgs() -> None:
+    import noxfile
+
+    assert list(tpu_vm.SUPPORTED_PYTHONS) == noxfile.supported_pythons()
+    assert tpu_vm.DEFAULT_PYTHON in tpu_vm.SUPPORTED_PYTHONS
+
+
+def _interpreter(version: str) -> str | None:
+    import noxfile
+
+    return noxfile.find_python(version)
+
+
+@pytest.mark.parametrize("version, ok", [("3.10", False), (tpu_vm.SUPPORTED_PYTHONS[0], True)])
+def test_python_check_runs_in_bash_and_fails_fast_with_one_line(tmp_path, version: str, ok: bool) -> None:
+    """The generated check, run for real by bash against a venv python of that version."""
+    interpreter = _interpreter(version)
+    if interpreter is None:
+        pytest.skip(f"no Python {version} on this machine to run the check against")
+    venv_bin = tmp_path / "tfopt-venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(interpreter)
+    check = tpu_vm.python_check("~/tfopt-venv/bin/python")
+    result = subprocess.run(["bash", "-c", f"set -e; {check}; echo installed"], env={"HOME": str(tmp_path),
+                            "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=False)  # fmt: skip
+    if ok:
+        assert (result.returncode, result.stdout, result.stderr) == (0, "installed\n", "")
+    else:
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.count("\n") == 1 and "older than Python 3.11" in result.stderr
 
 
 def test_every_host_runs_the_same_train_command() -> None:
     train = _cmds(steps=["train"], train_args=["--dataset=cifar10", "--epochs=3"])[0]
     assert train[4] == "ssh" and "--worker=all" in train
     assert shlex.split(train[-1].removeprefix("--command=")) == [
-        "python3", "-m", "launch.train", "--strategy=tpu", "--tpu=local", "--dataset=cifar10", "--epochs=3",
+        "~/tfopt-venv/bin/python", "-m", "launch.train", "--strategy=tpu", "--tpu=local", "--dataset=cifar10", "--epochs=3",
     ]  # fmt: skip
 
 
 def test_pip_source_skips_packaging_and_copy() -> None:
     cmds = _cmds(source="git+https://github.com/org/repo")
     assert [c[4] for c in cmds] == ["create", "ssh", "ssh"]
-    assert cmds[1][-1].endswith("--no-deps git+https://github.com/org/repo")
+    assert cmds[1][-1].endswith("~/tfopt-venv/bin/python -m pip install --no-deps git+https://github.com/org/repo")
 
 
 def test_delete_only_when_asked() -> None:
@@ -80,7 +140,7 @@ def test_main_prints_commands(capsys) -> None:
     _main(["--name=t1", "--zone=z", "--steps=create", "--steps=train", "--", "--epochs=2"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("gcloud compute tpus tpu-vm create t1 --zone=z")
-    assert lines[1].endswith("'--command=python3 -m launch.train --strategy=tpu --tpu=local --epochs=2'")
+    assert lines[1].endswith("'--command=~/tfopt-venv/bin/python -m launch.train --strategy=tpu --tpu=local --epochs=2'")
 
 
 def test_execute_runs_in_order_and_stops_at_first_failure(capsys) -> None:

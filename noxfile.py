@@ -1,0 +1,146 @@
+"""The Python matrix (nox): the fast suite on each supported interpreter, and the Colab install path.
+
+    nox -s fast                 # the fast suite on every supported Python present
+    nox -s fast-3.13            # one of them
+    nox -s colab                # Colab's install cell + 01_quickstart.ipynb on the newest Python
+    nox -s set_repo -- you/fork # point the notebooks' Colab badges and install cells at a fork
+
+`make test` runs the full suite on its default interpreter, then `nox -s fast`
+on the lowest and highest supported Pythons that are not that default, then
+`nox -s colab`. The supported versions are read from setup.cfg's classifiers,
+the one place they are written (a test pins python_requires and the Makefile to
+them).
+
+A supported interpreter that is missing is skipped by nox, and nox prints it
+as skipped, never as a success; `make test` prints the matrix at the end.
+"""
+
+from __future__ import annotations
+
+import configparser
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import nox
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SETUP_CFG = os.path.join(ROOT, "setup.cfg")
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
+FAST = ["-m", "not cluster and not notebook and not slow"]
+
+nox.options.sessions = ["fast", "colab"]
+nox.options.default_venv_backend = "venv"
+
+
+def _metadata(setup_cfg: str = SETUP_CFG) -> configparser.SectionProxy:
+    parser = configparser.ConfigParser()
+    parser.read(setup_cfg)
+    return parser["metadata"]
+
+
+def supported_pythons() -> list[str]:
+    """["3.11", "3.12", "3.13"]: the `Programming Language :: Python :: 3.X` classifiers."""
+    return re.findall(r"Programming Language :: Python :: (3\.\d+)\s*$", _metadata()["classifiers"], re.M)
+
+
+def find_python(version: str) -> str | None:
+    """A working ``pythonX.Y``: on PATH, else in pyenv's versions directory.
+
+    pyenv puts a shim for every installed version on PATH, and a shim for a
+    version that is not selected exists but fails, so each candidate is run.
+    """
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [shutil.which(f"python{version}")]
+    candidates += sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", f"python{version}")))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys; print(sys.executable)"],
+                               capture_output=True, text=True, check=False)  # fmt: skip
+        if probe.returncode == 0:
+            return probe.stdout.strip()
+    return None
+
+
+PYTHONS = supported_pythons()
+if __name__ == "user_nox_module":  # Loaded by nox, not imported by a test.
+    # nox finds "3.13" as python3.13 on PATH: put each present interpreter's
+    # real directory first, so that a failing pyenv shim does not hide it.
+    _found = [find_python(v) for v in PYTHONS]
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(p) for p in _found if p] + [os.environ["PATH"]])
+
+
+@nox.session(python=PYTHONS)
+def fast(session: nox.Session) -> None:
+    """`pip install .[test]` (not editable: what a user gets) and the fast suite."""
+    session.install(f"{ROOT}[test]")
+    # The tests import the checkout's sources (pytest puts the rootdir first on
+    # sys.path); what the installed wheel itself runs is `colab`'s job.
+    session.run("python", "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", *FAST,
+                *session.posargs, os.path.join(ROOT, "tests"))  # fmt: skip
+
+
+def install_cell(notebook: str) -> list[str]:
+    """The argv of the notebook's Colab install cell (`pip install ... <source>`)."""
+    with open(notebook, encoding="utf-8") as f:
+        cells = json.load(f)["cells"]
+    for cell in cells:
+        source = "".join(cell["source"])
+        match = re.search(r"subprocess\.run\(\s*(\[.*?\])\s*,", source, re.S)
+        if cell["cell_type"] == "code" and "pip" in source and match:
+            argv = eval(match.group(1), {"sys": sys})  # noqa: S307 - our own notebook's literal list.
+            return [str(a) for a in argv]
+    raise ValueError(f"{notebook} has no install cell")
+
+
+@nox.session(python=PYTHONS[-1])
+def colab(session: nox.Session) -> None:
+    """Colab's path on its Python: the notebook's own install command against a wheel of this checkout."""
+    wheel_dir = session.create_tmp()
+    session.run("python", "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheel_dir, ROOT)
+    (wheel,) = glob.glob(os.path.join(wheel_dir, "*.whl"))
+    argv = install_cell(os.path.join(NOTEBOOKS, "01_quickstart.ipynb"))
+    if argv[:4] != [sys.executable, "-m", "pip", "install"] or not argv[-1].startswith("git+https://github.com/"):
+        session.error(f"unexpected install cell {argv}: update noxfile.colab with the notebook")
+    # The same command, the interpreter and source swapped for the venv's and the local wheel.
+    session.run("python", *argv[1:-1], wheel)
+    session.install("nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29")
+    # From outside the checkout, the packages are the wheel's, not the sources'.
+    session.chdir(session.create_tmp())
+    session.run("python", "-c", "import sys, tfopt, strategies, launch; "
+                "assert all(m.__file__.startswith(sys.prefix) for m in (tfopt, strategies, launch))")
+    session.run("python", os.path.join(ROOT, "tests", "notebook_runner.py"),
+                os.path.join(NOTEBOOKS, "01_quickstart.ipynb"), env={"PYTHONPATH": ""})  # fmt: skip
+
+
+@nox.session(python=False, name="set_repo")
+def set_repo(session: nox.Session) -> None:
+    """Point setup.cfg's url, the Colab badges and the install cells at ``owner/name``."""
+    if len(session.posargs) != 1 or not re.fullmatch(r"[\w.-]+/[\w.-]+", session.posargs[0]):
+        session.error(f"usage: make set-repo REPO=owner/name. Received: {session.posargs}")
+    old = repo()
+    changed = rewrite_repo(ROOT, old, session.posargs[0])
+    session.log(f"repo: {old} -> {session.posargs[0]} in {', '.join(changed)}")
+
+
+def rewrite_repo(root: str, old: str, new: str) -> list[str]:
+    """Replaces ``github.com/<old>`` with ``github.com/<new>`` in setup.cfg and every notebook."""
+    paths = [os.path.join(root, "setup.cfg")] + sorted(glob.glob(os.path.join(root, "notebooks", "*.ipynb")))
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text.replace(f"github.com/{old}", f"github.com/{new}"))
+    return [os.path.relpath(p, root) for p in paths]
+
+
+def repo(setup_cfg: str = SETUP_CFG) -> str:
+    """``owner/name`` from setup.cfg's ``url``: the one place the GitHub repository is written."""
+    url = _metadata(setup_cfg)["url"].strip()
+    match = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+)/?", url)
+    if not match:
+        raise ValueError(f"setup.cfg url must be https://github.com/owner/name. Received: url={url!r}.")
+    return match.group(1)
