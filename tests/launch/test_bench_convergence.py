@@ -1,8 +1,8 @@
 """launch.bench_convergence: the --quick profile end to end, and its outputs.
 
 A subprocess, because absl flags are process-global and other test modules
-define flags of the same names. About 60 s on a 2-core CPU (six optimizers
-are traced per task); the numbers of a --quick run mean nothing, so this
+define flags of the same names. 1-3 min on the shared 2-core CPU (two optimizers
+traced, plus the timing rounds); the numbers of a --quick run mean nothing, so this
 checks only that every output is there and consistent.
 """
 
