@@ -25,7 +25,7 @@ MATRIX  = $(filter-out $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys
           $(sort $(firstword $(SUPPORTED_PYTHONS)) $(lastword $(SUPPORTED_PYTHONS))))
 
 .PHONY: train test test-fast test-cluster test-matrix python lint docs bench bench-fit bench-optimizers \
-        set-repo clean
+        device-check set-repo clean
 
 # One line, naming the supported versions, when PYTHON is missing or unsupported.
 python_version = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
@@ -81,6 +81,10 @@ bench-fit: $(STAMP)
 
 bench-optimizers: $(STAMP)
 	$(BIN)/python -m launch.bench_optimizers $(ARGS)
+
+# The accelerator check (docs/accelerators.md); ARGS="--quick" for the CPU stand-in.
+device-check: $(STAMP)
+	$(BIN)/python -m launch.device_check $(ARGS)
 
 # A fork points the notebooks' Colab badges and install cells at itself: make set-repo REPO=owner/name
 set-repo: $(STAMP)

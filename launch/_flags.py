@@ -13,6 +13,7 @@ not collide (``launch.tpu_vm --steps`` are the steps of its plan).
 
 from __future__ import annotations
 
+import sys
 from typing import TypeVar
 
 from absl import flags
@@ -32,7 +33,39 @@ STEPS_PER_EPOCH = flags.DEFINE_integer(
     lower_bound=1,
 )  # fmt: skip
 
-SHARED = (EPOCHS, STEPS_PER_EPOCH)
+DATA_DIR = flags.DEFINE_string(
+    "data_dir", None,
+    "TFDS data directory (launch.train; launch.device_check's training checks). "
+    "Unset: $TFDS_DATA_DIR, else ~/tensorflow_datasets.",
+)  # fmt: skip
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None,
+    "Where to write the results. Unset: launch.bench_optimizers writes to "
+    "runs/bench_optimizers; launch.device_check to runs/device_check.",
+)  # fmt: skip
+QUICK = flags.DEFINE_bool(
+    "quick", False,
+    "A small run. launch.bench_optimizers: --sizes=1M --timed_steps=5 --noisolate unless "
+    "those are given. launch.device_check: the small profile, the CPU stand-in that "
+    "make test runs.",
+)  # fmt: skip
+
+SHARED = (EPOCHS, STEPS_PER_EPOCH, DATA_DIR, OUTPUT_DIR, QUICK)
+
+
+def declare_key_flags(module_name: str, *holders: flags.FlagHolder) -> None:
+    """Lists ``holders`` in ``module_name``'s ``--help``, as if it defined them.
+
+    Each entry point declares the shared flags it reads, and no others: a
+    blanket ``flags.adopt_module_key_flags(_flags)`` would show ``--quick`` in
+    ``launch.train --help``.
+    """
+    if module_name == "__main__":
+        # Run as `python -m`: absl names the main module by sys.argv[0], as
+        # flags.declare_key_flag does for its caller.
+        module_name = sys.argv[0]
+    for holder in holders:
+        flags.FLAGS.register_key_flag_for_module(module_name, flags.FLAGS[holder.name])
 
 
 def value_or(holder: flags.FlagHolder[_T | None], default: _T) -> _T:

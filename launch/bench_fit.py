@@ -229,7 +229,7 @@ def measure(name: str, *, steps: int, epochs: int, repeats: int) -> dict[str, An
 _NAMES = flags.DEFINE_list("comparisons", None,
                            "Comparisons to run (default: all registered).")
 # --epochs and --steps_per_epoch are shared with launch.train (launch/_flags.py).
-flags.adopt_module_key_flags(_flags)
+_flags.declare_key_flags(__name__, _flags.EPOCHS, _flags.STEPS_PER_EPOCH)
 _DEFAULT_STEPS_PER_EPOCH, _DEFAULT_EPOCHS = 200, 4
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating baseline/candidate rounds.")
 _OUTPUT = flags.DEFINE_string("output", "runs/bench_fit.json", "Where the JSON goes.")

@@ -53,7 +53,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import tfopt  # noqa: E402
-from launch import _console, _outputs  # noqa: E402
+from launch import _console, _flags, _outputs  # noqa: E402
 from launch._bench_report import markdown_table, plot, size_label  # noqa: E402
 
 
@@ -108,15 +108,13 @@ _TIMED_STEPS = flags.DEFINE_integer(
     "timed_steps", 10, "Timed steps per configuration (median reported).", lower_bound=1
 )
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, XLA).", lower_bound=0)
-_QUICK = flags.DEFINE_bool(
-    "quick", False, "Smoke run: --sizes=1M --timed_steps=5 --noisolate unless those are given."
-)
+_QUICK = _flags.QUICK  # --quick and --output_dir are shared with launch.device_check.
 _ISOLATE = flags.DEFINE_bool(
     "isolate", True, "Time each (optimizer, size) in a fresh process (bounded memory)."
 )
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", "runs/bench_optimizers", "Where to write the results."
-)
+_OUTPUT_DIR = _flags.OUTPUT_DIR
+_flags.declare_key_flags(__name__, _flags.QUICK, _flags.OUTPUT_DIR)
+_DEFAULT_OUTPUT_DIR = "runs/bench_optimizers"
 
 # The slowest group (64M, Keras' Lamb without XLA) takes about a minute here.
 _GROUP_TIMEOUT_S = 1800
@@ -335,7 +333,8 @@ def main(argv: Sequence[str]) -> None:
     # 1M parameters leave little memory behind: --quick saves the process starts.
     isolate = _ISOLATE.value if _ISOLATE.present or not _QUICK.value else False
     rows = run_benchmark(names, sizes, xla_modes, _KERAS.value, timed_steps, _WARMUP.value, isolate)
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
+    os.makedirs(output_dir, exist_ok=True)
     machine = {
         "platform": platform.platform(),
         "processor": platform.processor(),
@@ -351,7 +350,7 @@ def main(argv: Sequence[str]) -> None:
         "warmup": _WARMUP.value,
         "rows": rows,
     }
-    paths = [os.path.join(_OUTPUT_DIR.value, f"optimizers.{ext}") for ext in ("json", "png", "md")]
+    paths = [os.path.join(output_dir, f"optimizers.{ext}") for ext in ("json", "png", "md")]
     with open(paths[0], "w") as f:
         json.dump(_outputs.jsonable(result), f, indent=1)
     plot(rows, paths[1])

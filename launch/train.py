@@ -42,9 +42,7 @@ _MODEL = flags.DEFINE_enum("model", _D.model, _models.available(), "Model to tra
 _DATASET = flags.DEFINE_string(
     "dataset", _D.dataset, "TFDS image-classification dataset, e.g. digits (offline), mnist, cifar10."
 )
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", _D.data_dir, "TFDS data directory. Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets."
-)
+_DATA_DIR = _flags.DATA_DIR  # Shared with launch.device_check (launch/_flags.py).
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", _D.batch_size, "Global batch size (all replicas together).", lower_bound=1
 )
@@ -70,8 +68,9 @@ _LR_SCHEDULE = flags.DEFINE_enum(
 _WARMUP_STEPS = flags.DEFINE_integer(
     "warmup_steps", _D.warmup_steps, "Linear warm-up steps (lr_schedule=warmup_cosine only).", lower_bound=0
 )
-# --epochs and --steps_per_epoch are shared with launch.bench_fit (launch/_flags.py).
-flags.adopt_module_key_flags(_flags)
+# --epochs and --steps_per_epoch are shared with launch.bench_fit, --data_dir with
+# launch.device_check (launch/_flags.py).
+_flags.declare_key_flags(__name__, _flags.EPOCHS, _flags.STEPS_PER_EPOCH, _flags.DATA_DIR)
 flags.adopt_module_key_flags(strategy_flags)
 _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     "steps_per_execution", _D.steps_per_execution, "Steps per tf.function call (raise it on TPUs).", lower_bound=1

@@ -21,6 +21,7 @@ from tfopt._lamb import LAMB
 from tfopt._radam import RAdam
 from tfopt._lookahead import Lookahead
 from tfopt._lazy_adam import LazyAdam
+from tfopt._shampoo import Shampoo
 from tfopt._soap import SOAP
 # isort: on
 from tfopt._skip_nonfinite import SkipNonFinite, SkippedSteps
@@ -36,6 +37,7 @@ __all__ = [
     "Lookahead",
     "RAdam",
     "SGD",
+    "Shampoo",
     "SOAP",
     "SkipNonFinite",
     "SkippedSteps",

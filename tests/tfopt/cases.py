@@ -109,6 +109,16 @@ HYPERPARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "radam": {"default": {"learning_rate": 0.05}},
     "lazy_adam": {"default": {"learning_rate": 0.05}},
+    # Shampoo from the second step, roots every 2 steps, so the short checks
+    # (save/load, clipping, sparse) exercise the preconditioned direction; on
+    # the long problems roots every 10 steps keep them fast (~5 s each).
+    "shampoo": {
+        "default": {"learning_rate": 0.01, "start_preconditioning_step": 1,
+                    "precondition_frequency": 2},
+        "quadratic": {"precondition_frequency": 10},
+        "rosenbrock": {"learning_rate": 0.001, "precondition_frequency": 10},
+        "linear_regression": {"precondition_frequency": 10},
+    },
     # weight_decay=0, so that the optimum stays where the problem puts it.
     # The 2-parameter problems are vectors: with precondition_1d SOAP runs
     # full-matrix Adam in their eigenbasis. On the tiny Dense(3->4->1) models,

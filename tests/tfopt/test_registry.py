@@ -21,6 +21,7 @@ EXPECTED_ALL = [
     "Lookahead",
     "RAdam",
     "SGD",
+    "Shampoo",
     "SOAP",
     "SkipNonFinite",
     "SkippedSteps",
@@ -41,6 +42,7 @@ EXPECTED_NAMES = [
     "radam",
     "lookahead",
     "lazy_adam",
+    "shampoo",
     "soap",
 ]
 

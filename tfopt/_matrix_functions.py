@@ -1,0 +1,197 @@
+"""Shampoo's matrix plumbing: shape merging, block partitioning, inverse p-th roots.
+
+Each function follows ``optax_shampoo/distributed_shampoo.py`` (optax-shampoo
+0.0.6) line for line, so that ``tfopt.Shampoo`` takes the same steps:
+
+* :func:`merge_small_dims` and :class:`BlockLayout` are its
+  ``merge_small_dims`` and ``BlockPartitioner``;
+* :func:`power_iteration` and :func:`matrix_inverse_pth_root` are its
+  ``power_iteration`` and ``matrix_inverse_pth_root`` (the coupled Newton
+  iteration of Higham, "Functions of Matrices", eq. 7.18), without the LOBPCG
+  and padding options.
+
+They use only ``tf.while_loop`` and matmuls, so they run in a ``tf.function``,
+under XLA and on TPUs, which have no float64 ``eigh``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+# optax-shampoo's constants (not arguments of distributed_shampoo).
+NEWTON_ITERATIONS = 100
+NEWTON_TOLERANCE = 1e-6
+MAX_ERROR_RATIO = 1.2  # The error may grow once before it shrinks; more is divergence.
+POWER_ITERATIONS = 100
+POWER_TOLERANCE = 1e-6
+POWER_SEED = 1729
+
+
+def merge_small_dims(shape: Sequence[int], max_dim: int) -> list[int]:
+    """Merges neighbouring dimensions while their product stays <= ``max_dim``.
+
+    ``[1, 2, 512, 1, 2048, 1, 3, 4] -> [1024, 2048, 12]`` for ``max_dim = 1024``.
+    """
+    if shape and all(d == 1 for d in shape):
+        return [1]
+    merged, product = [], 1
+    for d in shape:
+        if product * d <= max_dim:
+            product *= d
+        else:
+            if product > 1:
+                merged.append(product)
+            product = d
+    if product > 1:
+        merged.append(product)
+    return merged
+
+
+class BlockLayout:
+    """How one variable is reshaped and cut into blocks of at most ``block_size``.
+
+    Blocks are listed in row-major order over the per-axis pieces; each block
+    of rank ``r`` has ``r`` statistics, one per axis, in axis order.
+    """
+
+    def __init__(self, shape: Sequence[int], block_size: int, merge_dims_to: int | None) -> None:
+        self.shape = list(shape)
+        self.transformed_shape = (
+            merge_small_dims(self.shape, merge_dims_to) if merge_dims_to else list(self.shape)
+        )
+        self.split_sizes = []
+        for d in self.transformed_shape:
+            if 0 < block_size < d:
+                pieces = [block_size] * ((d - 1) // block_size)
+                self.split_sizes.append([*pieces, d - sum(pieces)])
+            else:
+                self.split_sizes.append([d])
+
+    @property
+    def rank(self) -> int:
+        return len(self.transformed_shape)
+
+    @property
+    def statistics_sizes(self) -> list[int]:
+        """The order of every statistic (``d x d``), block by block, axis by axis."""
+        return [d for block in itertools.product(*self.split_sizes) for d in block]
+
+    def partition(self, tensor: tf.Tensor) -> list[tf.Tensor]:
+        blocks = [tf.reshape(tensor, self.transformed_shape)]
+        for axis, sizes in enumerate(self.split_sizes):
+            if len(sizes) > 1:
+                blocks = [piece for b in blocks for piece in tf.split(b, sizes, axis=axis)]
+        return blocks
+
+    def merge(self, blocks: list[tf.Tensor]) -> tf.Tensor:
+        for axis in reversed(range(self.rank)):
+            n = len(self.split_sizes[axis])
+            if n > 1:
+                blocks = [tf.concat(blocks[i : i + n], axis=axis) for i in range(0, len(blocks), n)]
+        (merged,) = blocks
+        return tf.reshape(merged, self.shape)
+
+
+def gram(block: tf.Tensor, axis: int) -> tf.Tensor:
+    """``G Gᵀ`` with ``G`` the block's slices along ``axis`` as rows (``d x d``)."""
+    others = [i for i in range(block.shape.rank) if i != axis]
+    return tf.tensordot(block, block, axes=(others, others))
+
+
+def precondition_block(block: tf.Tensor, roots: Sequence[tf.Tensor]) -> tf.Tensor:
+    """``block ×₀ roots[0] ×₁ roots[1] ...``: contracting axis 0 appends the new axis
+    last, so after ``rank`` contractions the axes are back in order."""
+    for root in roots:
+        block = tf.tensordot(block, root, axes=[[0], [0]])
+    return block
+
+
+def power_iteration(matrix: tf.Tensor) -> tf.Tensor:
+    """The largest eigenvalue of a symmetric PSD matrix, as optax-shampoo estimates it
+    (same seed, same stopping rule: |Δλ| <= 1e-6 or 100 iterations)."""
+    n = matrix.shape[-1]
+    v0 = tf.constant(
+        np.random.RandomState(POWER_SEED).uniform(-1.0, 1.0, n).astype(matrix.dtype.as_numpy_dtype)
+    )
+
+    def condition(i, v, s, run):
+        del v, s
+        return tf.logical_and(i < POWER_ITERATIONS, run)
+
+    def body(i, v, s, run):
+        del run
+        v = v / tf.norm(v)
+        s_v = tf.linalg.matvec(matrix, v)
+        s_new = tf.reduce_sum(v * s_v)
+        return i + 1, s_v, s_new, tf.abs(s_new - s) > POWER_TOLERANCE
+
+    _, _, s, _ = tf.while_loop(
+        condition, body, (tf.constant(0), v0, tf.zeros([], matrix.dtype), tf.constant(True))
+    )
+    return s
+
+
+def _matrix_power(matrix: tf.Tensor, p: int) -> tf.Tensor:
+    # Binary powering in optax-shampoo's order (power = mat @ power), p static.
+    power = tf.eye(matrix.shape[0], dtype=matrix.dtype)
+    while p > 0:
+        if p % 2 == 1:
+            power = tf.matmul(matrix, power)
+        p //= 2
+        if p > 0:  # optax squares once more, unused.
+            matrix = tf.matmul(matrix, matrix)
+    return power
+
+
+def matrix_inverse_pth_root(
+    matrix: tf.Tensor, p: int, ridge_epsilon: float, relative_matrix_epsilon: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(matrix + eps I)^(-1/p)`` by the coupled Newton iteration, and its error.
+
+    ``eps = ridge_epsilon * max(λ_max, 1e-6)`` (``λ_max`` by power iteration)
+    with ``relative_matrix_epsilon``, else ``ridge_epsilon``. The error is
+    ``max |M - I|`` for the iteration's ``M = H^p (matrix + eps I)``; where the
+    error ratio exceeded 1.2 (divergence) the previous iterate is returned.
+    The caller treats ``error >= inverse_failure_threshold`` (or NaN) as a
+    failure and keeps its previous root.
+    """
+    dtype = matrix.dtype
+    n = matrix.shape[0]
+    alpha = tf.constant(-1.0 / p, dtype)
+    max_ev = power_iteration(matrix) if relative_matrix_epsilon else tf.constant(1.0, dtype)
+    ridge = ridge_epsilon * tf.maximum(max_ev, tf.constant(1e-6, dtype))
+    if n == 1:
+        return tf.pow(matrix + ridge, alpha), tf.zeros([], dtype)
+
+    identity = tf.eye(n, dtype=dtype)
+    damped = matrix + ridge * identity
+    z = (1 + p) / (2 * tf.norm(damped))
+    m0 = damped * z
+    h0 = identity * tf.pow(z, 1.0 / p)
+    error0 = tf.reduce_max(tf.abs(m0 - identity))
+
+    def condition(i, m, h, old_h, error, ratio):
+        del m, h, old_h
+        return tf.logical_and(
+            i < NEWTON_ITERATIONS,
+            tf.logical_and(error > NEWTON_TOLERANCE, ratio < MAX_ERROR_RATIO),
+        )
+
+    def body(i, m, h, old_h, error, ratio):
+        del old_h, ratio
+        m_i = (1 - alpha) * identity + alpha * m
+        new_m = tf.matmul(_matrix_power(m_i, p), m)
+        new_h = tf.matmul(h, m_i)
+        new_error = tf.reduce_max(tf.abs(new_m - identity))
+        return i + 1, new_m, new_h, h, new_error, new_error / error
+
+    _, m, h, old_h, _, ratio = tf.while_loop(
+        condition, body, (tf.constant(0), m0, h0, h0, error0, tf.constant(1.0, dtype))
+    )
+    error = tf.reduce_max(tf.abs(m - identity))
+    root = tf.where(ratio < MAX_ERROR_RATIO, h, old_h)
+    return root, error
