@@ -38,7 +38,7 @@ before its branch lands) is listed as not available, not run.
 Outputs in ``--output_dir``: ``convergence.json`` (every run's curve, every
 number, machine and git state), ``convergence_<task>.png`` (the tuned runs'
 curves and the learning-rate sweep) and ``convergence.md`` (the table).
-``--quick`` is a smoke profile (few steps, a 2-point grid, one seed) whose
+``--quick`` (shared flag) is a smoke profile (few steps, a 2-point grid, one seed) whose
 numbers mean nothing::
 
     python -m launch.bench_convergence --output_dir=/tmp/conv
@@ -69,7 +69,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import tfopt  # noqa: E402
-from launch import _data, _models, _outputs  # noqa: E402
+from launch import _data, _flags, _models, _outputs  # noqa: E402
 
 BASELINE = "adamw"
 
@@ -406,16 +406,19 @@ def plot(task: Task, results: dict[str, Any], target: float, path: str) -> None:
 
 # --- Main ------------------------------------------------------------------------
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/bench_convergence", "Where the outputs go.")
+# --output_dir, --quick and --data_dir are shared with the other entry points.
+_OUTPUT_DIR, _QUICK, _DATA_DIR = _flags.OUTPUT_DIR, _flags.QUICK, _flags.DATA_DIR
+_flags.declare_key_flags(__name__, _OUTPUT_DIR, _QUICK, _DATA_DIR)
+_DEFAULT_OUTPUT_DIR = "runs/bench_convergence"
 _TASKS = flags.DEFINE_multi_enum("task", ["digits_cnn", "digits_autoencoder"],
                                  ["digits_cnn", "digits_autoencoder"], "Tasks to run.")
-_OPTIMIZERS = flags.DEFINE_list("optimizers", list(OPTIMIZERS),
+_OPTIMIZERS = flags.DEFINE_list("candidates", list(OPTIMIZERS),
                                 f"Optimizers to compare; choose from {list(OPTIMIZERS)}.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per learning rate.")
 _GRID = flags.DEFINE_integer("grid_points", 5, "Learning rates per optimizer (half-decade steps).")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Step budget per run (default per task).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "Steps between target checks.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of both tasks.")
+_BATCH = flags.DEFINE_integer("minibatch", 64, "Batch size of both tasks.")
 _CNN_TARGET = flags.DEFINE_float("cnn_target", 0.98, "digits_cnn: test accuracy to reach.")
 _AE_TARGET = flags.DEFINE_float("autoencoder_target", 0.01, "digits_autoencoder: MSE to reach.")
 _PF = flags.DEFINE_integer("precondition_frequency", 10, "Shampoo and SOAP's refresh interval.")
@@ -423,13 +426,11 @@ _EXTEND = flags.DEFINE_integer("extend_edges", 3,
                                "Extra rates, half a decade apart, past a grid edge that wins.")
 _COST_STEPS = flags.DEFINE_integer("cost_steps", 50, "Steps per optimizer per timing round.")
 _COST_ROUNDS = flags.DEFINE_integer("cost_rounds", 5, "Alternating timing rounds.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default TFDS's).")
-_QUICK = flags.DEFINE_bool("quick", False, "Smoke profile: a few steps, 2 rates, 1 seed.")
 
 _DEFAULT_MAX_STEPS = {"digits_cnn": 1000, "digits_autoencoder": 2000}
 
-flags.register_validator("optimizers", lambda names: set(names) <= set(OPTIMIZERS),
-                         f"--optimizers must name optimizers from {list(OPTIMIZERS)}")
+flags.register_validator("candidates", lambda names: set(names) <= set(OPTIMIZERS),
+                         f"--candidates must name optimizers from {list(OPTIMIZERS)}")
 flags.register_validator("seeds", lambda n: n >= 1, "--seeds must be >= 1")
 flags.register_validator("grid_points", lambda n: n >= 1, "--grid_points must be >= 1")
 
@@ -451,7 +452,8 @@ def main(argv: Sequence[str]) -> None:
                 "precondition_frequency": _PF.value, "cost_steps": cost_steps,
                 "extend_edges": 0 if quick else _EXTEND.value,
                 "cost_rounds": cost_rounds, "quick": quick}  # fmt: skip
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
+    os.makedirs(output_dir, exist_ok=True)
     report: dict[str, Any] = {
         "settings": settings,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
@@ -508,16 +510,21 @@ def main(argv: Sequence[str]) -> None:
         report["results"][task_name] = results
         report["summary"][task_name] = summarize(task, results)
         plot(task, results, targets[task_name],
-             os.path.join(_OUTPUT_DIR.value, f"convergence_{task_name}.png"))
+             os.path.join(output_dir, f"convergence_{task_name}.png"))
     report["wall_s"] = time.perf_counter() - started
     table = markdown(tasks, report["summary"], settings)
-    with open(os.path.join(_OUTPUT_DIR.value, "convergence.json"), "w") as f:
+    with open(os.path.join(output_dir, "convergence.json"), "w") as f:
         json.dump(_outputs.jsonable(report), f, indent=1)
-    with open(os.path.join(_OUTPUT_DIR.value, "convergence.md"), "w") as f:
+    with open(os.path.join(output_dir, "convergence.md"), "w") as f:
         f.write(table)
     print(table)
-    logging.info("Wrote %s in %.0f s", _OUTPUT_DIR.value, report["wall_s"])
+    logging.info("Wrote %s in %.0f s", output_dir, report["wall_s"])
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Entry point, as for every launch module."""
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -27,7 +27,7 @@ def _run(*args, timeout=400):
 
 @pytest.mark.slow
 def test_quick_profile_writes_every_output(tmp_path):
-    done = _run("--quick", "--task=digits_autoencoder", "--optimizers=adamw,soap,shampoo",
+    done = _run("--quick", "--task=digits_autoencoder", "--candidates=adamw,soap,shampoo",
                 f"--output_dir={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "convergence.json").read_text())
@@ -57,9 +57,9 @@ def test_quick_profile_writes_every_output(tmp_path):
 
 
 def test_unknown_optimizer_is_a_usage_error(tmp_path):
-    done = _run("--optimizers=adamw,no_such", f"--output_dir={tmp_path}", timeout=120)
+    done = _run("--candidates=adamw,no_such", f"--output_dir={tmp_path}", timeout=120)
     assert done.returncode != 0
-    assert "--optimizers must name optimizers from" in done.stderr
+    assert "--candidates must name optimizers from" in done.stderr
     assert not (tmp_path / "convergence.json").exists()
 
 
