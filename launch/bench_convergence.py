@@ -21,7 +21,8 @@ Reported, each also as a ratio to AdamW's:
   reach it within ``--max_steps``);
 * the cost of one step, measured in rounds that alternate the optimizers
   (each round times ``--cost_steps`` steps of each), so that all see the same
-  machine load; second-order optimizers at ``--precondition_frequency``;
+  machine load; the ratio is the median over rounds of each round's ratio to
+  AdamW's; second-order optimizers at ``--precondition_frequency``;
 * wall-clock to target estimated as steps x step cost (the ratios' product),
   and as measured in the runs themselves (median over seeds, training steps
   only). Other processes share the CPU and the runs happen minutes apart,
@@ -330,11 +331,13 @@ def summarize(task: Task, results: dict[str, Any]) -> dict[str, Any]:
             "step_cost_s": result.get("step_cost_s", math.nan),
         }
     base = rows.get(BASELINE, {})
-    for row in rows.values():
+    for name, row in rows.items():
         if "skipped" in row:
             continue
         for key in ("median_steps", "median_wall_s", "step_cost_s"):
             row[f"{key}_ratio"] = _ratio(row[key], base.get(key, math.nan))
+        if "step_cost_ratio" in results[name]:
+            row["step_cost_s_ratio"] = results[name]["step_cost_ratio"]
         # Wall to target as steps x step cost: both measured under the same
         # load for every optimizer, unlike the runs' own wall clocks.
         row["steps_x_cost_ratio"] = row["median_steps_ratio"] * row["step_cost_s_ratio"]
@@ -424,8 +427,8 @@ _AE_TARGET = flags.DEFINE_float("autoencoder_target", 0.01, "digits_autoencoder:
 _PF = flags.DEFINE_integer("precondition_frequency", 10, "Shampoo and SOAP's refresh interval.")
 _EXTEND = flags.DEFINE_integer("extend_edges", 3,
                                "Extra rates, half a decade apart, past a grid edge that wins.")
-_COST_STEPS = flags.DEFINE_integer("cost_steps", 50, "Steps per optimizer per timing round.")
-_COST_ROUNDS = flags.DEFINE_integer("cost_rounds", 5, "Alternating timing rounds.")
+_COST_STEPS = flags.DEFINE_integer("cost_steps", 10, "Steps per optimizer per timing round.")
+_COST_ROUNDS = flags.DEFINE_integer("cost_rounds", 30, "Alternating timing rounds.")
 
 _DEFAULT_MAX_STEPS = {"digits_cnn": 1000, "digits_autoencoder": 2000}
 
@@ -507,6 +510,9 @@ def main(argv: Sequence[str]) -> None:
         for name in runners:
             results[name]["step_cost_s"] = statistics.median(times[name])
             results[name]["step_cost_rounds_s"] = times[name]
+            if BASELINE in times:  # Paired by round: the load changes between rounds.
+                results[name]["step_cost_ratio"] = statistics.median(
+                    t / b for t, b in zip(times[name], times[BASELINE], strict=True))
         report["results"][task_name] = results
         report["summary"][task_name] = summarize(task, results)
         plot(task, results, targets[task_name],
