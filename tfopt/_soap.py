@@ -118,8 +118,8 @@ class SOAP(keras.optimizers.Optimizer):
       ...               loss="mse")
       >>> opt = model.optimizer
       >>> opt.build(model.trainable_variables)
-      >>> [tuple(q.shape) for q in opt.eigenbases(model.trainable_variables[0])]
-      [(3, 3), (2, 2)]
+      >>> print(*(tuple(q.shape) for q in opt.eigenbases(model.trainable_variables[0])))
+      (3, 3) (2, 2)
     """
 
     def __init__(
