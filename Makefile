@@ -25,7 +25,7 @@ MATRIX  = $(filter-out $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys
           $(sort $(firstword $(SUPPORTED_PYTHONS)) $(lastword $(SUPPORTED_PYTHONS))))
 
 .PHONY: train test test-fast test-cluster test-matrix python lint docs bench bench-fit bench-optimizers \
-        device-check set-repo clean
+        device-check set-repo clean fuzz
 
 # One line, naming the supported versions, when PYTHON is missing or unsupported.
 python_version = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
@@ -92,3 +92,10 @@ set-repo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .nox build site *.egg-info .pytest_cache .ruff_cache
+
+# The bad-input property test with a long profile (make test runs 2,000 examples
+# over both programs; this runs FUZZ_EXAMPLES of each, and every run that reaches
+# training takes its 2 steps). Hours on 2 cores at the default.
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_FULL_RUNS=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/launch/test_fuzz_inputs.py

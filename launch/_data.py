@@ -22,11 +22,14 @@ import math
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from launch import _paths
 
 LOCAL_DATASETS = ("digits",)
 # mnist, fashion_mnist and most TFDS downloads are served from here; a host
@@ -75,7 +78,10 @@ class ImageDataset:
         # can serve a truncated epoch when one of them stops early (TF warns
         # "the partially cached contents ... will be discarded"), and
         # Keras/tf.distribute open and abandon iterators to inspect a batch.
-        read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+        # Files are shuffled once, by the seed, not again per iterator: the
+        # order must not depend on how many iterators a process made (see epoch_stream).
+        read_config = tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=False,
+                                      try_autocache=False)
         ds = tfds.load(
             self.name,
             split=split,
@@ -158,7 +164,13 @@ def check_available(
     data_dir = _resolve_dir(data_dir)
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"--data_dir must be a directory; {data_dir} is a file. Received: data_dir={data_dir!r}.")
+    # Nothing is prepared in a directory that does not exist: check it before
+    # TFDS looks (and warns) there. Preparing or downloading writes there.
+    if not os.path.isdir(data_dir):
+        _check_writable(name, data_dir)
     builder = _builder(name, data_dir)
+    if not builder.is_prepared():
+        _check_writable(name, data_dir)
     online = is_online or network_reachable
     if not builder.is_prepared() and name not in LOCAL_DATASETS and not online():
         raise DataError(
@@ -166,6 +178,15 @@ def check_available(
             f"offline; {_how_to_prepare(name, data_dir)}."
         )
     return builder
+
+
+def _check_writable(name: str, data_dir: str) -> None:
+    reason = _paths.unwritable_reason(data_dir)
+    if reason is not None:
+        raise DataError(
+            f"--data_dir must be a writable directory to prepare {name!r} in; {reason}. "
+            f"Received: data_dir={data_dir!r}."
+        )
 
 
 def prepare(
@@ -206,6 +227,8 @@ def _prepare_once(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
         fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
         builder = _builder(name, data_dir)  # Another process may have finished meanwhile.
         if not builder.is_prepared():
+            # Progress bars help on a terminal and fill a log with carriage returns.
+            tfds.display_progress_bar(sys.stderr.isatty())
             builder.download_and_prepare()
     return _builder(name, data_dir)  # Reads the prepared dataset's info.
 

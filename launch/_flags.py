@@ -28,8 +28,8 @@ EPOCHS = flags.DEFINE_integer(
 )  # fmt: skip
 STEPS_PER_EPOCH = flags.DEFINE_integer(
     "steps_per_epoch", None,
-    "Steps per epoch. Unset: launch.train makes one pass over the train split "
-    "(set, it repeats the data); launch.bench_fit runs 200.",
+    "Steps per epoch. Unset: launch.train makes one pass over the train split per epoch; "
+    "launch.bench_fit runs 200.",
     lower_bound=1,
 )  # fmt: skip
 

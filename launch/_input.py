@@ -22,6 +22,9 @@ import tensorflow as tf
 from launch._data import DataError, ImageDataset
 
 _SHUFFLE_BUFFER_MAX = 60_000
+# Epoch e of a run with seed s shuffles with the seed s * stride + e (< 2**63 for s < 2**32).
+_EPOCH_SEED_STRIDE = 2**24
+_EPOCH_GRAPH_SEED = 20_240_611
 # A split whose decoded images fit in this many bytes (mnist: 47 MB, cifar10:
 # 150 MB) is read into memory once; larger ones stream from TFDS each epoch.
 IN_MEMORY_MAX_BYTES = 256 * 2**20
@@ -76,12 +79,13 @@ def _pipeline(
     if shard is not None:
         ds = ds.shard(*shard)
     if training:
-        buffer = min(num_examples, _SHUFFLE_BUFFER_MAX)
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if repeat:
-        # After batch, so every epoch ends on the same example boundary.
-        ds = ds.repeat()
+        ds = epoch_stream(ds, min(num_examples, _SHUFFLE_BUFFER_MAX), batch_size, seed=seed,
+                          drop_remainder=drop_remainder)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if repeat:
+            # After batch, so every epoch ends on the same example boundary.
+            ds = ds.repeat()
     options = tf.data.Options()
     # Explicit, so TF never tries (and warns about) FILE sharding: a pipeline
     # is either already sharded by us (OFF) or sharded by example (DATA).
@@ -94,6 +98,36 @@ def _pipeline(
     # seed should give a fixed order; parallel map/interleave must not reorder.
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_stream(
+    examples: tf.data.Dataset, buffer: int, batch_size: int, *, seed: int | None, drop_remainder: bool
+) -> tf.data.Dataset:
+    """Endless batches: epoch ``e`` is ``examples`` shuffled with the seed ``(seed, e)``, then batched.
+
+    The order is a function of the position alone, never of how many
+    iterators were made before: a resumed run skips the batches it trained
+    (``strategies._resume``) and reads what the uninterrupted run read.
+    ``shuffle(reshuffle_each_iteration=True)`` cannot promise that: each new
+    iterator draws the next epoch's seed from a generator that restarts with
+    the process. Each epoch ends with its own (possibly partial) batch.
+    """
+
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        epoch_seed = None
+        if seed is not None:
+            # tf.data pairs an op seed with the graph-level seed, which this
+            # function's graph inherits from TF's global seed (whatever the
+            # program set, or nothing): fix it, so the order depends on (seed, e)
+            # alone. (A global seed of 0 would also break a tensor op seed:
+            # tf.random's get_seed compares the pair with (0, 0) in Python.)
+            tf.compat.v1.get_default_graph().seed = _EPOCH_GRAPH_SEED
+            epoch_seed = tf.constant(seed, tf.int64) * _EPOCH_SEED_STRIDE + e
+        shuffled = examples.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        return shuffled.batch(batch_size, drop_remainder=drop_remainder)
+
+    stream = tf.data.Dataset.counter().flat_map(epoch)
+    return stream.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
 
 
 def make_input(
@@ -114,9 +148,10 @@ def make_input(
       global_batch_size: Examples per step over all replicas.
       strategy: Decides global batches vs per-replica ``dataset_fn``, and
         ``drop_remainder`` (TPUs need static shapes).
-      training: Shuffle (seeded by ``seed``) and reshuffle every epoch.
+      training: An endless `epoch_stream`, each epoch shuffled by ``(seed,
+        epoch)``: pass ``steps_per_epoch`` to ``fit``.
       seed: Makes the order reproducible.
-      repeat: Repeat forever (when the caller sets ``steps_per_epoch``).
+      repeat: Repeat forever (evaluation data; training data always repeats).
 
     Returns:
       A ``tf.data.Dataset`` of global batches, or ``dataset_fn(input_context)``.

@@ -24,6 +24,8 @@ import strategies
 from launch import _data, _input, _models, _optimizers, _outputs, _schedules
 
 METRICS = ("accuracy", "loss")
+# NumPy seeds its generator with an unsigned 32-bit integer (keras.utils.set_random_seed).
+MAX_SEED = 2**32 - 1
 
 
 class UsageError(ValueError):
@@ -119,15 +121,23 @@ def run(
       UsageError: an option that cannot work with this data or strategy.
       _data.DataError: data that cannot be found, prepared or batched.
     """
+    try:
+        # Before any data is prepared, so that a bad value is one line, not one
+        # line after a dataset's preparation output (the schedule comes later:
+        # its checks need the number of steps).
+        _optimizers.make(job.optimizer, job.hyperparameters(job.learning_rate))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     data = _data.prepare(job.dataset, job.data_dir)
     model_dir = job.model_dir or default_model_dir(strategy, data.name, job.model)
     steps = job.steps_per_epoch or _input.steps_per_epoch(
         data, "train", job.batch_size, drop_remainder=_input.drops_remainder(strategy)
     )
-    # Per-host pipelines repeat, so that every worker runs the same number of steps.
-    repeat = job.steps_per_epoch is not None or _input.uses_input_fn(strategy)
+    # First: tf.data's shuffle seeds combine with TF's global seed.
+    keras.utils.set_random_seed(job.seed)
     inputs = dict(global_batch_size=job.batch_size, strategy=strategy, seed=job.seed)
-    train_input = _input.make_input(data, "train", training=True, repeat=repeat, **inputs)
+    # Endless, each epoch's order a function of (seed, epoch): see _input.epoch_stream.
+    train_input = _input.make_input(data, "train", training=True, **inputs)
     eval_input = _input.make_input(data, "test", training=False, **inputs)
     try:
         lr = _schedules.build_schedule(job.lr_schedule, job.learning_rate, steps * job.epochs, job.warmup_steps)
@@ -149,14 +159,15 @@ def run(
         return model
 
     keras.utils.set_random_seed(job.seed)
+    # Seeded too, and saved in checkpoints (strategies._resume), for code that draws from it.
+    tf.random.set_global_generator(tf.random.Generator.from_seed(job.seed))
     timer = _Timer()
     history = strategies.fit(
         model_fn,
         train_input,
         strategy=strategy,
         epochs=job.epochs,
-        # A finite dataset ends each epoch by itself.
-        steps_per_epoch=steps if repeat else None,
+        steps_per_epoch=steps,
         validation_data=eval_input,
         callbacks=[timer, *callbacks],
         model_dir=model_dir,
@@ -184,7 +195,8 @@ def _summarize(
 ) -> dict[str, Any]:
     logs = history.history
     last = {k: v[-1] for k, v in logs.items() if v}
-    epochs_run = len(history.epoch)
+    # Throughput counts the epochs this process ran, not those before a restart.
+    epochs_run = len(history.epoch) - getattr(history, "epochs_before_restart", 0)
     if job.steps_per_epoch is None and not _input.uses_input_fn(strategy):
         examples = epochs_run * data.num_examples["train"]  # Each epoch's last batch is partial.
     else:

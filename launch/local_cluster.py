@@ -12,6 +12,12 @@ When it stops:
 * Parameter servers: when the chief exits (workers and ps serve forever and
   are then stopped). A failed chief or ps stops the cluster; a failed worker
   is only reported, because ``ClusterCoordinator`` re-runs its steps elsewhere.
+* With ``--max_restarts=N``, a task that dies (a signal, a non-zero exit, a
+  preemption) is restarted up to N times, each with a line naming the task,
+  how it died and which restart this is; a multi-worker cluster is restarted
+  whole (its training resumes from the newest checkpoint), a parameter-server
+  worker alone. A task that exits 2 (a user error) is never restarted: exit 2.
+  When a task dies once more after its N restarts: exit 3.
 * On ``--timeout`` (exit 124), Ctrl-C (130) or SIGTERM (143).
 * A task that exits 143 was preempted (it saved a checkpoint at a step every
   worker agreed on, see ``strategies._preemption``): the others get 30 s to
@@ -33,6 +39,7 @@ import collections
 import ctypes
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -52,12 +59,18 @@ HOST = "127.0.0.1"
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+# A task that exits 2 failed on a user error (launch.train's convention): never restarted.
+EXIT_USAGE = 2
+# --max_restarts were all used and a task still failed.
+EXIT_OUT_OF_RESTARTS = 3
 _GRACE_SECONDS = 3.0
 # A task that exits 143 after a SIGTERM was preempted: it checkpointed at a
 # step all workers agreed on, and the others are exiting too. They get this
 # long to finish by themselves before they are stopped.
 _PREEMPTED_GRACE_SECONDS = 30.0
 _POLL_SECONDS = 0.05
+# Each task is a process with its own ports and pipes on this one machine.
+MAX_TASKS = 64
 
 
 @dataclasses.dataclass
@@ -114,8 +127,13 @@ class LocalCluster:
 
     def __init__(self, command: Sequence[str], *, workers: int, ps: int = 0, chief: bool = False,
                  timeout: float | None = None, env: Mapping[str, str] | None = None,
-                 output: TextIO | None = sys.stdout, cwd: str | None = None) -> None:
+                 output: TextIO | None = sys.stdout, cwd: str | None = None,
+                 max_restarts: int = 0) -> None:
         check_shape(workers, ps, chief)
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"--max_restarts must be 0 or more. Received: max_restarts={max_restarts!r}.")
+        self.max_restarts = max_restarts
+        self.restarts: dict[str, int] = {}
         if not command:
             raise ValueError("A command to run in every task is required, after `--`. "
                              f"Received: command={list(command)!r}.")
@@ -140,18 +158,24 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Starts every task (all of them before any output thread, see `_child_setup`)."""
         for task in self.tasks:
-            env = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1",
-                   "TF_CONFIG": json.dumps({"cluster": self.spec,
-                                            "task": {"type": task.type, "index": task.index}})}
-            task.process = subprocess.Popen(
-                self.command, env=env, cwd=self._cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_child_setup)
+            self._spawn(task)
         for task in self.tasks:
-            thread = threading.Thread(target=self._pump, args=(task,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._watch(task)
         return self
+
+    def _spawn(self, task: Task) -> None:
+        env = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1",
+               "TF_CONFIG": json.dumps({"cluster": self.spec,
+                                        "task": {"type": task.type, "index": task.index}})}
+        task.process = subprocess.Popen(
+            self.command, env=env, cwd=self._cwd, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_child_setup)
+
+    def _watch(self, task: Task) -> None:
+        thread = threading.Thread(target=self._pump, args=(task,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _pump(self, task: Task) -> None:
         assert task.process is not None and task.process.stdout is not None
@@ -182,7 +206,23 @@ class LocalCluster:
                     reported.add(task.name)
                     if code == EXIT_TERMINATED:
                         self._wait_for_all(_PREEMPTED_GRACE_SECONDS)
+                    if code == EXIT_USAGE:  # The same command would fail the same way.
+                        return self._finish(EXIT_USAGE, f"{task.name} failed on a user error (exit "
+                                            f"{EXIT_USAGE}); not restarted", task.name)
+                    done = self.restarts.get(task.name, 0)
+                    if done < self.max_restarts:
+                        self.restarts[task.name] = done + 1
+                        if self._restart(task, code):
+                            reported.clear()
+                        else:
+                            reported.discard(task.name)
+                        continue
                     if self.needed(task):
+                        if self.max_restarts:
+                            return self._finish(
+                                EXIT_OUT_OF_RESTARTS, f"{task.name} {how_it_died(code)} after "
+                                f"{done} restart(s), the most --max_restarts={self.max_restarts} allows",
+                                task.name)
                         return self._finish(code if code > 0 else 1,
                                             f"{task.name} failed with exit code {code}", task.name)
                     self._say(f"[local_cluster] {task.name} exited with code {code}; "
@@ -194,6 +234,31 @@ class LocalCluster:
                 time.sleep(_POLL_SECONDS)
         except KeyboardInterrupt:
             return self._finish(EXIT_INTERRUPTED, "interrupted", None)
+
+    def _restart(self, task: Task, code: int) -> bool:
+        """Restarts after ``task`` died: itself alone (a parameter-server worker), else every task.
+
+        A multi-worker (collective) cluster cannot take a new process in place
+        of a dead one: its peers are inside collectives with the old one. So
+        every task is stopped and started again, with the same ``TF_CONFIG``
+        (the same ports, hence the same default ``--model_dir``), and the
+        training program resumes from the newest checkpoint. The coordinator
+        of a parameter-server cluster re-dispatches a restarted worker's steps
+        by itself, so a worker is restarted alone. Returns whether every task was.
+        """
+        alone = not self.needed(task)
+        restart = self.restarts[task.name]
+        scope = "restarting it" if alone else "restarting every task; training resumes from the newest checkpoint"
+        self._say(f"[local_cluster] {task.name} {how_it_died(code)}; restart {restart} of "
+                  f"{self.max_restarts} for {task.name}: {scope}.")
+        if alone:
+            self._stop_processes([task])
+            self._spawn(task)
+            self._watch(task)
+            return False
+        self._stop_processes(self.tasks)
+        self.start()
+        return True
 
     def _wait_for_all(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -215,7 +280,10 @@ class LocalCluster:
 
     def stop(self, first_signal: int = signal.SIGTERM) -> None:
         """Kills every task's process group: ``first_signal``, then SIGKILL after a grace period."""
-        alive = [t.process for t in self.tasks if t.process is not None]
+        self._stop_processes(self.tasks, first_signal)
+
+    def _stop_processes(self, tasks: list[Task], first_signal: int = signal.SIGTERM) -> None:
+        alive = [t.process for t in tasks if t.process is not None]
         for process in alive:
             _signal_group(process, first_signal)
         deadline = time.monotonic() + _GRACE_SECONDS
@@ -230,10 +298,23 @@ class LocalCluster:
             process.wait()
         for thread in self._threads:
             thread.join(timeout=_GRACE_SECONDS)
+        self._threads = [t for t in self._threads if t.is_alive()]
 
     @property
     def pids(self) -> list[int]:
         return [t.pid for t in self.tasks if t.pid is not None]
+
+
+def how_it_died(code: int) -> str:
+    """``"exited with code 1"``, ``"was killed by SIGKILL"``, ``"was preempted (exit 143)"``."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    if code == EXIT_TERMINATED:
+        return f"was preempted (exit {code})"
+    return f"exited with code {code}"
 
 
 def cluster_spec(*, workers: int, ps: int = 0, chief: bool = False) -> dict[str, list[str]]:
@@ -266,6 +347,9 @@ def check_shape(workers: int, ps: int, chief: bool) -> None:
         raise ValueError(f"--workers must be at least 1. Received: workers={workers}.")
     if ps < 0:
         raise ValueError(f"--ps must be 0 or more. Received: ps={ps}.")
+    if workers + ps + int(chief) > MAX_TASKS:
+        raise ValueError(f"A local cluster runs at most {MAX_TASKS} tasks on this machine. "
+                         f"Received: workers={workers}, ps={ps}, chief={chief}.")
     if ps and not chief:
         raise ValueError("A parameter-server cluster needs a coordinator: add --chief. "
                          f"Received: ps={ps}, chief={chief}.")
@@ -273,10 +357,11 @@ def check_shape(workers: int, ps: int, chief: bool) -> None:
 
 def run_cluster(command: Sequence[str], *, workers: int, ps: int = 0, chief: bool = False,
                 timeout: float | None = None, env: Mapping[str, str] | None = None,
-                output: TextIO | None = sys.stdout, cwd: str | None = None) -> Result:
+                output: TextIO | None = sys.stdout, cwd: str | None = None,
+                max_restarts: int = 0) -> Result:
     """Runs ``command`` as every task of a local cluster and returns how it ended."""
     with LocalCluster(command, workers=workers, ps=ps, chief=chief, timeout=timeout, env=env,
-                      output=output, cwd=cwd) as local:
+                      output=output, cwd=cwd, max_restarts=max_restarts) as local:
         return local.wait()
 
 
@@ -305,6 +390,12 @@ _PS = flags.DEFINE_integer("ps", 0, "Number of parameter-server tasks (needs --c
 _CHIEF = flags.DEFINE_boolean("chief", False, "Add a chief task (the coordinator under --ps).")
 _TIMEOUT = flags.DEFINE_float("timeout", 0.0, "Seconds before every task is killed; 0: no limit.",
                               lower_bound=0.0)
+_MAX_RESTARTS = flags.DEFINE_integer(
+    "max_restarts", 0, "Restart a task that dies up to this many times (per task), as torchrun's "
+    "--max-restarts: every task of a multi-worker cluster, a parameter-server worker alone. "
+    "A task that exits 2 (a user error) is never restarted.", lower_bound=0, upper_bound=100)
+# NaN passes the lower bound (every comparison with it is False) and would mean "no limit".
+flags.register_validator("timeout", math.isfinite, "--timeout must be a finite number of seconds")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -323,7 +414,7 @@ def main(argv: Sequence[str]) -> int:
     # SIGTERM (e.g. from a scheduler) stops the cluster like Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_terminated)
     local = LocalCluster(command, workers=_WORKERS.value, ps=_PS.value, chief=_CHIEF.value,
-                         timeout=_TIMEOUT.value or None)
+                         timeout=_TIMEOUT.value or None, max_restarts=_MAX_RESTARTS.value)
     try:
         local.start()
         return local.wait().returncode

@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import strategies  # noqa: E402
-from launch import _console, _data, _flags, _job, _models, _optimizers, _outputs, _schedules  # noqa: E402
+from launch import _console, _data, _flags, _job, _models, _optimizers, _outputs, _paths, _schedules  # noqa: E402
 from strategies import flags as strategy_flags  # noqa: E402
 from strategies._preemption import EXIT_CODE as PREEMPTED_EXIT_CODE  # noqa: E402
 
@@ -84,7 +84,17 @@ _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Output and checkpoint directory; a run restarted with the same one resumes. "
     "Default: a new runs/<dataset>-<model>-<time> (one per cluster: -cluster-<hash>).",
 )  # fmt: skip
-_SEED = flags.DEFINE_integer("seed", _D.seed, "Seeds weights, shuffling and dropout.")
+_SEED = flags.DEFINE_integer(
+    "seed", _D.seed, "Seeds weights, shuffling and dropout.", lower_bound=0, upper_bound=_job.MAX_SEED
+)
+
+_DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", False, "tf.config.experimental.enable_op_determinism(): the same run, op for op, "
+    "on GPUs too (CPU kernels here are deterministic already). Costs speed; see docs/reliability.md.",
+)
+
+strategy_flags.register_number_validators(sys.modules[__name__])
+strategy_flags.register_number_validators(_flags)
 
 PROG = "launch.train"
 
@@ -104,20 +114,11 @@ def job_from_flags() -> _job.Job:
 
 def _check_model_dir(model_dir: str) -> None:
     """--model_dir must be, or be creatable as, a writable directory (local paths only)."""
-    if "://" in model_dir:
-        return  # gs:// and the like: the filesystem answers when the run writes.
-    path = os.path.abspath(model_dir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise _job.UsageError(f"--model_dir must be a directory; {path} is a file. Received: model_dir={model_dir!r}.")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
+    reason = _paths.unwritable_reason(model_dir)
+    if reason is not None:
         raise _job.UsageError(
-            f"--model_dir cannot be created under the file {parent}. Received: model_dir={model_dir!r}."
+            f"--model_dir must be a writable directory; {reason}. Received: model_dir={model_dir!r}."
         )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise _job.UsageError(f"--model_dir is not writable ({parent}). Received: model_dir={model_dir!r}.")
 
 
 def train() -> dict[str, Any]:
@@ -137,6 +138,8 @@ def train() -> dict[str, Any]:
     # Files only: fails fast, before any cluster wait, for data that is
     # neither local nor downloadable.
     _data.check_available(job.dataset, job.data_dir)
+    if _DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()
     strategy = strategies.build(config)  # First TF call: it may split the CPU.
     summary = _job.run(job, strategy)
     if strategy.extended.should_checkpoint:

@@ -12,7 +12,9 @@ this code.
 
 What is saved: the model's variables, the optimizer's state (its step counter
 included), where training stood (the next epoch, the step within it, and the
-total number of steps trained), and a signature of the model and optimizer.
+total number of steps trained), a signature of the model and optimizer, and
+what `strategies._resume` adds so that a resumed run is the same run (every
+model variable, random state included, the metrics' state and the history).
 
 Safety (each proven by tests/strategies/test_checkpoint_safety.py, which
 SIGKILLs writers for real):
@@ -42,7 +44,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from strategies import _roles
+from strategies import _resume, _roles
 from strategies._preemption import Preempted, PreemptionWatcher
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -87,10 +89,15 @@ class Checkpointer:
         self._signature = signature(model)
         self._signature_variable = tf.Variable(json.dumps(self._signature), trainable=False,
                                                name="signature")
-        self._checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=model.optimizer, epoch=self._epoch,
-            step_in_epoch=self._step_in_epoch, global_step=self._global_step,
-            signature=self._signature_variable)
+        parts = dict(model=model, optimizer=model.optimizer, epoch=self._epoch,
+                     step_in_epoch=self._step_in_epoch, global_step=self._global_step,
+                     signature=self._signature_variable)
+        # Random state, non-trainable variables, metrics and history: see _resume.
+        # Saved with the rest, restored apart and leniently: checkpoints written
+        # before it existed, or without a tf.random generator, still restore.
+        self.resume_state = _resume.ResumeState(model)
+        self._checkpoint = tf.train.Checkpoint(**parts, resume=self.resume_state)
+        self._restorable = tf.train.Checkpoint(**parts)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self._write_dir, max_to_keep=max_to_keep if self.chief else 1,
             checkpoint_name="ckpt")
@@ -111,8 +118,9 @@ class Checkpointer:
             return None
         self._check_signature(path)
         try:
-            status = self._checkpoint.restore(path)
+            status = self._restorable.restore(path)
             status.assert_existing_objects_matched()
+            self.resume_state.restore(path)
         except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
             # A checkpoint without a signature (or one Keras still cannot load).
             raise self._mismatch(path, _first_line(error)) from None

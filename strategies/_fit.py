@@ -17,10 +17,12 @@ from absl import logging
 from strategies import (
     _checkpointing,
     _data,
+    _fit_checks,
     _keras_compat,
     _preemption,
     _progress,
     _ps_training,
+    _resume,
     _roles,
 )
 
@@ -92,7 +94,9 @@ def fit(
         checkpoint_every_steps: also checkpoint whenever this many more steps are done.
 
     Returns:
-        The ``keras.callbacks.History`` of the epochs run here, with ``.model`` set.
+        The ``keras.callbacks.History`` of the whole run, with ``.model`` set:
+        after a restart, the epochs before it come from the checkpoint, and
+        ``.epochs_before_restart`` counts them.
 
     Raises:
         Preempted: with ``model_dir``, after a SIGTERM: the checkpoint is saved.
@@ -128,6 +132,10 @@ def fit(
     with strategy.scope():
         model = model_fn()
     _check_model(model)
+    _fit_checks.check_model_in_scope(model, strategy)
+    for name, value in (("data", data), ("validation_data", validation_data)):
+        if value is not None:
+            _fit_checks.check_data(model, value, strategy, name)
     if steps_per_execution is not None:
         model.steps_per_execution = int(steps_per_execution)
     spec = _data.element_spec(data, strategy)
@@ -169,7 +177,14 @@ def fit(
                 profile_batch=0))
     # Without model_dir there is nowhere to save, and SIGTERM keeps its default.
     preemption = _preemption.PreemptionWatcher(strategy) if model_dir is not None else None
+    recorder = None
     if model_dir is not None:
+        # Exact resumption (strategies._resume): the epoch's metrics, then the history.
+        if restored is not None and start.step_in_epoch:
+            all_callbacks.insert(0, _resume.RestoreEpochMetrics(
+                checkpointer.resume_state, checkpointer.latest(), start.epoch))
+        recorder = _resume.HistoryRecorder(checkpointer.resume_state)
+        all_callbacks.append(recorder)
         all_callbacks.append(_checkpointing.CheckpointCallback(
             checkpointer, start, every_steps=checkpoint_every_steps, preemption=preemption))
 
@@ -179,6 +194,7 @@ def fit(
                          steps_per_epoch=steps_per_epoch, validation_data=validation_data,
                          validation_steps=validation_steps, verbose=verbose)
     train_seconds = time.perf_counter() - began
+    _resume.prepend_saved_history(history, recorder, start.epoch)
 
     if model_dir is not None:
         _checkpointing.save_model(model, strategy, model_dir)
@@ -207,7 +223,8 @@ def _train(model: keras.Model, strategy: tf.distribute.Strategy, data: _data.Dat
 
 
 def _build_variables(model: keras.Model, spec: Any) -> None:
-    if not model.built:
+    # The compiled metrics too: their state is checkpointed (strategies._resume).
+    if not model.built or not _resume.metrics_built(model):
         _keras_compat.build_from_spec(model, spec)
     elif not model.optimizer.built:
         with model.distribute_strategy.scope():
@@ -250,7 +267,8 @@ def _keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, data: _data
                   # Keras would ignore shuffle=True for them and warn on every run.
                   shuffle=False, verbose=1 if verbose == 1 else 0)
     if start.step_in_epoch == 0 or start.epoch >= epochs:
-        return model.fit(_data.for_keras(data, strategy), epochs=epochs,
+        skip, _ = _resume.start_positions(data, strategy, start.global_step, 0, 0)
+        return model.fit(_data.for_keras(_data.skip(data, skip), strategy), epochs=epochs,
                          steps_per_epoch=steps_per_epoch, initial_epoch=start.epoch, **common)
     per_epoch = steps_per_epoch or _data.cardinality(data, strategy)
     if per_epoch is None:
@@ -259,14 +277,16 @@ def _keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, data: _data
             f"known cardinality. Received: steps_per_epoch={steps_per_epoch}, checkpoint at "
             f"epoch {start.epoch}, step {start.step_in_epoch}."
         )
-    rest = _data.skip(data, start.step_in_epoch)
-    first = model.fit(_data.for_keras(rest, strategy), epochs=start.epoch + 1,
-                      steps_per_epoch=per_epoch - start.step_in_epoch,
-                      initial_epoch=start.epoch, **common)
+    first_skip, next_skip = _resume.start_positions(data, strategy, start.global_step,
+                                                    start.step_in_epoch, per_epoch - start.step_in_epoch)
+    with _resume.no_final_ema_overwrite(model) if start.epoch + 1 < epochs else contextlib.nullcontext():
+        first = model.fit(_data.for_keras(_data.skip(data, first_skip), strategy), epochs=start.epoch + 1,
+                          steps_per_epoch=per_epoch - start.step_in_epoch,
+                          initial_epoch=start.epoch, **common)
     record = {"epoch": list(first.epoch), "history": {k: list(v) for k, v in first.history.items()}}
     if start.epoch + 1 >= epochs or model.stop_training:
         return first
-    history = model.fit(_data.for_keras(data, strategy), epochs=epochs,
+    history = model.fit(_data.for_keras(_data.skip(data, next_skip), strategy), epochs=epochs,
                         steps_per_epoch=steps_per_epoch, initial_epoch=start.epoch + 1, **common)
     history.epoch[:0] = record["epoch"]
     for key, values in record["history"].items():
@@ -286,7 +306,7 @@ def _write_summary(model_dir: str | os.PathLike[str], model: keras.Model,
         "optimizer": {"name": type(optimizer).__name__,
                       "config": json.loads(json.dumps(optimizer.get_config(), default=str))},
         "epochs": len(history.epoch) and history.epoch[-1] + 1,
-        "epochs_run": len(history.epoch),
+        "epochs_run": len(history.epoch) - getattr(history, "epochs_before_restart", 0),
         "steps": int(keras.ops.convert_to_numpy(optimizer.iterations)),
         "train_seconds": train_seconds,
         "examples_per_second": last.pop("examples_per_second", None),

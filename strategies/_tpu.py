@@ -47,7 +47,8 @@ def tpu(config: StrategyConfig) -> tf.distribute.Strategy:
 
 def _no_tpu(address: str | None, what: str) -> StrategyError:
     return StrategyError(
-        f"No TPU could be reached with `tpu`={address!r} ({what}); {_WHAT_TO_DO}. Received: tpu={address!r}."
+        f"No TPU could be reached with `tpu`={address!r} ({what}); {_WHAT_TO_DO}. "
+        f"Received: strategy='tpu', tpu={address!r}."
     )
 
 

@@ -14,6 +14,7 @@ the same sentence.
 from __future__ import annotations
 
 import difflib
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +34,8 @@ _DEVICE = flags.DEFINE_string(
 )
 _NUM_GPUS = flags.DEFINE_integer("num_gpus", None, "mirrored: number of GPUs to use (default: all).", lower_bound=1)
 _VIRTUAL_CPUS = flags.DEFINE_integer(
-    "virtual_cpus", 0, "mirrored: split the CPU into N logical devices, one replica each (0 = off).", lower_bound=0
+    "virtual_cpus", 0, "mirrored: split the CPU into N logical devices, one replica each (0 = off).",
+    lower_bound=0, upper_bound=256,
 )
 _ALL_REDUCE = flags.DEFINE_enum(
     "all_reduce", "auto", list(_config.ALL_REDUCE_CHOICES),
@@ -92,6 +94,36 @@ def _group_validator(values: dict[str, Any]) -> bool:
 
 for _names in _GROUPS.values():
     flags.register_multi_flags_validator(list(_names), _group_validator)
+
+
+# Counts and sizes beyond this overflow the int32 TensorFlow uses for them.
+MAX_INT = 2**31 - 1
+
+
+def register_number_validators(module: Any) -> None:
+    """Rejects NaN, +-inf and integers beyond `MAX_INT` for every number flag ``module`` defines.
+
+    NaN passes every absl bound (each comparison with it is False) and inf
+    passes a lower one; neither is a usable value, and a run would train on
+    NaN or never time out. A huge integer fails deep inside TensorFlow.
+    """
+    for flag in flags.FLAGS.get_flags_for_module(module):
+        parser = flag.parser
+        if isinstance(parser, flags.FloatParser):
+            flags.register_validator(flag.name, _finite, f"--{flag.name} must be a finite number")
+        elif isinstance(parser, flags.IntegerParser) and parser.upper_bound is None:
+            flags.register_validator(flag.name, _not_huge, f"--{flag.name} must be at most {MAX_INT}")
+
+
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
+
+
+def _not_huge(value: int | None) -> bool:
+    return value is None or value <= MAX_INT
+
+
+register_number_validators(sys.modules[__name__])
 
 
 def config_from_flags() -> StrategyConfig:

@@ -22,6 +22,7 @@ from tfopt._radam import RAdam
 from tfopt._lookahead import Lookahead
 from tfopt._lazy_adam import LazyAdam
 from tfopt._shampoo import Shampoo
+from tfopt._soap import SOAP
 # isort: on
 from tfopt._skip_nonfinite import SkipNonFinite, SkippedSteps
 
@@ -37,6 +38,7 @@ __all__ = [
     "RAdam",
     "SGD",
     "Shampoo",
+    "SOAP",
     "SkipNonFinite",
     "SkippedSteps",
     "available",

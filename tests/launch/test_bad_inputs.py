@@ -142,6 +142,18 @@ CASES = [
     # optimizer's variables no longer line up with the checkpoint's.
     ("model-dir-holds-another-lr-schedule", "train", ["--lr_schedule=constant"], {},
      ["model_dir", "{model_dir}"]),
+    # --- issue 11: found by hand, then by the fuzzer (test_fuzz_inputs.py) ---
+    ("seed-negative", "train", ["--seed=-1"], {}, ["seed"]),
+    ("seed-beyond-uint32", "train", ["--seed=4294967296"], {}, ["seed"]),
+    ("learning-rate-inf", "train", ["--learning_rate=inf"], {}, ["learning_rate"]),
+    ("weight-decay-nan", "train", ["--optimizer=adamw", "--weight_decay=nan"], {}, ["weight_decay"]),
+    ("batch-size-beyond-int32", "train", ["--batch_size=9223372036854775808"], {}, ["batch_size"]),
+    ("data-dir-uncreatable", "train", ["--data_dir=/proc/1/tfopt/data"], {}, ["data_dir"]),
+    ("data-dir-unwritable", "train", ["--data_dir=/proc/sys"], {}, ["data_dir"]),
+    ("data-dir-name-too-long", "train", ["--data_dir={empty}/" + "x" * 300], {}, ["data_dir"]),
+    ("model-dir-uncreatable", "train", ["--model_dir=/proc/1/tfopt/run"], {}, ["model_dir"]),
+    ("lc-workers-huge", "local_cluster", ["--workers=100000", "--", "true"], {}, ["workers"]),
+    ("lc-timeout-nan", "local_cluster", ["--timeout=nan", "--", "true"], {}, ["timeout"]),
     # --- launch.local_cluster ---
     ("lc-workers-zero", "local_cluster", ["--workers=0", "--", "true"], {}, ["workers"]),
     ("lc-workers-negative", "local_cluster", ["--workers=-1", "--", "true"], {}, ["workers"]),

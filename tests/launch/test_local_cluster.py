@@ -187,3 +187,82 @@ def test_cli_usage_errors_exit_2_with_one_line(args, message):
     lines = err.strip().splitlines()
     assert launcher.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("local_cluster: ") and message in lines[0]
+
+
+# --- --max_restarts -----------------------------------------------------------------------------
+
+def _attempts_program(tmp_path, body: str) -> list[str]:
+    """A task program that knows which attempt of its task this is (``attempt``, from 1)."""
+    counting = textwrap.dedent(f"""
+        counter = os.path.join({str(tmp_path)!r}, name + ".attempts")
+        attempt = (int(open(counter).read()) if os.path.exists(counter) else 0) + 1
+        open(counter, "w").write(str(attempt))
+    """)
+    return _program(counting + textwrap.dedent(body))
+
+
+def test_max_restarts_restarts_every_task_after_a_kill_and_says_so(tmp_path):
+    out = io.StringIO()
+    program = _attempts_program(tmp_path, """
+        if name == "worker1" and attempt == 1:
+            os.kill(os.getpid(), 9)
+        time.sleep(0.2)
+    """)
+    result = local_cluster.run_cluster(program, workers=2, timeout=60, output=out, max_restarts=2)
+    assert result.returncode == 0, (result.reason, out.getvalue())
+    line = ("[local_cluster] worker 1 was killed by SIGKILL; restart 1 of 2 for worker 1: restarting "
+            "every task; training resumes from the newest checkpoint.")
+    assert line in out.getvalue().splitlines(), out.getvalue()
+    # A multi-worker cluster restarts whole: worker 0 ran twice too.
+    assert (tmp_path / "worker0.attempts").read_text() == "2"
+    assert (tmp_path / "worker1.attempts").read_text() == "2"
+
+
+def test_max_restarts_runs_out_with_exit_3(tmp_path):
+    out = io.StringIO()
+    program = _attempts_program(tmp_path, "sys.exit(1 if name == 'worker0' else 0)")
+    result = local_cluster.run_cluster(program, workers=2, timeout=60, output=out, max_restarts=2)
+    assert result.returncode == local_cluster.EXIT_OUT_OF_RESTARTS == 3, result.reason
+    assert result.failed == "worker 0"
+    assert (tmp_path / "worker0.attempts").read_text() == "3"  # The first run and 2 restarts.
+    text = out.getvalue()
+    assert "restart 1 of 2 for worker 0" in text and "restart 2 of 2 for worker 0" in text
+    assert "worker 0 exited with code 1 after 2 restart(s)" in result.reason
+
+
+def test_a_user_error_is_never_restarted(tmp_path):
+    out = io.StringIO()
+    program = _attempts_program(tmp_path, "sys.exit(2 if name == 'worker1' else 0)")
+    result = local_cluster.run_cluster(program, workers=2, timeout=60, output=out, max_restarts=5)
+    assert result.returncode == 2, result.reason
+    assert "user error" in result.reason and "restart" not in out.getvalue().replace("not restarted", "")
+    assert (tmp_path / "worker1.attempts").read_text() == "1"
+
+
+def test_max_restarts_restarts_a_parameter_server_worker_alone(tmp_path):
+    out = io.StringIO()
+    done = tmp_path / "worker1.second-run"
+    program = _attempts_program(tmp_path, f"""
+        if name == "worker1":
+            if attempt == 1:
+                os.kill(os.getpid(), 9)
+            open({str(done)!r}, "w").write("ok")
+        if name == "chief0":  # The coordinator waits for the restarted worker.
+            deadline = time.time() + 30
+            while not os.path.exists({str(done)!r}) and time.time() < deadline:
+                time.sleep(0.05)
+            sys.exit(0 if os.path.exists({str(done)!r}) else 1)
+        time.sleep(300)  # Workers and ps serve until the chief is done.
+    """)
+    result = local_cluster.run_cluster(program, workers=2, ps=1, chief=True, timeout=60, output=out,
+                                       max_restarts=1)  # fmt: skip
+    assert result.returncode == 0, (result.reason, out.getvalue())
+    assert "worker 1 was killed by SIGKILL; restart 1 of 1 for worker 1: restarting it." in out.getvalue()
+    assert (tmp_path / "chief0.attempts").read_text() == "1"  # The chief was not restarted.
+    assert (tmp_path / "worker0.attempts").read_text() == "1"
+
+
+def test_max_restarts_flag_is_parsed_and_bounded():
+    proc = subprocess.run([sys.executable, "-m", "launch.local_cluster", "--max_restarts=-1", "--", "true"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "max_restarts" in proc.stderr, proc.stderr

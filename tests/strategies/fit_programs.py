@@ -108,7 +108,9 @@ def resume(out_dir: str, hang: bool) -> None:
     history = strategies.fit(lambda: model_fn("momentum"), dataset(), strategy=strategy,
                              epochs=3, model_dir=os.path.join(out_dir, "run"),
                              callbacks=callbacks, verbose=2)
-    _write(out_dir, "resume", {"epochs_run": list(history.epoch),
+    # The history covers the whole run; the epochs this process ran come after the restart's.
+    _write(out_dir, "resume", {"epochs": list(history.epoch),
+                               "epochs_run": list(history.epoch)[history.epochs_before_restart:],
                                "iterations": int(history.model.optimizer.iterations.numpy())})
 
 

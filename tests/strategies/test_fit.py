@@ -156,7 +156,9 @@ def test_model_dir_gets_outputs_and_a_rerun_resumes(tmp_path):
     _assert_same_weights(first.model, loaded, atol=0)
 
     second = _fit(_one_device(), sgd, model_dir=tmp_path, epochs=3)
-    assert second.epoch == [2]  # Resumed after the two finished epochs.
+    # Resumed after the two finished epochs; the history holds the whole run's.
+    assert second.epoch == [0, 1, 2] and second.epochs_before_restart == 2
+    assert second.history["loss"][:2] == first.history["loss"]
     assert int(second.model.optimizer.iterations.numpy()) == 3 * STEPS
 
 
@@ -182,7 +184,7 @@ def test_resumes_mid_epoch_and_matches_an_uninterrupted_run(tmp_path):
         _fit(_mirrored(), sgd, epochs=3, model_dir=tmp_path, checkpoint_every_steps=3,
              callbacks=[_Crash(epoch=2, batch=2)])
     resumed = _fit(_mirrored(), sgd, epochs=3, model_dir=tmp_path, checkpoint_every_steps=3)
-    assert resumed.epoch == [2]
+    assert resumed.epoch == [0, 1, 2] and resumed.epochs_before_restart == 2
     assert int(resumed.model.optimizer.iterations.numpy()) == 3 * STEPS
     _assert_same_weights(uninterrupted.model, resumed.model)
 

@@ -109,5 +109,6 @@ def test_sigkilled_multi_worker_run_resumes_from_its_checkpoint(tmp_path):
     for worker in ("worker0", "worker1"):
         found = _read(tmp_path, f"resume-{worker}.json")
         assert found["epochs_run"] == [1, 2], found  # Resumed at the second epoch, not at 0.
+        assert found["epochs"] == [0, 1, 2], found  # The history still has the first one.
         assert found["iterations"] == 3 * fit_programs.STEPS
     assert any("at epoch 2, step 0" in line for line in result.output["worker 0"])

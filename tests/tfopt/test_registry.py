@@ -22,6 +22,7 @@ EXPECTED_ALL = [
     "RAdam",
     "SGD",
     "Shampoo",
+    "SOAP",
     "SkipNonFinite",
     "SkippedSteps",
     "available",
@@ -42,6 +43,7 @@ EXPECTED_NAMES = [
     "lookahead",
     "lazy_adam",
     "shampoo",
+    "soap",
 ]
 
 # The classic optimizers (issue 2): name -> class.

@@ -1,0 +1,311 @@
+r"""A chaos soak: SIGKILL tasks of a training job at seeded moments, check that nothing is lost.
+
+    python -m launch.chaos                       # 2-worker MWMS, 300 steps, 5 kills, then a PS job
+    python -m launch.chaos --epochs=2 --steps_per_epoch=10 --kills=2 --noparameter_server   # a short one
+
+For the multi-worker (MultiWorkerMirrored) job it runs, on 127.0.0.1:
+
+1. a reference: the job, uninterrupted (``launch.local_cluster`` semantics);
+2. the same job under ``local_cluster --max_restarts``, while a seeded
+   schedule SIGKILLs a random task at ``--kills`` random steps; one of the
+   kills lands inside a checkpoint write (between the data files and the
+   commit of the ``checkpoint`` state file, see ``launch._chaos_task``).
+
+It then checks that the job ended by itself (exit 0) with exactly the planned
+number of optimizer steps, and that every weight and optimizer variable is
+bit-identical to the reference's, and prints one table: each kill (step,
+task, how, the checkpoint it resumed from, steps redone), then the totals
+(kills, restarts, steps redone, time lost against the reference, final max
+|dw|). The parameter-server job (``--parameter_server``) gets worker kills only, and is
+checked for the exact step count: its updates are asynchronous, so equality
+with a reference is not defined.
+
+Exit status: 0 when every check holds, 1 when one fails (the table says which).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags
+
+from launch import _flags, local_cluster
+
+# --epochs (default here: 10) and --steps_per_epoch (30) are the flags launch.train shares
+# (launch/_flags.py); the other names differ from launch.train's, since absl flags are global.
+_flags.declare_key_flags(__name__, _flags.EPOCHS, _flags.STEPS_PER_EPOCH)
+flags.adopt_module_key_flags(local_cluster)
+_EVERY = flags.DEFINE_integer("save_every_steps", 7, "The job's --checkpoint_every_steps.", lower_bound=1)
+_KILLS = flags.DEFINE_integer("kills", 5, "SIGKILLs to deliver (one inside a checkpoint write).", lower_bound=1)
+_SEED = flags.DEFINE_integer("chaos_seed", 0, "Seeds the kill schedule (and the job's --seed).", lower_bound=0)
+_PS = flags.DEFINE_boolean("parameter_server", True,
+                           "Also soak a parameter-server job (worker kills, step count only).")
+_WORK_DIR = flags.DEFINE_string("work_dir", None, "Where runs go (default: a new temporary directory).")
+_DATA_DIR = flags.DEFINE_string("digits_dir", None, "TFDS data_dir for the digits (default: under work_dir).")
+# --workers (2) and --timeout (seconds per job; 0: 900) are launch.local_cluster's own flags.
+_WORKERS, _TIMEOUT = local_cluster._WORKERS, local_cluster._TIMEOUT
+
+_POLL = 0.02
+
+
+class _Shared:
+    """The shared flags' values, with this soak's defaults."""
+
+    @property
+    def epochs(self) -> int:
+        return _flags.value_or(_flags.EPOCHS, 10)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return _flags.value_or(_flags.STEPS_PER_EPOCH, 30)
+
+
+_SHARED = _Shared()
+
+
+def _timeout() -> float:
+    return _TIMEOUT.value or 900.0
+
+
+@dataclasses.dataclass
+class Kill:
+    """One planned kill and what it did."""
+
+    target_step: int
+    victim: str
+    in_write: bool
+    step: int | None = None  # The victim's cluster was at this step when killed.
+    resumed_from: int | None = None  # The newest committed checkpoint then.
+    at_seconds: float | None = None
+
+    @property
+    def redone(self) -> int | None:
+        return None if self.step is None or self.resumed_from is None else self.step - self.resumed_from
+
+
+@dataclasses.dataclass
+class Report:
+    name: str
+    planned_steps: int
+    kills: list[Kill]
+    returncode: int
+    restarts: int
+    steps: int | None
+    seconds: float
+    reference_seconds: float | None
+    max_abs_dw: float | None
+    failures: list[str]
+
+    def table(self) -> str:
+        rows = [f"{self.name}: {self.planned_steps} planned steps",
+                "| kill | at step | task | how | resumed from | steps redone |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
+        for i, kill in enumerate(self.kills, 1):
+            how = "SIGKILL inside a checkpoint write" if kill.in_write else "SIGKILL"
+            rows.append(f"| {i} | {_s(kill.step)} | {kill.victim} | {how} | {_s(kill.resumed_from)} | "
+                        f"{_s(kill.redone)} |")
+        known = [k.redone for k in self.kills if k.redone is not None]
+        redone = sum(known) if known or self.max_abs_dw is not None else "n/a"
+        lost = None if self.reference_seconds is None else self.seconds - self.reference_seconds
+        rows += ["", "| kills | restarts | steps redone | time lost | final steps | final max abs dw |",
+                 "|---|---|---|---|---|---|",
+                 f"| {sum(k.step is not None for k in self.kills)} | {self.restarts} | {redone} | "
+                 f"{'n/a' if lost is None else f'{lost:.1f} s'} | {_s(self.steps)} | "
+                 f"{'n/a (asynchronous)' if self.max_abs_dw is None else f'{self.max_abs_dw:g}'} |"]  # fmt: skip
+        rows.append("result: " + ("OK" if not self.failures else "FAILED: " + "; ".join(self.failures)))
+        return "\n".join(rows)
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def train_args(model_dir: str, data_dir: str, strategy: str) -> list[str]:
+    return [f"--strategy={strategy}", "--model=mlp", "--dataset=digits", f"--data_dir={data_dir}",
+            "--batch_size=32", f"--epochs={_SHARED.epochs}", f"--steps_per_epoch={_SHARED.steps_per_epoch}",
+            f"--checkpoint_every_steps={_EVERY.value}", f"--seed={_SEED.value}", f"--model_dir={model_dir}",
+            "--cluster_timeout=120"]  # fmt: skip
+
+
+def _newest_checkpoint(model_dir: str) -> int:
+    steps = [int(m.group(1)) for p in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index"))
+             if (m := re.search(r"ckpt-(\d+)\.index$", p))]  # fmt: skip
+    from tensorflow.python.checkpoint import checkpoint_management  # Reads only the state file.
+
+    state = checkpoint_management.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
+    if state is None or not state.model_checkpoint_path:
+        return 0
+    committed = int(state.model_checkpoint_path.rsplit("-", 1)[1])
+    return committed if committed in steps else 0
+
+
+def _progress(progress_dir: str) -> int:
+    best = 0
+    for path in glob.glob(os.path.join(progress_dir, "*.step")):
+        try:
+            best = max(best, int(open(path).read() or 0))
+        except (OSError, ValueError):
+            pass
+    return best
+
+
+def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
+          reference_seconds: float | None) -> tuple[Report, str]:
+    """Runs the job under local_cluster --max_restarts while killing on schedule."""
+    model_dir, progress = os.path.join(work, f"{name}-chaos"), os.path.join(work, f"{name}-progress")
+    os.makedirs(progress, exist_ok=True)
+    planned = _SHARED.epochs * _SHARED.steps_per_epoch
+    rng = random.Random(_SEED.value)
+    kills_n = _KILLS.value
+    low = min(_EVERY.value + 2, planned - 1)
+    targets = sorted(rng.sample(range(low, planned), min(kills_n, planned - low)))
+    in_write = rng.randrange(len(targets)) if not ps else -1  # The PS chief is not killed.
+    victims = [f"worker {i}" for i in range(_WORKERS.value)]
+    kills = [Kill(t, "worker 0" if i == in_write else rng.choice(victims), i == in_write)
+             for i, t in enumerate(targets)]  # fmt: skip
+    command = [sys.executable, "-m", "launch._chaos_task", progress, *train_args(model_dir, data_dir, strategy)]
+    cluster = local_cluster.LocalCluster(
+        command, workers=_WORKERS.value, ps=1 if ps else 0, chief=ps, timeout=_timeout(),
+        output=None, max_restarts=len(kills) + 1, env={"TF_CPP_MIN_LOG_LEVEL": "2"})  # fmt: skip
+    result: dict[str, Any] = {}
+    start = time.monotonic()
+    cluster.start()
+    waiter = threading.Thread(target=lambda: result.setdefault("r", cluster.wait()), daemon=True)
+    waiter.start()
+    try:
+        for kill in kills:
+            while _progress(progress) < kill.target_step and waiter.is_alive():
+                time.sleep(_POLL)
+            if not waiter.is_alive():
+                break
+            request = os.path.join(progress, "kill-in-write")
+            if kill.in_write:
+                open(request, "w").close()
+                marker = os.path.join(progress, "worker0.in-write")
+                deadline = time.monotonic() + 120
+                while not os.path.exists(marker) and waiter.is_alive() and time.monotonic() < deadline:
+                    time.sleep(_POLL)
+            task = next(t for t in cluster.tasks if t.name == kill.victim)
+            # A parameter-server coordinator is not restarted for a worker: it re-runs
+            # the lost worker's steps elsewhere, so "resumed from" does not apply.
+            kill.step, kill.resumed_from = _progress(progress), None if ps else _newest_checkpoint(model_dir)
+            kill.at_seconds = time.monotonic() - start
+            restarts, victim_pid = sum(cluster.restarts.values()), task.pid
+            if task.process is not None:
+                local_cluster._signal_group(task.process, signal.SIGKILL)
+            # Wait for local_cluster to restart it (and, for MWMS, every task), so
+            # that no old process reports progress after the files are cleared.
+            while waiter.is_alive() and (sum(cluster.restarts.values()) == restarts or task.pid == victim_pid):
+                time.sleep(_POLL)
+            for path in glob.glob(os.path.join(progress, "*")):  # The restarted tasks report afresh.
+                os.remove(path)
+        waiter.join(timeout=_timeout())
+    finally:
+        cluster.stop()
+    seconds = time.monotonic() - start
+    outcome = result.get("r")
+    failures = []
+    returncode = outcome.returncode if outcome is not None else -1
+    if returncode != 0:
+        failures.append(f"exit {returncode}: {outcome.reason if outcome else 'hung'}")
+    steps = _final_steps(model_dir)
+    if steps != planned:
+        failures.append(f"{steps} steps, planned {planned}")
+    lines = "\n".join(f"[{t.name}] {line}" for t in cluster.tasks for line in list(t.lines)[-15:])
+    report = Report(name, planned, kills, returncode, sum(cluster.restarts.values()), steps, seconds,
+                    reference_seconds, None, failures)  # fmt: skip
+    return report, lines
+
+
+def _final_steps(model_dir: str) -> int | None:
+    import json
+
+    path = os.path.join(model_dir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f)["steps"])
+
+
+def max_abs_difference(model_dir: str, reference_dir: str) -> float:
+    """max |a - b| over every weight and optimizer variable of the two runs' model.keras."""
+    import keras
+    import numpy as np
+
+    import tfopt  # noqa: F401  Registers the optimizers that model.keras names.
+
+    a = keras.saving.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
+    b = keras.saving.load_model(os.path.join(reference_dir, "model.keras"), safe_mode=True)
+    pairs = list(zip(a.weights, b.weights, strict=True))
+    pairs += list(zip(a.optimizer.variables, b.optimizer.variables, strict=True))
+    return max(float(np.max(np.abs(np.asarray(x.numpy(), np.float64) - np.asarray(y.numpy(), np.float64))))
+               for x, y in pairs)  # fmt: skip
+
+
+def run_chaos(work: str, data_dir: str) -> list[Report]:
+    """The MWMS soak against its reference, then (with --ps) the PS soak."""
+    reports = []
+    reference_dir = os.path.join(work, "mwms-reference")
+    start = time.monotonic()
+    reference = local_cluster.run_cluster(
+        [sys.executable, "-m", "launch.train", *train_args(reference_dir, data_dir, "multi_worker_mirrored")],
+        workers=_WORKERS.value, timeout=_timeout(), output=None, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    reference_seconds = time.monotonic() - start
+    if reference.returncode != 0:
+        raise RuntimeError(f"the reference run failed: {reference.reason}\n" +
+                           "\n".join(line for lines in reference.output.values() for line in lines[-10:]))
+    report, lines = _soak("mwms", "multi_worker_mirrored", work, data_dir, ps=False,
+                          reference_seconds=reference_seconds)  # fmt: skip
+    if report.steps is not None:
+        report.max_abs_dw = max_abs_difference(os.path.join(work, "mwms-chaos"), reference_dir)
+        if report.max_abs_dw != 0.0:
+            report.failures.append(f"final max |dw| = {report.max_abs_dw:g}, not 0")
+    if report.failures:
+        print(lines, file=sys.stderr)
+    reports.append(report)
+    if _PS.value:
+        report, lines = _soak("ps", "parameter_server", work, data_dir, ps=True, reference_seconds=None)
+        if report.failures:
+            print(lines, file=sys.stderr)
+        reports.append(report)
+    return reports
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        print(f"chaos: unexpected arguments {list(argv[1:])}", file=sys.stderr)
+        return 2
+    work = _WORK_DIR.value or tempfile.mkdtemp(prefix="chaos-")
+    os.makedirs(work, exist_ok=True)
+    for name in ("mwms-chaos", "mwms-progress", "ps-chaos", "ps-progress", "mwms-reference"):
+        shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    data_dir = _DATA_DIR.value or os.path.join(work, "data")
+    from launch import _data
+
+    _data.prepare("digits", data_dir)
+    reports = run_chaos(work, data_dir)
+    for report in reports:
+        print(report.table(), flush=True)
+        print()
+    return 0 if all(not r.failures for r in reports) else 1
+
+
+def run() -> None:
+    """Entry point: ``python -m launch.chaos``."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,391 @@
+"""SOAP: Adam in the eigenbasis of Shampoo's preconditioner (Vyas et al., 2024)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfopt import _sparse
+from tfopt._registry import register
+from tfopt._validation import (
+    check_learning_rate,
+    check_non_negative,
+    check_positive,
+    check_unit_interval,
+)
+
+
+@register("soap")
+class SOAP(keras.optimizers.Optimizer):
+    """ShampoO with Adam in the Preconditioner's eigenbasis, as its authors define it.
+
+    SOAP keeps Shampoo's Kronecker-factored statistics ``L``, ``R`` (one per
+    dimension of each variable), rotates the gradient into their eigenbasis
+    ``Q_L``, ``Q_R``, runs Adam there, and rotates the step back. The basis is
+    refreshed every ``precondition_frequency`` steps by one power iteration
+    and a QR decomposition, so that between refreshes a step costs little more
+    than Adam's. The definition is the authors' reference as
+    ``pytorch_optimizer.SOAP`` (pytorch-optimizer 4.1.0) implements it. For a
+    matrix variable ``w`` with gradient ``g`` (every variable: see below),
+    ``t`` the 1-based step::
+
+        # Step 1 only initialises the statistics; w does not move.
+        L = shampoo_beta * L + (1 - shampoo_beta) * g @ g.T      (L = 0 at t=1)
+        R = shampoo_beta * R + (1 - shampoo_beta) * g.T @ g
+        Q_L, Q_R = eigenvectors of L, R (descending eigenvalues)
+
+        # Steps t >= 2, with s = t - 1:
+        m = beta_1 * m + (1 - beta_1) * g                        (original space)
+        v = beta_2 * v + (1 - beta_2) * (Q_L.T @ g @ Q_R)**2     (rotated space)
+        u = Q_L @ ((Q_L.T @ m @ Q_R) / (sqrt(v) + epsilon)) @ Q_R.T
+        u = u / (sqrt(mean(u**2)) + epsilon)                     (if normalize_grads)
+        w = w - learning_rate * sqrt(1 - beta_2**s) / (1 - beta_1**s) * u
+                                              (the factor only if correct_bias)
+        w = w * (1 - learning_rate * weight_decay)               (decoupled)
+        L, R updated with g as above
+        if s % precondition_frequency == 0:                       (the refresh)
+            for Q, S in (Q_L, L), (Q_R, R):
+                order = argsort(-diag(Q.T @ S @ Q))               (estimated eigenvalues)
+                v = v permuted by order along Q's dimension
+                Q = qr((S @ Q)[:, order]).Q
+
+    A variable of ``n`` dimensions has one statistic per dimension, each the
+    gradient contracted with itself over the other dimensions; ``Q_i``
+    rotates dimension ``i``. A dimension larger than ``max_precondition_dim``
+    is not rotated (identity). A vector is rotated only with
+    ``precondition_1d`` (one full ``n x n`` statistic); otherwise it takes
+    Adam's step with SOAP's schedule. ``merge_dims`` first reshapes a
+    variable by merging consecutive dimensions while their product stays at
+    most ``max_precondition_dim`` (a 3x3x64x128 conv kernel becomes 576x128
+    with the default), as the reference's ``merge_small_dims``.
+
+    Numerics: all state (``m``, ``v``, ``L``, ``R``, ``Q``) is kept in float32
+    (float64 for float64 variables), also for float16/bfloat16 variables,
+    whose eigen-decompositions TensorFlow does not support. The eigenbasis is
+    sensitive: where a statistic has repeated eigenvalues (``g @ g.T`` at
+    step 1 of a non-square matrix), any basis of that eigenspace is valid and
+    different libraries pick different ones, so runs agree to float rounding
+    only once the statistics are full rank. ``Q`` starts as the identity, so a
+    variable that gets no gradient at step 1 takes Adam steps until its first
+    refresh.
+
+    Differences from the references, all deliberate:
+
+    * ``weight_decay`` is SOAP's own, applied after the step as the reference
+      does; Keras' decoupled decay (applied before the step) is not applied
+      as well. ``exclude_from_weight_decay`` is honoured.
+    * ``shampoo_beta=None`` means ``beta_2`` (pytorch-optimizer 4.1.0; the
+      authors' code uses a negative value for this).
+    * With ``merge_dims``, a variable whose dimensions all merge into one
+      becomes one ``n x n`` statistic; pytorch-optimizer 4.1.0's
+      ``merge_small_dims`` returns ``[1]`` there and its reshape fails.
+    * ``normalize_grads`` divides by ``rms(u) + epsilon`` (pytorch-optimizer
+      4.1.0; the authors' code adds 1e-30).
+    * Steps are counted by the optimizer's ``iterations`` (shared by all
+      variables), not per variable.
+
+    Args:
+      learning_rate: float, ``LearningRateSchedule`` or callable.
+      beta_1: decay of the first moment, in [0, 1).
+      beta_2: decay of the second moment, in [0, 1).
+      shampoo_beta: decay of the statistics ``L``, ``R``, in [0, 1); ``None``
+        uses ``beta_2``.
+      epsilon: added to the denominator, > 0.
+      weight_decay: decoupled weight decay, >= 0 (``None`` means 0); the
+        weights are multiplied by ``1 - learning_rate * weight_decay`` after
+        each step.
+      precondition_frequency: steps between eigenbasis refreshes, >= 1.
+      max_precondition_dim: largest dimension given a statistic, >= 1.
+      merge_dims: merge small consecutive dimensions before preconditioning.
+      precondition_1d: give vectors (biases, norms) a full statistic too.
+      normalize_grads: scale each variable's update to unit RMS.
+      correct_bias: Adam's bias correction of the step size.
+      **kwargs: the Keras optimizer options (``clipnorm``, ``use_ema``,
+        ``name``...).
+
+    Reference:
+      Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", 2024,
+      https://arxiv.org/abs/2409.11321
+
+    Example:
+      >>> import keras, tfopt
+      >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+      >>> model.compile(optimizer=tfopt.SOAP(3e-3, precondition_frequency=5),
+      ...               loss="mse")
+      >>> opt = model.optimizer
+      >>> opt.build(model.trainable_variables)
+      >>> print(*(tuple(q.shape) for q in opt.eigenbases(model.trainable_variables[0])))
+      (3, 3) (2, 2)
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | Callable = 3e-3,
+        beta_1: float = 0.95,
+        beta_2: float = 0.95,
+        shampoo_beta: float | None = None,
+        epsilon: float = 1e-8,
+        weight_decay: float | None = 0.01,
+        precondition_frequency: int = 10,
+        max_precondition_dim: int = 10000,
+        merge_dims: bool = False,
+        precondition_1d: bool = False,
+        normalize_grads: bool = False,
+        correct_bias: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        check_learning_rate(learning_rate)
+        check_unit_interval("beta_1", beta_1)
+        check_unit_interval("beta_2", beta_2)
+        if shampoo_beta is not None:
+            check_unit_interval("shampoo_beta", shampoo_beta)
+        check_positive("epsilon", epsilon)
+        if weight_decay is not None:
+            check_non_negative("weight_decay", weight_decay)
+        _check_positive_int("precondition_frequency", precondition_frequency)
+        _check_positive_int("max_precondition_dim", max_precondition_dim)
+        for name, value in (
+            ("merge_dims", merge_dims),
+            ("precondition_1d", precondition_1d),
+            ("normalize_grads", normalize_grads),
+            ("correct_bias", correct_bias),
+        ):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}.")
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.shampoo_beta = None if shampoo_beta is None else float(shampoo_beta)
+        self.epsilon = float(epsilon)
+        self.precondition_frequency = int(precondition_frequency)
+        self.max_precondition_dim = int(max_precondition_dim)
+        self.merge_dims = merge_dims
+        self.precondition_1d = precondition_1d
+        self.normalize_grads = normalize_grads
+        self.correct_bias = correct_bias
+
+    # --- Layout --------------------------------------------------------------
+
+    def preconditioned_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape SOAP rotates: ``shape``, or its merged form with ``merge_dims``."""
+        shape = tuple(int(d) for d in shape)
+        if not self.merge_dims or len(shape) < 2:
+            return shape
+        merged, product = [], 1
+        for d in shape:  # pytorch_optimizer.optimizer.utils.shape.merge_small_dims
+            product *= d
+            if product > self.max_precondition_dim:
+                merged.append(product // d)
+                product = d
+        merged.append(product)
+        return tuple(merged)
+
+    def _rotated_axes(self, shape: Sequence[int]) -> list[bool]:
+        """Per dimension of the preconditioned shape: whether it has a statistic."""
+        if len(shape) == 0:
+            return []
+        if len(shape) == 1 and not self.precondition_1d:
+            return [False]
+        merged = self.preconditioned_shape(shape)
+        return [d <= self.max_precondition_dim for d in merged]
+
+    @staticmethod
+    def _state_dtype(dtype: str) -> str:
+        return "float64" if dtype == "float64" else "float32"
+
+    def build(self, var_list: list[Any]) -> None:
+        if self.built:
+            return
+        super().build(var_list)
+        self._exp_avgs, self._exp_avg_sqs, self._statistics, self._bases = [], [], [], []
+        self._shapes = []
+        for var in var_list:
+            dtype = self._state_dtype(keras.backend.standardize_dtype(var.dtype))
+            shape = self.preconditioned_shape(var.shape)
+            self._shapes.append(shape)
+            name = var.name.replace("/", "_").replace(":", "_")
+            self._exp_avgs.append(
+                self.add_variable(tuple(var.shape), "zeros", dtype, name=f"{name}_exp_avg")
+            )
+            self._exp_avg_sqs.append(
+                self.add_variable(shape, "zeros", dtype, name=f"{name}_exp_avg_sq")
+            )
+            statistics, bases = [], []
+            for axis, rotated in enumerate(self._rotated_axes(var.shape)):
+                n = shape[axis]
+                statistics.append(
+                    self.add_variable((n, n), "zeros", dtype, name=f"{name}_statistic_{axis}")
+                    if rotated
+                    else None
+                )
+                bases.append(
+                    self.add_variable((n, n), "identity", dtype, name=f"{name}_eigenbasis_{axis}")
+                    if rotated
+                    else None
+                )
+            self._statistics.append(statistics)
+            self._bases.append(bases)
+        # Decided here, on the Keras variables (which have paths): update_step
+        # sees bare per-replica tf.Variables under tf.distribute.
+        self._decays = [bool(self.weight_decay) and self._use_weight_decay(v) for v in var_list]
+
+    def eigenbases(self, variable: Any) -> list[Any]:
+        """``variable``'s eigenbasis per preconditioned dimension (``None``: not rotated)."""
+        return list(self._bases[self._get_variable_index(variable)])
+
+    # --- The rule ------------------------------------------------------------
+
+    def _apply_weight_decay(self, variables: list[Any]) -> None:
+        # SOAP decays after its step (the reference's order), in update_step;
+        # Keras would otherwise decay a second time, before it.
+        del variables
+
+    @staticmethod
+    def _project(x: Any, bases: Sequence[Any], back: bool = False) -> Any:
+        """``Q_0.T (x) Q_1 ...`` (or ``Q_0 (x) Q_1.T ...`` back), one dimension at a time.
+
+        Each step contracts dimension 0 and appends the result last, so after
+        every dimension the order is the original one again. ``x`` may carry
+        leading batch dimensions when every dimension is a matrix's (2-D).
+        """
+        if all(q is None for q in bases):
+            return x
+        if len(bases) == 2:
+            # Matrices, the common case: two matmuls with transpose flags
+            # instead of tensordot's transposes and reshapes (a third of the
+            # ops of a step that is dispatch-bound on small layers).
+            left, right = bases
+            if left is not None:
+                x = tf.linalg.matmul(left, x, transpose_a=not back)
+            if right is not None:
+                x = tf.linalg.matmul(x, right, transpose_b=back)
+            return x
+        for q in bases:
+            if q is None:
+                x = ops.transpose(x, [*range(1, len(x.shape)), 0])
+            else:
+                x = ops.tensordot(x, q, axes=([0], [1 if back else 0]))
+        return x
+
+    @staticmethod
+    def _gram(g: Any, axis: int) -> Any:
+        """``g`` contracted with itself over every dimension but ``axis``."""
+        if len(g.shape) == 2:
+            return tf.linalg.matmul(g, g, transpose_a=axis == 1, transpose_b=axis == 0)
+        others = [i for i in range(len(g.shape)) if i != axis]
+        return ops.tensordot(g, g, axes=(others, others))
+
+    def refresh_eigenbasis(self, statistic: Any, basis: Any) -> tuple[Any, Any]:
+        """One power iteration and QR: returns ``(new basis, order)``.
+
+        ``order`` sorts the estimated eigenvalues ``diag(Q.T S Q)`` in
+        descending order; the second moment is permuted by it. This is the
+        unit a sharded refresh would distribute (one per statistic).
+        """
+        product = ops.matmul(statistic, basis)
+        estimated = ops.sum(basis * product, axis=0)
+        order = ops.argsort(-estimated)
+        power = ops.take(product, order, axis=1)
+        basis, _ = ops.qr(power)
+        return basis, order
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        index = self._get_variable_index(variable)
+        dtype = self._state_dtype(keras.backend.standardize_dtype(variable.dtype))
+        shape = self._shapes[index]
+        m, v = self._exp_avgs[index], self._exp_avg_sqs[index]
+        statistics, bases = self._statistics[index], self._bases[index]
+        g = ops.cast(_sparse.densify(gradient), dtype)  # Every row's moments decay.
+        g_merged = ops.reshape(g, shape)
+        shampoo_beta = self.beta_2 if self.shampoo_beta is None else self.shampoo_beta
+        # The statistics after this step's gradient; L = L + (1 - shampoo_beta) (g g.T - L).
+        new_statistics = [
+            None if s is None else s + (1 - shampoo_beta) * (self._gram(g_merged, axis) - s)
+            for axis, s in enumerate(statistics)
+        ]
+
+        def initialize() -> None:  # Step 1: statistics and eigenbasis; w does not move.
+            for s, q, new in zip(statistics, bases, new_statistics, strict=True):
+                if s is None:
+                    continue
+                self.assign(s, new)
+                n = new.shape[0]
+                _, vectors = ops.eigh(new + 1e-30 * ops.eye(n, dtype=dtype))
+                self.assign(q, ops.flip(vectors, axis=1))  # Descending eigenvalues.
+
+        def step() -> None:
+            s = ops.cast(self.iterations, dtype)  # The reference's 1-based step, minus 1.
+            lr = ops.cast(learning_rate, dtype)
+            q = [None if b is None else b.value for b in bases]
+            beta_1, beta_2 = self.beta_1, self.beta_2
+            # m, v: m + (1 - beta_1) (g - m), as the reference's lerp.
+            new_m = m + (1 - beta_1) * (g - m)
+            m_merged = ops.reshape(new_m, shape)
+            if len(shape) == 2:  # Both rotations in one batched matmul pair.
+                g_rotated, m_rotated = ops.unstack(self._project(ops.stack([g_merged, m_merged]), q))
+            else:
+                g_rotated, m_rotated = self._project(g_merged, q), self._project(m_merged, q)
+            new_v = v + (1 - beta_2) * (ops.square(g_rotated) - v)
+            self.assign(m, new_m)
+            denominator = ops.sqrt(new_v) + self.epsilon
+            u = self._project(m_rotated / denominator, q, back=True)
+            if self.normalize_grads:
+                u = u / (ops.sqrt(ops.mean(ops.square(u))) + self.epsilon)
+            step_size = lr
+            if self.correct_bias:
+                bias_1 = 1 - ops.power(ops.convert_to_tensor(beta_1, dtype), s)
+                bias_2 = 1 - ops.power(ops.convert_to_tensor(beta_2, dtype), s)
+                step_size = lr * ops.sqrt(bias_2) / bias_1
+            w = ops.cast(variable, dtype) - step_size * ops.reshape(u, variable.shape)
+            if self._decays[index]:
+                w = w * (1 - lr * ops.convert_to_tensor(self.weight_decay, dtype))
+            self.assign(variable, ops.cast(w, variable.dtype))
+            for stat, new in zip(statistics, new_statistics, strict=True):
+                if stat is not None:
+                    self.assign(stat, new)
+
+            def refresh() -> None:
+                second_moment = new_v
+                for axis, (b, new) in enumerate(zip(bases, new_statistics, strict=True)):
+                    if b is None:
+                        continue
+                    basis, order = self.refresh_eigenbasis(new, b.value)
+                    second_moment = ops.take(second_moment, order, axis=axis)
+                    self.assign(b, basis)
+                self.assign(v, second_moment)
+
+            if any(b is not None for b in bases):
+                refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
+                ops.cond(refreshing, refresh, lambda: self.assign(v, new_v))
+            else:
+                self.assign(v, new_v)
+
+        ops.cond(ops.equal(self.iterations, 0), initialize, step)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "beta_1": self.beta_1,
+                "beta_2": self.beta_2,
+                "shampoo_beta": self.shampoo_beta,
+                "epsilon": self.epsilon,
+                "precondition_frequency": self.precondition_frequency,
+                "max_precondition_dim": self.max_precondition_dim,
+                "merge_dims": self.merge_dims,
+                "precondition_1d": self.precondition_1d,
+                "normalize_grads": self.normalize_grads,
+                "correct_bias": self.correct_bias,
+            }
+        )
+        return config
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}.")
+
