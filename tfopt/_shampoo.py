@@ -396,7 +396,11 @@ class Shampoo(keras.optimizers.Optimizer):
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
                              learning_rate: Any) -> None:  # fmt: skip
         context = tf.distribute.get_replica_context()
-        if (not self.split_preconditioner_work or tf.distribute.in_cross_replica_context()
+        # Gradient accumulation runs this step inside a cond, where Mirrored and
+        # MultiWorkerMirrored forbid the split's merge_call (keras-team/keras#20582):
+        # every replica then computes every root, as with one replica.
+        if (not self.split_preconditioner_work or self.gradient_accumulation_steps
+                or tf.distribute.in_cross_replica_context()
                 or context is None or context.num_replicas_in_sync < 2):  # fmt: skip
             super()._backend_update_step(grads, trainable_variables, learning_rate)
             return

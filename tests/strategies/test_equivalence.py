@@ -61,14 +61,6 @@ _FLOAT16_REASON = (
     "the whole batch's; after 9 steps that is 3e-5 to 1e-4 in the float32 weights. The "
     "update rule, the skip decisions and the loss scale are the same (the float32 cells "
     "and test_one_device_semantics.py pin those).")
-_SHAMPOO_ACCUMULATION_REASON = (
-    "fails, it does not train: tfopt.Shampoo's own _backend_update_step splits the "
-    "preconditioner roots over the replicas with a merge_call (tfopt._sharded_preconditioner."
-    "sharded_map), and gradient accumulation runs the update inside a cond, where "
-    "MirroredStrategy and MultiWorkerMirroredStrategy forbid merge_call (keras-team/keras#20582). "
-    "Shampoo(split_preconditioner_work=False) calls super()._backend_update_step, the "
-    "replica-local path, instead (not run here); the fix "
-    "belongs in tfopt.Shampoo (refuse, or skip the split inside a cond).")
 _SOAP_REASON = (
     "not compared: SOAP re-estimates an eigenbasis (power iteration and QR) from its "
     "statistics, which amplifies rounding. The all-reduced gradient (the sum of two half-batch "
@@ -82,9 +74,6 @@ EXCEPTIONS: list[tuple[str, str, float | None, str]] = [
     ("multi_worker_mirrored", "mixed_float16/*", 1e-3, _FLOAT16_REASON),
     ("mirrored", "mlp/tfopt.soap/*", math.inf, _SOAP_REASON),
     ("multi_worker_mirrored", "mlp/tfopt.soap/*", math.inf, _SOAP_REASON),
-    ("mirrored", "mlp/tfopt.shampoo/accumulate2", None, _SHAMPOO_ACCUMULATION_REASON),
-    ("multi_worker_mirrored", "mlp/tfopt.shampoo/accumulate2", None,
-     _SHAMPOO_ACCUMULATION_REASON),
 ]
 
 
