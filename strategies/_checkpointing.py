@@ -36,7 +36,6 @@ SIGKILLs writers for real):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -45,20 +44,12 @@ import keras
 import tensorflow as tf
 
 from strategies import _resume, _roles
+from strategies._plan import RunPosition, TrainingState
 from strategies._preemption import Preempted, PreemptionWatcher
 
 CHECKPOINT_SUBDIR = "checkpoints"
 _TEMP_SUBDIR = ".worker_checkpoints"
 _SIGNATURE_KEY = "signature/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingState:
-    """Where a run stands: resume at ``step_in_epoch`` of ``epoch`` (both 0-based)."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
 
 
 class CheckpointMismatchError(ValueError):
@@ -159,50 +150,49 @@ class Checkpointer:
 class CheckpointCallback(keras.callbacks.Callback):
     """Saves a `Checkpointer` at every epoch end and, optionally, every ``every_steps`` steps.
 
+    A step checkpoint that falls on an epoch's last step is the epoch-end
+    checkpoint: it is taken once, at the epoch's end, after validation, so that
+    it holds the epoch's logs, and it records the next epoch's first step
+    (`TrainingState.normalized`). A preemption signalled at that step saves
+    there too, then stops.
+
     Args:
         checkpointer: where and how to save.
-        start: the state training starts (or resumes) from.
+        position: the run's position (a callback that must run before this one).
         every_steps: also save whenever the global step passes a multiple of this.
         preemption: on its signal, save at the step it names and raise `Preempted`.
     """
 
-    def __init__(self, checkpointer: Checkpointer, start: TrainingState = TrainingState(),
+    def __init__(self, checkpointer: Checkpointer, position: RunPosition,
                  every_steps: int | None = None,
                  preemption: PreemptionWatcher | None = None) -> None:
         super().__init__()
         self.checkpointer = checkpointer
+        self._position = position
         self._every = every_steps
         self._preemption = preemption
-        self._epoch = start.epoch
-        self._offset = start.step_in_epoch  # Steps of the resumed epoch already done.
-        self._global = start.global_step
-        self._epoch_step = start.step_in_epoch
+        self._last_global = position.start.global_step
+        self._stop_at_epoch_end = False
         self.saved: list[str] = []
 
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if epoch != self._epoch:
-            self._offset = 0
-        self._epoch = epoch
-        self._epoch_step = self._offset
-
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # `batch` is the last step of this execution, counted in this fit call;
-        # Keras does not clamp it to the epoch's length (a partial last execution).
-        total = self.params.get("steps") if self.params else None
-        step_in_epoch = self._offset + (min(batch + 1, total) if total else batch + 1)
-        before = self._global
-        self._global += step_in_epoch - self._epoch_step
-        self._epoch_step = step_in_epoch
-        state = TrainingState(self._epoch, step_in_epoch, self._global)
-        saved = None
-        if self._every and self._global // self._every > before // self._every:
-            saved = self._save(state)
-        if self._preemption is not None and self._preemption.should_stop(self._global):
+        state = self._position.position
+        before, self._last_global = self._last_global, state.global_step
+        due = bool(self._every) and state.global_step // self._every > before // self._every
+        stop = self._preemption is not None and self._preemption.should_stop(state.global_step)
+        if self._position.at_epoch_end:
+            # on_epoch_end saves this very position, once the epoch's logs exist.
+            self._stop_at_epoch_end = stop
+            return
+        saved = self._save(state) if due else None
+        if stop:
             # Every worker gets here at the same step (see _preemption) and saves together.
-            raise Preempted(self._global, saved or self._save(state))
+            raise Preempted(state.global_step, saved or self._save(state))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._save(TrainingState(epoch + 1, 0, self._global))
+        path = self._save(TrainingState(epoch + 1, 0, self._position.position.global_step))
+        if self._stop_at_epoch_end:
+            raise Preempted(self._position.position.global_step, path)
 
     def _save(self, state: TrainingState) -> str | None:
         path = self.checkpointer.save(state)

@@ -19,6 +19,7 @@ from strategies import (
     _data,
     _fit_checks,
     _keras_compat,
+    _plan,
     _preemption,
     _progress,
     _ps_training,
@@ -139,6 +140,7 @@ def fit(
     if steps_per_execution is not None:
         model.steps_per_execution = int(steps_per_execution)
     spec = _data.element_spec(data, strategy)
+    per_epoch = _plan.epoch_length(data, strategy, steps_per_epoch)
 
     trainer = None
     if path == _roles.PARAMETER_SERVER:
@@ -151,7 +153,7 @@ def fit(
     else:
         _prepare_keras_fit(model, strategy, path, clip_gradients, spec)
 
-    start = _checkpointing.TrainingState()
+    start = _plan.TrainingState()
     all_callbacks: list[keras.callbacks.Callback] = []
     if verbose == 1 and path != _roles.PARAMETER_SERVER:
         all_callbacks.append(keras.callbacks.ProgbarLogger())
@@ -164,7 +166,8 @@ def fit(
         checkpointer = _checkpointing.Checkpointer(model, strategy, model_dir)
         restored = checkpointer.restore() if resume else None
         if restored is not None:
-            start = restored
+            start = restored.normalized(per_epoch)
+            _plan.check_start(start, epochs, per_epoch)
             # Epochs count from 1 here, as in Keras' "Epoch 2/3".
             message = (f"Resuming from {checkpointer.latest()} at epoch {start.epoch + 1}, "
                        f"step {start.step_in_epoch}.")
@@ -177,6 +180,8 @@ def fit(
                 profile_batch=0))
     # Without model_dir there is nowhere to save, and SIGTERM keeps its default.
     preemption = _preemption.PreemptionWatcher(strategy) if model_dir is not None else None
+    position = _plan.RunPosition(start, epochs, per_epoch)
+    all_callbacks.insert(0, position)
     recorder = None
     if model_dir is not None:
         # Exact resumption (strategies._resume): the epoch's metrics, then the history.
@@ -186,12 +191,13 @@ def fit(
         recorder = _resume.HistoryRecorder(checkpointer.resume_state)
         all_callbacks.append(recorder)
         all_callbacks.append(_checkpointing.CheckpointCallback(
-            checkpointer, start, every_steps=checkpoint_every_steps, preemption=preemption))
+            checkpointer, position, every_steps=checkpoint_every_steps, preemption=preemption))
 
     began = time.perf_counter()
     with preemption or contextlib.nullcontext():
         history = _train(model, strategy, data, trainer, start, all_callbacks, epochs=epochs,
-                         steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+                         steps_per_epoch=steps_per_epoch, per_epoch=per_epoch,
+                         validation_data=validation_data,
                          validation_steps=validation_steps, verbose=verbose)
     train_seconds = time.perf_counter() - began
     _resume.prepend_saved_history(history, recorder, start.epoch)
@@ -204,9 +210,10 @@ def fit(
 
 
 def _train(model: keras.Model, strategy: tf.distribute.Strategy, data: _data.Data,
-           trainer: _ps_training.CoordinatorTrainer | None, start: _checkpointing.TrainingState,
+           trainer: _ps_training.CoordinatorTrainer | None, start: _plan.TrainingState,
            all_callbacks: list[keras.callbacks.Callback], *, epochs: int,
-           steps_per_epoch: int | None, validation_data: _data.Data | None,
+           steps_per_epoch: int | None, per_epoch: int | None,
+           validation_data: _data.Data | None,
            validation_steps: int | None, verbose: int) -> keras.callbacks.History:
     if trainer is not None:
         callback_list = keras.callbacks.CallbackList(
@@ -217,7 +224,8 @@ def _train(model: keras.Model, strategy: tf.distribute.Strategy, data: _data.Dat
                            initial_step=start.step_in_epoch,
                            validation_data=validation_data, validation_steps=validation_steps)
     return _keras_fit(model, strategy, data, start, epochs=epochs,
-                      steps_per_epoch=steps_per_epoch, validation_data=validation_data,
+                      steps_per_epoch=steps_per_epoch, per_epoch=per_epoch,
+                      validation_data=validation_data,
                       validation_steps=validation_steps, callbacks=all_callbacks,
                       verbose=verbose)
 
@@ -256,8 +264,8 @@ def _prepare_keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, pat
 
 
 def _keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, data: _data.Data,
-               start: _checkpointing.TrainingState, *, epochs: int, steps_per_epoch: int | None,
-               validation_data: _data.Data | None, validation_steps: int | None,
+               start: _plan.TrainingState, *, epochs: int, steps_per_epoch: int | None,
+               per_epoch: int | None, validation_data: _data.Data | None, validation_steps: int | None,
                callbacks: list[keras.callbacks.Callback], verbose: int) -> keras.callbacks.History:
     """``model.fit``, resuming mid-epoch by first finishing the interrupted epoch alone."""
     common = dict(validation_data=None if validation_data is None
@@ -270,13 +278,13 @@ def _keras_fit(model: keras.Model, strategy: tf.distribute.Strategy, data: _data
         skip, _ = _resume.start_positions(data, strategy, start.global_step, 0, 0)
         return model.fit(_data.for_keras(_data.skip(data, skip), strategy), epochs=epochs,
                          steps_per_epoch=steps_per_epoch, initial_epoch=start.epoch, **common)
-    per_epoch = steps_per_epoch or _data.cardinality(data, strategy)
     if per_epoch is None:
         raise ValueError(
             "Resuming mid-epoch needs the epoch's length: pass steps_per_epoch or use data of "
             f"known cardinality. Received: steps_per_epoch={steps_per_epoch}, checkpoint at "
             f"epoch {start.epoch}, step {start.step_in_epoch}."
         )
+    _plan.check_resumed_epoch(start, per_epoch - start.step_in_epoch)
     first_skip, next_skip = _resume.start_positions(data, strategy, start.global_step,
                                                     start.step_in_epoch, per_epoch - start.step_in_epoch)
     with _resume.no_final_ema_overwrite(model) if start.epoch + 1 < epochs else contextlib.nullcontext():
