@@ -86,6 +86,7 @@ class Kill:
     target_step: int
     victim: str
     in_write: bool
+    at_epoch_end: bool = False  # The target is an epoch's last step.
     step: int | None = None  # The victim's cluster was at this step when killed.
     resumed_from: int | None = None  # The newest committed checkpoint then.
     at_seconds: float | None = None
@@ -113,7 +114,8 @@ class Report:
                 "| kill | at step | task | how | resumed from | steps redone |",
                 "|---|---|---|---|---|---|"]  # fmt: skip
         for i, kill in enumerate(self.kills, 1):
-            how = "SIGKILL inside a checkpoint write" if kill.in_write else "SIGKILL"
+            how = ("SIGKILL inside a checkpoint write" if kill.in_write
+                   else "SIGKILL after an epoch's last step" if kill.at_epoch_end else "SIGKILL")
             rows.append(f"| {i} | {_s(kill.step)} | {kill.victim} | {how} | {_s(kill.resumed_from)} | "
                         f"{_s(kill.redone)} |")
         known = [k.redone for k in self.kills if k.redone is not None]
@@ -161,6 +163,20 @@ def _progress(progress_dir: str) -> int:
     return best
 
 
+def _kill_steps(rng: random.Random, low: int, planned: int, steps_per_epoch: int, n: int) -> list[int]:
+    """``n`` distinct steps in [low, planned) to kill after; one is an epoch's last step when any is.
+
+    A kill right after an epoch's last step is where a checkpoint taken on that
+    step once resumed into an epoch with no steps left (issue 24), so every
+    soak draws one.
+    """
+    boundaries = list(range(max(steps_per_epoch, low + (-low) % steps_per_epoch), planned, steps_per_epoch))
+    chosen = {rng.choice(boundaries)} if boundaries else set()
+    others = [s for s in range(low, planned) if s not in chosen]
+    chosen |= set(rng.sample(others, max(0, min(n - len(chosen), len(others)))))
+    return sorted(chosen)
+
+
 def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
           reference_seconds: float | None) -> tuple[Report, str]:
     """Runs the job under local_cluster --max_restarts while killing on schedule."""
@@ -170,10 +186,13 @@ def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
     rng = random.Random(_SEED.value)
     kills_n = _KILLS.value
     low = min(_EVERY.value + 2, planned - 1)
-    targets = sorted(rng.sample(range(low, planned), min(kills_n, planned - low)))
-    in_write = rng.randrange(len(targets)) if not ps else -1  # The PS chief is not killed.
+    targets = _kill_steps(rng, low, planned, _SHARED.steps_per_epoch, kills_n)
+    # The PS chief is not killed. The in-write kill is not the epoch-end one, so that both land.
+    plain = [i for i, t in enumerate(targets) if t % _SHARED.steps_per_epoch] or list(range(len(targets)))
+    in_write = rng.choice(plain) if not ps else -1
     victims = [f"worker {i}" for i in range(_WORKERS.value)]
-    kills = [Kill(t, "worker 0" if i == in_write else rng.choice(victims), i == in_write)
+    kills = [Kill(t, "worker 0" if i == in_write else rng.choice(victims), i == in_write,
+                  at_epoch_end=t % _SHARED.steps_per_epoch == 0)
              for i, t in enumerate(targets)]  # fmt: skip
     command = [sys.executable, "-m", "launch._chaos_task", progress, *train_args(model_dir, data_dir, strategy)]
     cluster = local_cluster.LocalCluster(

@@ -28,13 +28,15 @@ def test_short_chaos_soak_loses_nothing(tmp_path, digits_dir):
     env.pop("TF_CONFIG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "launch.chaos", "--epochs=2", "--steps_per_epoch=10",
-         "--save_every_steps=4", "--kills=2", "--chaos_seed=3", f"--work_dir={tmp_path}",
+         "--save_every_steps=5", "--kills=2", "--chaos_seed=3", f"--work_dir={tmp_path}",
          f"--digits_dir={digits_dir}", "--timeout=300"],
         cwd=str(REPO), env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr[-5000:]
     mwms, ps = out.split("ps: 20 planned steps")
     assert "mwms: 20 planned steps" in mwms and "SIGKILL inside a checkpoint write" in mwms
+    # Checkpoints every 5 steps fall on the epoch's last step (10); one kill lands right after it.
+    assert "SIGKILL after an epoch's last step" in mwms
     totals = mwms.strip().splitlines()[-2]  # | kills | restarts | redone | lost | final steps | max dw |
     cells = [c.strip() for c in totals.strip("|").split("|")]
     assert cells[0] == "2" and int(cells[1]) >= 2, totals  # Both kills landed; each restarted the job.

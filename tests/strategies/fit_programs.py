@@ -100,14 +100,35 @@ class _HangAfterFirstEpoch(keras.callbacks.Callback):
             time.sleep(600)
 
 
-def resume(out_dir: str, hang: bool) -> None:
+class _HangAfterFirstEpochsLastStep(keras.callbacks.Callback):
+    """Stands for a worker killed between epoch 0's last step and its epoch-end checkpoint.
+
+    A checkpoint due on that step (``checkpoint_every_steps`` divides the epoch)
+    once recorded "epoch 0, step 4" there, and the restart then trained
+    without end (issue 24). User callbacks run before fit's checkpoint callback.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            _write(self.out_dir, "hanging", {"epoch": epoch})
+            time.sleep(600)
+
+
+HANGS = {"--hang": _HangAfterFirstEpoch, "--hang_at_last_step": _HangAfterFirstEpochsLastStep}
+
+
+def resume(out_dir: str, hang: str | None, every: int | None) -> None:
     import strategies
 
     strategy = strategies.build("multi_worker_mirrored")
-    callbacks = [_HangAfterFirstEpoch(out_dir)] if hang else []
+    callbacks = [HANGS[hang](out_dir)] if hang else []
     history = strategies.fit(lambda: model_fn("momentum"), dataset(), strategy=strategy,
                              epochs=3, model_dir=os.path.join(out_dir, "run"),
-                             callbacks=callbacks, verbose=2)
+                             callbacks=callbacks, verbose=2, checkpoint_every_steps=every)
     # The history covers the whole run; the epochs this process ran come after the restart's.
     _write(out_dir, "resume", {"epochs": list(history.epoch),
                                "epochs_run": list(history.epoch)[history.epochs_before_restart:],
@@ -141,7 +162,8 @@ def main(argv: list[str]) -> None:
     if mode == "equivalence":
         equivalence(out_dir)
     elif mode == "resume":
-        resume(out_dir, hang="--hang" in argv)
+        every = next((int(a.split("=")[1]) for a in argv if a.startswith("--every=")), None)
+        resume(out_dir, hang=next((a for a in argv if a in HANGS), None), every=every)
     elif mode == "parameter_server":
         parameter_server(out_dir)
     else:

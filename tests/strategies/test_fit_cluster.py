@@ -96,15 +96,18 @@ def _wait_for(paths: list[str], cluster: local_cluster.LocalCluster, timeout: fl
         time.sleep(0.2)
 
 
-def test_sigkilled_multi_worker_run_resumes_from_its_checkpoint(tmp_path):
+def _kill_while_hanging(tmp_path, *args: str) -> None:
     hanging = [os.path.join(tmp_path, f"hanging-worker{i}.json") for i in range(2)]
-    cluster = local_cluster.LocalCluster(_command("resume", tmp_path, "--hang"), workers=2,
+    cluster = local_cluster.LocalCluster(_command("resume", tmp_path, *args), workers=2,
                                          timeout=TIMEOUT, env=_env(), output=None, cwd=ROOT)
     with cluster:
-        _wait_for(hanging, cluster, TIMEOUT)  # Epoch 0 done and checkpointed everywhere.
+        _wait_for(hanging, cluster, TIMEOUT)
         cluster.stop(first_signal=signal.SIGKILL)
         assert all(t.process.returncode == -signal.SIGKILL for t in cluster.tasks)
 
+
+def test_sigkilled_multi_worker_run_resumes_from_its_checkpoint(tmp_path):
+    _kill_while_hanging(tmp_path, "--hang")  # Epoch 0 done and checkpointed everywhere.
     result = _run("resume", tmp_path, workers=2)
     for worker in ("worker0", "worker1"):
         found = _read(tmp_path, f"resume-{worker}.json")
@@ -112,3 +115,18 @@ def test_sigkilled_multi_worker_run_resumes_from_its_checkpoint(tmp_path):
         assert found["epochs"] == [0, 1, 2], found  # The history still has the first one.
         assert found["iterations"] == 3 * fit_programs.STEPS
     assert any("at epoch 2, step 0" in line for line in result.output["worker 0"])
+
+
+def test_multi_worker_run_killed_after_an_epochs_last_step_finishes_its_plan(tmp_path):
+    # Checkpoints every 2 steps: one is due on epoch 0's last step (4). The kill lands
+    # after that step and before the epoch's end; the restart must train exactly the
+    # 12 planned steps (it once trained without end, issue 24).
+    _kill_while_hanging(tmp_path, "--hang_at_last_step", "--every=2")
+    result = _run("resume", tmp_path, "--every=2", workers=2)
+    for worker in ("worker0", "worker1"):
+        found = _read(tmp_path, f"resume-{worker}.json")
+        assert found["epochs"] == [0, 1, 2], found
+        assert found["iterations"] == 3 * fit_programs.STEPS, found
+    # The step-4 checkpoint is the epoch-end one, taken after the epoch's logs: it was
+    # not written before the kill, so the run resumed from step 2 of epoch 0.
+    assert any("at epoch 1, step 2" in line for line in result.output["worker 0"]), _tail(result)
