@@ -24,7 +24,7 @@ import tensorflow as tf
 import strategies
 from launch import _device_catalog as catalog
 from launch import _device_kernels, _job, _models
-from strategies import _detect
+from strategies.building import _detect
 
 # Quick profile: the CPU stand-in, a few epochs; full: the default job.
 _JOB_EPOCHS = {catalog.FULL: 15, catalog.QUICK: 1}

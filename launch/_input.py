@@ -107,7 +107,7 @@ def epoch_stream(
 
     The order is a function of the position alone, never of how many
     iterators were made before: a resumed run skips the batches it trained
-    (``strategies._resume``) and reads what the uninterrupted run read.
+    (``strategies.training._resume``) and reads what the uninterrupted run read.
     ``shuffle(reshuffle_each_iteration=True)`` cannot promise that: each new
     iterator draws the next epoch's seed from a generator that restarts with
     the process. Each epoch ends with its own (possibly partial) batch.

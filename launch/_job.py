@@ -159,7 +159,7 @@ def run(
         return model
 
     keras.utils.set_random_seed(job.seed)
-    # Seeded too, and saved in checkpoints (strategies._resume), for code that draws from it.
+    # Seeded too, and saved in checkpoints (strategies.training._resume), for code that draws from it.
     tf.random.set_global_generator(tf.random.Generator.from_seed(job.seed))
     timer = _Timer()
     history = strategies.fit(

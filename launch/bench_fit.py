@@ -50,8 +50,8 @@ from absl import app, flags  # noqa: E402
 
 import strategies  # noqa: E402
 from launch import _console, _flags  # noqa: E402
-from strategies import _keras_compat  # noqa: E402
-from strategies._builders import split_cpu  # noqa: E402
+from strategies.building._builders import split_cpu  # noqa: E402
+from strategies.compat import _keras_compat  # noqa: E402
 
 Trainer = Callable[[keras.callbacks.Callback], None]
 """Trains once, calling the given timing callback's epoch hooks."""

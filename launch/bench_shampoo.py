@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    from strategies import _keras_compat  # noqa: PLC0415
+    from strategies.compat import _keras_compat  # noqa: PLC0415
 
     shapes = [tuple(int(d) for d in s.split("x")) for s in _SHAPES.value]
     strategy = _keras_compat.mirrored_strategy(["CPU:0", "CPU:1"])

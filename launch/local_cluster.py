@@ -20,7 +20,7 @@ When it stops:
   When a task dies once more after its N restarts: exit 3.
 * On ``--timeout`` (exit 124), Ctrl-C (130) or SIGTERM (143).
 * A task that exits 143 was preempted (it saved a checkpoint at a step every
-  worker agreed on, see ``strategies._preemption``): the others get 30 s to
+  worker agreed on, see ``strategies.training._preemption``): the others get 30 s to
   save and exit by themselves before they are stopped.
 
 This launcher does not import TensorFlow (5 s and a screen of logs, per

@@ -34,7 +34,7 @@ from absl import app, flags, logging  # noqa: E402
 import strategies  # noqa: E402
 from launch import _console, _data, _flags, _job, _models, _optimizers, _outputs, _paths, _schedules  # noqa: E402
 from strategies import flags as strategy_flags  # noqa: E402
-from strategies._preemption import EXIT_CODE as PREEMPTED_EXIT_CODE  # noqa: E402
+from strategies.training._preemption import EXIT_CODE as PREEMPTED_EXIT_CODE  # noqa: E402
 
 _D = _job.Job()  # The flags' defaults are the default job's.
 

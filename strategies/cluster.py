@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from strategies._config import check_address
-from strategies._errors import StrategyError, invalid
+from strategies.building._config import check_address
+from strategies.building._errors import StrategyError, invalid
 
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 _SINGLE_TASK_JOBS = ("chief", "evaluator")  # TensorFlow allows at most one of each.

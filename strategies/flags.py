@@ -21,9 +21,9 @@ from typing import Any
 
 from absl import flags
 
-from strategies import _config, _registry
-from strategies._config import StrategyConfig
-from strategies._errors import StrategyError, invalid
+from strategies.building import _config, _registry
+from strategies.building._config import StrategyConfig
+from strategies.building._errors import StrategyError, invalid
 
 _STRATEGY = flags.DEFINE_enum(
     "strategy", "auto", _registry.available(),

@@ -86,8 +86,8 @@ def test_the_scan_sees_a_cycle():
 
 def test_the_scan_reads_the_real_imports():
     graph = import_graph()
-    assert "strategies._errors" in graph["strategies._config"]
-    assert "strategies._registry" in graph["strategies._config"]
+    assert "strategies.building._errors" in graph["strategies.building._config"]
+    assert "strategies.building._registry" in graph["strategies.building._config"]
 
 
 def test_no_import_cycles():

@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 
 from launch import _data, _input
 from launch.datasets.digits import digits_dataset_builder as digits_builder
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 
 
 def _pairs(ds: tf.data.Dataset) -> collections.Counter:

@@ -168,7 +168,7 @@ def test_preempted_multi_worker_run_resumes_at_its_last_step(tmp_path, digits_di
     assert int(model.optimizer.iterations.numpy()) == STEPS * EPOCHS
 
     # Killed, preempted and resumed twice, it is still the uninterrupted run:
-    # the same weights and optimizer state, bit for bit (strategies._resume).
+    # the same weights and optimizer state, bit for bit (strategies.training._resume).
     reference_model = keras.saving.load_model(uninterrupted / "model.keras", safe_mode=True)
     for kind, got, want in (("weight", model.weights, reference_model.weights),
                             ("optimizer variable", model.optimizer.variables,

@@ -3,7 +3,7 @@
 ``python -m tests.strategies._checkpoint_writer MODEL_DIR WHAT [DIE_AT]``
 
 Round k sets every weight of a 40 MB model to k, then saves either a
-checkpoint (WHAT=checkpoint, through `strategies._checkpointing.Checkpointer`)
+checkpoint (WHAT=checkpoint, through `strategies.training._checkpointing.Checkpointer`)
 or ``model.keras`` (WHAT=model, through `save_model`), printing ``saving k``
 before and ``saved k`` after. A complete save of round k therefore holds k
 everywhere; a torn one would mix values or fail to load.
@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from strategies import _checkpointing  # noqa: E402
+from strategies.training import _checkpointing  # noqa: E402
 
 UNITS = (2_000, 5_000)  # 10M float32 weights: 40 MB per save.
 

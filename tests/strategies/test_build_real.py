@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 import strategies
-from strategies import StrategyError, _tpu
+from strategies import StrategyError
 from strategies import cluster as cluster_lib
+from strategies.building import _tpu
 
 NO_GPU = pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="needs a machine without GPUs")
 

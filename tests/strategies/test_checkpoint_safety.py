@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from strategies import _checkpointing
+from strategies.training import _checkpointing
 from tests.strategies import _checkpoint_writer as writer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,8 +7,9 @@ import threading
 import pytest
 
 import strategies
-from strategies import StrategyConfig, StrategyError, _resolve, _server
+from strategies import StrategyConfig, StrategyError
 from strategies import cluster as cluster_lib
+from strategies.building import _resolve, _server
 
 
 def test_tf_config_round_trips_through_validate():

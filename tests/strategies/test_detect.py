@@ -4,8 +4,9 @@ import pytest
 import tensorflow as tf
 
 import strategies
-from strategies import StrategyConfig, StrategyError, _detect, _tpu
+from strategies import StrategyConfig, StrategyError
 from strategies import cluster as cluster_lib
+from strategies.building import _detect, _tpu
 
 _MWM_TF_CONFIG = cluster_lib.tf_config(workers=["h:1", "h:2"], task=("worker", 0))
 _PS_TF_CONFIG = cluster_lib.tf_config(chief="h:3", workers=["h:1"], ps=["h:2"], task=("worker", 0))

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 import tfopt
 from launch import local_cluster
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 from tests.strategies import equivalence_cells as cells_module
 
 ATOL = 1e-5

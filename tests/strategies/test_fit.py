@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import strategies
 import tfopt
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 
 BATCH = 8
 STEPS = 4  # batches per epoch

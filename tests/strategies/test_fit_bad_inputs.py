@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import strategies
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 
 CLASSES = 4
 BATCH = 8
@@ -105,7 +105,7 @@ def test_a_shuffled_dataset_is_not_read_ahead():
     # Peeking at a reshuffled dataset would advance its shuffle and change the run:
     # the first batch is read only from datasets where reading changes nothing.
     data = tf.data.Dataset.range(10).shuffle(10, seed=1, reshuffle_each_iteration=True).batch(5)
-    from strategies import _fit_checks
+    from strategies.training import _fit_checks
 
     assert not _fit_checks._peekable(data)
     assert _fit_checks._peekable(tf.data.Dataset.range(10).batch(5))

@@ -1,4 +1,4 @@
-"""Unit tests of strategies._keras_compat: each workaround, and that each upstream bug is real.
+"""Unit tests of strategies.compat._keras_compat: each workaround, and that each upstream bug is real.
 
 In-process only: MirroredStrategy runs on the two logical CPUs tests/conftest.py
 creates. The "stock Keras" tests pin the upstream bugs that fail cleanly; when
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 
 
 def _mirrored() -> tf.distribute.Strategy:

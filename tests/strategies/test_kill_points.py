@@ -26,7 +26,8 @@ import tensorflow as tf
 
 import strategies
 from launch import _input
-from strategies import _checkpointing, _keras_compat, _plan
+from strategies.compat import _keras_compat
+from strategies.training import _checkpointing, _plan
 
 BATCH, STEPS, EPOCHS = 4, 4, 2
 EXAMPLES = BATCH * STEPS

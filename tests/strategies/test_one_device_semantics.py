@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import strategies
 import tfopt
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 
 GLOBAL_BATCH = 16
 BATCHES = 3

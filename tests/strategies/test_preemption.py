@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 import strategies
-from strategies import _checkpointing
-from strategies._preemption import Preempted
+from strategies.training import _checkpointing
+from strategies.training._preemption import Preempted
 
 STEPS, EPOCHS = 6, 2
 

@@ -5,8 +5,9 @@ import tensorflow as tf
 from absl import flags
 
 import strategies
-from strategies import StrategyError, _registry
+from strategies import StrategyError
 from strategies import flags as strategy_flags  # noqa: F401  (defines --strategy)
+from strategies.building import _registry
 
 EXPECTED_NAMES = [
     "auto", "default", "one_device", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu",

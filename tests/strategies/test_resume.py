@@ -31,7 +31,7 @@ import tensorflow as tf
 import strategies
 import tfopt
 from launch import _input
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 
 BATCH, EXAMPLES, EPOCHS = 8, 40, 3
 STEPS = EXAMPLES // BATCH  # 5 per epoch, 15 in all

@@ -7,14 +7,14 @@ one's keys, and its first all-reduce of a different size fails with "Shape
 mismatch in the collective instance 100" (tensorflow/tensorflow#62790, seen
 with TF 2.21). TF's own tests give each strategy its own key range through
 the class attribute ``_collective_key_base`` ("Only set this in tests"), and
-so does strategies._keras_compat.mirrored_strategy, which this uses.
+so does strategies.compat._keras_compat.mirrored_strategy, which this uses.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 
 
 def two_cpus() -> tf.distribute.MirroredStrategy:

@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from strategies import _data
+from strategies.compat import _tf_internals
+from strategies.training import _data
 
 # Dataset ops whose output changes each time an iterator is made from the same dataset.
 _STATEFUL_OPS = ("ShuffleDatasetV2", "ShuffleDatasetV3", "ShuffleAndRepeatDatasetV2",
@@ -85,14 +86,8 @@ def _split(element: Any) -> tuple[Any, Any]:
 
 
 def _peekable(dataset: tf.data.Dataset) -> bool:
-    try:
-        graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())  # noqa: SLF001
-    except Exception:  # noqa: BLE001  A dataset TF cannot serialize: do not read it.
-        return False
-    ops = {node.op for node in graph.node}
-    for function in graph.library.function:
-        ops |= {node.op for node in function.node_def}
-    return not ops & set(_STATEFUL_OPS)
+    ops = _tf_internals.dataset_ops(dataset)
+    return ops is not None and not ops & set(_STATEFUL_OPS)
 
 
 def _first_batch(dataset: tf.data.Dataset) -> Any:

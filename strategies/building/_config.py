@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from strategies import _registry
-from strategies._errors import StrategyError, invalid, one_of
+from strategies.building import _registry
+from strategies.building._errors import StrategyError, invalid, one_of
 
 MIXED_PRECISION = ("float32", "mixed_float16", "mixed_bfloat16")
 # Cross-device ops differ by strategy; `auto` lets TensorFlow pick.

@@ -13,7 +13,7 @@ this code.
 What is saved: the model's variables, the optimizer's state (its step counter
 included), where training stood (the next epoch, the step within it, and the
 total number of steps trained), a signature of the model and optimizer, and
-what `strategies._resume` adds so that a resumed run is the same run (every
+what `strategies.training._resume` adds so that a resumed run is the same run (every
 model variable, random state included, the metrics' state and the history).
 
 Safety (each proven by tests/strategies/test_checkpoint_safety.py, which
@@ -43,9 +43,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from strategies import _resume, _roles
-from strategies._plan import RunPosition, TrainingState
-from strategies._preemption import Preempted, PreemptionWatcher
+from strategies.training import _resume, _roles
+from strategies.training._plan import RunPosition, TrainingState
+from strategies.training._preemption import Preempted, PreemptionWatcher
 
 CHECKPOINT_SUBDIR = "checkpoints"
 _TEMP_SUBDIR = ".worker_checkpoints"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import tensorflow as tf
 from absl import logging
 
-from strategies import _detect
 from strategies import cluster as cluster_lib
-from strategies._config import StrategyConfig
-from strategies._errors import StrategyError
+from strategies.building import _detect
+from strategies.building._config import StrategyConfig
+from strategies.building._errors import StrategyError
 
 _WHAT_TO_DO = (
     "on Colab choose Runtime > Change runtime type > TPU and `pip install tensorflow-tpu`, "

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from strategies import cluster as cluster_lib
-from strategies._config import StrategyConfig
-from strategies._errors import StrategyError
+from strategies.building._config import StrategyConfig
+from strategies.building._errors import StrategyError
 
 if TYPE_CHECKING:
     import tensorflow as tf

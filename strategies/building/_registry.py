@@ -7,10 +7,11 @@ can never list a name the factory rejects.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from strategies._errors import StrategyError
+from strategies.building._errors import StrategyError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -22,6 +23,16 @@ Builder = Callable[[Any], "tf.distribute.Strategy"]
 _B = TypeVar("_B", bound=Builder)
 
 _BUILDERS: dict[str, Builder] = {}
+
+
+def _builders() -> dict[str, Builder]:
+    """The registry, the built-in strategies first: they register when `_builders` is imported.
+
+    Imported on first use rather than by the package, because the builders
+    import TensorFlow and `strategies.cluster` must not.
+    """
+    importlib.import_module("strategies.building._builders")
+    return _BUILDERS
 
 
 def register(name: str) -> Callable[[_B], _B]:
@@ -46,7 +57,7 @@ def register(name: str) -> Callable[[_B], _B]:
             f"A strategy name must be a lower-case identifier such as 'my_strategy'. "
             f"Received: name={name!r}."
         )
-    if name in _BUILDERS:
+    if name in _builders():
         raise StrategyError(
             f"Strategy {name!r} is already registered; pick another name. "
             f"Registered: {available()}. Received: name={name!r}."
@@ -61,13 +72,13 @@ def register(name: str) -> Callable[[_B], _B]:
 
 def available() -> list[str]:
     """Returns every registered strategy name, in registration order."""
-    return list(_BUILDERS)
+    return list(_builders())
 
 
 def get_builder(name: str) -> Builder:
     """Returns the builder for ``name``, or raises a `StrategyError` listing the names."""
     try:
-        return _BUILDERS[name]
+        return _builders()[name]
     except KeyError:
         raise StrategyError(
             f"`strategy` must be one of {available()}. Received: strategy={name!r}."

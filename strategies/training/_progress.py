@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import keras
 
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 
 
 def format_line(epoch: int, epochs: int, logs: dict[str, Any], steps: int, seconds: float,

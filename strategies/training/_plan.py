@@ -23,7 +23,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from strategies import _data
+from strategies.training import _data
 
 
 class PlanExceededError(RuntimeError):

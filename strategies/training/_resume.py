@@ -1,6 +1,6 @@
 """What a checkpoint needs beyond weights and optimizer so that a resumed run is the same run.
 
-`strategies._checkpointing` saves the model's weights (through the optimizer)
+`strategies.training._checkpointing` saves the model's weights (through the optimizer)
 and the optimizer's state. A run resumed from that alone differs from the
 uninterrupted run in four ways; this module closes each:
 
@@ -37,15 +37,14 @@ the deterministic position is replaying the skipped batches once, at restart.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from strategies import _data
+from strategies.compat import _tf_internals
+from strategies.training import _data
 
 
 class ResumeState(tf.Module):
@@ -62,7 +61,7 @@ class ResumeState(tf.Module):
         self.model_variables = list(model.variables)
         self.metric_variables = list(model.metrics_variables)
         self.history = tf.Variable("{}", trainable=False, name="history")
-        generator = _global_generator()
+        generator = _tf_internals.global_generator()
         if generator is not None:
             self.tf_random_generator = generator
 
@@ -76,13 +75,6 @@ class ResumeState(tf.Module):
     def saved_history(self) -> tuple[list[int], dict[str, list[float]]]:
         saved = json.loads(self.history.numpy().decode() or "{}")
         return list(saved.get("epoch", [])), dict(saved.get("history", {}))
-
-
-def _global_generator() -> tf.random.Generator | None:
-    """TensorFlow's global ``tf.random.Generator``, only if the program made one (no new entropy)."""
-    from tensorflow.python.ops import stateful_random_ops
-
-    return getattr(stateful_random_ops, "global_generator", None)
 
 
 def metrics_built(model: keras.Model) -> bool:
@@ -173,24 +165,3 @@ def start_positions(data: _data.Data, strategy: tf.distribute.Strategy, global_s
     if is_stream(data, strategy):
         return global_step, global_step + steps_in_first_fit
     return step_in_epoch, 0
-
-
-@contextlib.contextmanager
-def no_final_ema_overwrite(model: keras.Model) -> Iterator[None]:
-    """Keeps ``model.fit`` from overwriting the weights with their EMA when this call ends.
-
-    A resumed run finishes its interrupted epoch in one ``model.fit`` call and
-    runs the later epochs in a second one. Keras ends every ``fit`` with
-    ``optimizer.finalize_variable_values`` (weights := EMA when ``use_ema``):
-    after the first call, that would put the averages in the weights mid-run,
-    which the uninterrupted run (one call) does only at its end.
-    """
-    optimizer = model.optimizer
-    if optimizer is None:
-        yield
-        return
-    object.__setattr__(optimizer, "finalize_variable_values", lambda variables: None)
-    try:
-        yield
-    finally:
-        object.__delattr__(optimizer, "finalize_variable_values")

@@ -11,9 +11,9 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from strategies import _config, _detect, _registry, _resolve
-from strategies._config import StrategyConfig
-from strategies._errors import StrategyError
+from strategies.building import _config, _detect, _registry, _resolve
+from strategies.building._config import StrategyConfig
+from strategies.building._errors import StrategyError
 
 
 def build(config_or_name: StrategyConfig | str | None = None, **overrides: Any) -> tf.distribute.Strategy:

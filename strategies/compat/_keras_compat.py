@@ -17,11 +17,12 @@ before for every optimizer that `strategies.fit` did not flag, so code outside
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -445,7 +446,35 @@ def mirrored_strategy(devices: list[str] | None = None,
 
 
 # ---------------------------------------------------------------------------
-# 6. Private state that the training loops read (degrades to None, no version guard).
+# 6. No EMA overwrite between the two fit calls of a resumed epoch.
+#
+# A resumed run finishes its interrupted epoch in one ``model.fit`` call and
+# runs the later epochs in a second one. Keras ends every ``fit`` with
+# ``optimizer.finalize_variable_values`` (weights := EMA when ``use_ema``),
+# and offers no switch for it: after the first call, the averages would land
+# in the weights mid-run, which the uninterrupted run (one call) does only at
+# its end. The method is shadowed on the instance for that call.
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def no_final_ema_overwrite(model: keras.Model) -> Iterator[None]:
+    """Keeps ``model.fit`` from overwriting the weights with their EMA when this call ends."""
+    optimizer = model.optimizer
+    if optimizer is None:
+        yield
+        return
+    check_versions("model.fit's final EMA overwrite (Optimizer.finalize_variable_values), "
+                   "which no public switch turns off")
+    object.__setattr__(optimizer, "finalize_variable_values", lambda variables: None)
+    try:
+        yield
+    finally:
+        object.__delattr__(optimizer, "finalize_variable_values")
+
+
+# ---------------------------------------------------------------------------
+# 7. Private state that the training loops read (degrades to None, no version guard).
 # ---------------------------------------------------------------------------
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import tensorflow as tf
 from absl import logging
 
-from strategies import _cluster_builders, _detect, _keras_compat, _registry, _tpu
-from strategies._config import StrategyConfig
-from strategies._errors import StrategyError, invalid
+from strategies.building import _cluster_builders, _detect, _registry, _tpu
+from strategies.building._config import StrategyConfig
+from strategies.building._errors import StrategyError, invalid
+from strategies.compat import _keras_compat
 
 
 def _auto(config: StrategyConfig) -> tf.distribute.Strategy:

@@ -29,7 +29,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from strategies import _data, _keras_compat
+from strategies.compat import _keras_compat
+from strategies.training import _data, _trainers
 
 
 def check_arguments(steps_per_epoch: int | None, steps_per_execution: int | None) -> None:
@@ -48,7 +49,7 @@ def check_arguments(steps_per_epoch: int | None, steps_per_execution: int | None
         )
 
 
-class CoordinatorTrainer:
+class CoordinatorTrainer(_trainers.Trainer):
     """Runs epochs of ``model.train_step`` on the workers of a ParameterServerStrategy.
 
     Args:
@@ -63,6 +64,10 @@ class CoordinatorTrainer:
         self.model = model
         self.strategy = strategy
         self.chunk_steps = chunk_steps
+        # Workers update the parameter servers' variables from a replica
+        # context: Keras' merge_call inside a cond (accumulation, EMA overwrite,
+        # keras-team/keras#20582) fails there too, the replica-local path does not.
+        _keras_compat.synchronize_gradients(model.optimizer)
         _keras_compat.build_from_spec(model, _data.element_spec(data, strategy))
         _keras_compat.make_counters_atomic(model)
         self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
@@ -83,6 +88,16 @@ class CoordinatorTrainer:
 
         self._train_step = train_step
         self._test_step = tf.function(model.test_step, reduce_retracing=True)
+
+    shows_progress_bar = False  # Steps are scheduled in chunks; one line per epoch instead.
+
+    def train(self, run: _trainers.Run) -> keras.callbacks.History:
+        callbacks = keras.callbacks.CallbackList(
+            run.callbacks, add_history=True, add_progbar=False, model=self.model,
+            epochs=run.epochs, steps=run.steps_per_epoch, verbose=run.verbose)
+        return self.fit(epochs=run.epochs, steps_per_epoch=run.steps_per_epoch, callbacks=callbacks,
+                        initial_epoch=run.start.epoch, initial_step=run.start.step_in_epoch,
+                        validation_data=run.validation_data, validation_steps=run.validation_steps)
 
     def fit(self, *, epochs: int, steps_per_epoch: int, callbacks: keras.callbacks.CallbackList,
             initial_epoch: int = 0, initial_step: int = 0, validation_data: _data.Data | None = None,

@@ -11,8 +11,8 @@ import importlib.util
 import os
 from collections.abc import Mapping
 
-from strategies import _resolve
-from strategies._config import StrategyConfig
+from strategies.building import _resolve
+from strategies.building._config import StrategyConfig
 
 
 def detect(config: StrategyConfig | None = None, environ: Mapping[str, str] | None = None) -> tuple[str, str]:

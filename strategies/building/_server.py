@@ -6,10 +6,10 @@ import time
 
 from absl import logging
 
-from strategies import _cluster_builders, _resolve
 from strategies import cluster as cluster_lib
-from strategies._config import StrategyConfig
-from strategies._errors import StrategyError
+from strategies.building import _cluster_builders, _resolve
+from strategies.building._config import StrategyConfig
+from strategies.building._errors import StrategyError
 
 # Polls in a row that must miss the chief before a server concludes it is gone;
 # one miss can be a busy accept queue.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from strategies import _resolve
 from strategies import cluster as cluster_lib
-from strategies._config import StrategyConfig
-from strategies._errors import StrategyError, invalid
+from strategies.building import _resolve
+from strategies.building._config import StrategyConfig
+from strategies.building._errors import StrategyError, invalid
 
 _NO_CLUSTER = (
     "needs a cluster: set TF_CONFIG (see strategies.cluster.tf_config), or --worker_hosts with "

@@ -36,9 +36,9 @@ from typing import Any
 
 import tensorflow as tf
 from absl import logging
-from tensorflow.python.eager import context  # The coordination-service key-value store.
 
-from strategies import _roles
+from strategies.compat import _tf_internals
+from strategies.training import _roles
 
 EXIT_CODE = 143  # As TensorFlow's failure_handling_util._RESTARTABLE_EXIT_CODE.
 _STOP = "stop"
@@ -152,7 +152,7 @@ class PreemptionWatcher:
                 _insert(self._target_key, str(target))
                 try:
                     for peer in self._peers:
-                        context.context().get_config_key_value(self._ack_key + peer, _ACK_TIMEOUT_MS)
+                        _tf_internals.get_cluster_value(self._ack_key + peer, _ACK_TIMEOUT_MS)
                 except tf.errors.OpError as error:
                     # A peer that cannot acknowledge is gone; its collective will fail anyway.
                     logging.warning("No acknowledgement of the preemption step: %s",
@@ -161,7 +161,7 @@ class PreemptionWatcher:
 
     def _watch(self) -> None:
         try:
-            value = context.context().get_config_key_value(self._target_key)  # Blocks until set.
+            value = _tf_internals.get_cluster_value(self._target_key)  # Blocks until set.
             if value == _STOP:
                 return
             self._target = int(value)
@@ -173,7 +173,7 @@ class PreemptionWatcher:
 def _insert(key: str, value: str) -> bool:
     """Inserts ``key`` unless it exists; returns whether this call inserted it."""
     try:
-        context.context().set_config_key_value(key, value)
+        _tf_internals.set_cluster_value(key, value)
     except tf.errors.AlreadyExistsError:
         return False
     return True
