@@ -24,8 +24,9 @@ When it stops:
   save and exit by themselves before they are stopped.
 
 This launcher does not import TensorFlow (5 s and a screen of logs, per
-launch): the ``TF_CONFIG`` it writes has the format `strategies.cluster`
-validates.
+launch): it takes its cluster spec (free ports on 127.0.0.1) from
+`strategies.cluster`, which loads none, and writes the ``TF_CONFIG`` format
+that module validates.
 
 Every task runs in its own process group, and stopping kills whole groups
 (SIGTERM, then SIGKILL after a grace period), so no grandchild survives.
@@ -43,7 +44,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -54,8 +54,8 @@ from typing import TextIO
 from absl import app, flags
 
 from launch import _console
+from strategies import cluster as strategies_cluster
 
-HOST = "127.0.0.1"
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -138,7 +138,7 @@ class LocalCluster:
             raise ValueError("A command to run in every task is required, after `--`. "
                              f"Received: command={list(command)!r}.")
         self.command = list(command)
-        self.spec = cluster_spec(workers=workers, ps=ps, chief=chief)
+        self.spec = strategies_cluster.local_cluster(workers=workers, ps=ps, chief=chief)
         self.tasks = [Task(job, i, address) for job, addresses in self.spec.items()
                       for i, address in enumerate(addresses)]
         self.timeout = timeout
@@ -315,30 +315,6 @@ def how_it_died(code: int) -> str:
     if code == EXIT_TERMINATED:
         return f"was preempted (exit {code})"
     return f"exited with code {code}"
-
-
-def cluster_spec(*, workers: int, ps: int = 0, chief: bool = False) -> dict[str, list[str]]:
-    """``TF_CONFIG["cluster"]`` on 127.0.0.1 with free ports: chief, worker, ps."""
-    addresses = iter(f"{HOST}:{port}" for port in free_ports(workers + ps + int(chief)))
-    spec = {"chief": [next(addresses)]} if chief else {}
-    spec["worker"] = [next(addresses) for _ in range(workers)]
-    if ps:
-        spec["ps"] = [next(addresses) for _ in range(ps)]
-    return spec
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports the kernel reports free on 127.0.0.1 (all held until all are picked)."""
-    sockets = []
-    try:
-        for _ in range(n):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def check_shape(workers: int, ps: int, chief: bool) -> None:

@@ -9,7 +9,10 @@ package's ``__init__``, which re-exports its modules.
 from __future__ import annotations
 
 import ast
+import inspect
 import os
+import subprocess
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("tfopt", "strategies", "launch")
@@ -92,3 +95,85 @@ def test_the_scan_reads_the_real_imports():
 
 def test_no_import_cycles():
     assert cycles(import_graph()) == []
+
+
+def _all_imports() -> dict[str, set[str]]:
+    """Every import of every module, lazy ones (inside functions) included."""
+    found = {}
+    for package in PACKAGES:
+        for root, _, files in os.walk(os.path.join(REPO, package)):
+            for file in files:
+                if file.endswith(".py"):
+                    path = os.path.join(root, file)
+                    with open(path, encoding="utf-8") as f:
+                        tree = ast.parse(f.read())
+                    names = set()
+                    for node in ast.walk(tree):
+                        if isinstance(node, ast.Import):
+                            names.update(alias.name for alias in node.names)
+                        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                            names.add(node.module)
+                            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+                    found[_module_name(path)] = names
+    return found
+
+
+def _reaching(prefix: str, imports: dict[str, set[str]], target: str) -> list[tuple[str, str]]:
+    return sorted((m, i) for m, names in imports.items() if m.startswith(prefix)
+                  for i in names if i == target or i.startswith(target + "."))
+
+
+def test_building_never_imports_training():
+    # The two halves of strategies meet only at the tf.distribute.Strategy object.
+    imports = _all_imports()
+    assert _reaching("strategies.building", imports, "strategies.training") == []
+    assert _reaching("strategies.cluster", imports, "strategies.training") == []
+    assert _reaching("strategies.flags", imports, "strategies.training") == []
+    assert _reaching("strategies.compat", imports, "strategies.training") == []
+    assert _reaching("strategies.compat", imports, "strategies.building") == []
+    # The scan can see such an import: training does import the compat layer.
+    assert _reaching("strategies.training", imports, "strategies.compat")
+
+
+def test_keras_and_tf_internals_only_in_the_compat_layer():
+    imports = _all_imports()
+    for internal in ("keras.src", "tensorflow.python"):
+        outside = [(m, i) for m, i in _reaching("strategies", imports, internal)
+                   if not m.startswith("strategies.compat")]
+        assert outside == [], internal
+    assert _reaching("strategies.compat", imports, "keras.src")  # The scan sees them.
+
+
+def test_launch_imports_no_private_module_of_strategies():
+    imports = _all_imports()
+    private = [(m, i) for m, i in _reaching("launch", imports, "strategies")
+               if any(part.startswith("_") for part in i.split(".")[1:])]
+    assert private == []
+
+
+def test_importing_strategies_cluster_loads_no_tensorflow():
+    # Launchers that only start processes (launch.local_cluster) import it.
+    code = ("import sys, strategies.cluster, strategies; "
+            "assert strategies.cluster.free_ports; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.strip() == "[]"
+    # And the same check sees TensorFlow when something does load it.
+    code = "import sys, strategies; strategies.build; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert out.strip() == "True"
+
+
+def test_fit_is_short():
+    # Its code (signature and body, the docstring left out) delegates to the trainer and
+    # the run directory; the whole function reads on one screen.
+    from strategies.training import _fit
+
+    source = inspect.getsource(_fit.fit)
+    function = ast.parse(source).body[0]
+    docstring = function.body[0]
+    lines = source.splitlines()
+    code = lines[: docstring.lineno - 1] + lines[docstring.end_lineno:]
+    assert len(code) < 60, len(code)
