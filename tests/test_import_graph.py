@@ -23,11 +23,7 @@ def _module_name(path: str) -> str:
     return name.removesuffix(".__init__")
 
 
-def _top_level_imports(tree: ast.Module) -> set[str]:
-    nodes = list(tree.body)
-    for node in tree.body:
-        if isinstance(node, ast.If):  # `if TYPE_CHECKING:` and friends.
-            nodes += node.body + node.orelse
+def _imported_names(nodes) -> set[str]:
     names = set()
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -38,15 +34,27 @@ def _top_level_imports(tree: ast.Module) -> set[str]:
     return names
 
 
-def import_graph() -> dict[str, set[str]]:
-    imports = {}
+def _top_level_imports(tree: ast.Module) -> set[str]:
+    nodes = list(tree.body)
+    for node in tree.body:
+        if isinstance(node, ast.If):  # `if TYPE_CHECKING:` and friends.
+            nodes += node.body + node.orelse
+    return _imported_names(nodes)
+
+
+def _parsed_modules():
+    """(module name, syntax tree) of every module of PACKAGES."""
     for package in PACKAGES:
         for root, _, files in os.walk(os.path.join(REPO, package)):
             for file in files:
                 if file.endswith(".py"):
                     path = os.path.join(root, file)
                     with open(path, encoding="utf-8") as f:
-                        imports[_module_name(path)] = _top_level_imports(ast.parse(f.read()))
+                        yield _module_name(path), ast.parse(f.read())
+
+
+def import_graph() -> dict[str, set[str]]:
+    imports = {name: _top_level_imports(tree) for name, tree in _parsed_modules()}
     modules = set(imports) - set(PACKAGES)
     return {m: {i for i in imports[m] if i in modules and i != m} for m in modules}
 
@@ -99,23 +107,7 @@ def test_no_import_cycles():
 
 def _all_imports() -> dict[str, set[str]]:
     """Every import of every module, lazy ones (inside functions) included."""
-    found = {}
-    for package in PACKAGES:
-        for root, _, files in os.walk(os.path.join(REPO, package)):
-            for file in files:
-                if file.endswith(".py"):
-                    path = os.path.join(root, file)
-                    with open(path, encoding="utf-8") as f:
-                        tree = ast.parse(f.read())
-                    names = set()
-                    for node in ast.walk(tree):
-                        if isinstance(node, ast.Import):
-                            names.update(alias.name for alias in node.names)
-                        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                            names.add(node.module)
-                            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-                    found[_module_name(path)] = names
-    return found
+    return {name: _imported_names(ast.walk(tree)) for name, tree in _parsed_modules()}
 
 
 def _reaching(prefix: str, imports: dict[str, set[str]], target: str) -> list[tuple[str, str]]:

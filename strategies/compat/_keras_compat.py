@@ -71,7 +71,7 @@ def check_versions(workaround: str, keras_version: str | None = None,
         f"for keras {_pretty(VERIFIED_KERAS)} with tensorflow {_pretty(VERIFIED_TENSORFLOW)}; "
         f"this is keras {keras_version} with tensorflow {tf_version}. Check whether the upstream "
         "bug is fixed, run tests/strategies/test_keras_compat.py, then extend VERIFIED_* in "
-        f"strategies/_keras_compat.py (or set {ALLOW_UNVERIFIED_ENV}=1 to try it anyway)."
+        f"strategies/compat/_keras_compat.py (or set {ALLOW_UNVERIFIED_ENV}=1 to try it anyway)."
     )
 
 

@@ -87,45 +87,41 @@ def equivalence(out_dir: str) -> None:
     _write(out_dir, "equivalence", {"replicas": strategy.num_replicas_in_sync})
 
 
-class _HangAfterFirstEpoch(keras.callbacks.Callback):
-    """Stands for a worker that is killed later: epoch 0 is done and saved."""
+class _Hang(keras.callbacks.Callback):
+    """Stands for a worker that is killed later: it hangs at one point of the run.
 
-    def __init__(self, out_dir: str) -> None:
-        super().__init__()
-        self.out_dir = out_dir
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            _write(self.out_dir, "hanging", {"epoch": epoch})
-            time.sleep(600)
-
-
-class _HangAfterFirstEpochsLastStep(keras.callbacks.Callback):
-    """Stands for a worker killed between epoch 0's last step and its epoch-end checkpoint.
-
-    A checkpoint due on that step (``checkpoint_every_steps`` divides the epoch)
-    once recorded "epoch 0, step 4" there, and the restart then trained
-    without end (issue 24). User callbacks run before fit's checkpoint callback.
+    ``"--hang"``: when epoch 1 begins, so epoch 0 is done and saved.
+    ``"--hang_at_last_step"``: when epoch 0 ends, before fit's epoch-end checkpoint
+    (user callbacks run first). A checkpoint due on that epoch's last step
+    (``checkpoint_every_steps`` divides it) once recorded "epoch 0, step 4"
+    there, and the restart then trained without end (issue 24).
     """
 
-    def __init__(self, out_dir: str) -> None:
+    def __init__(self, out_dir: str, where: str) -> None:
         super().__init__()
-        self.out_dir = out_dir
+        self.out_dir, self.where = out_dir, where
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.where == "--hang" and epoch == 1:
+            self._hang(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
-            _write(self.out_dir, "hanging", {"epoch": epoch})
-            time.sleep(600)
+        if self.where == "--hang_at_last_step" and epoch == 0:
+            self._hang(epoch)
+
+    def _hang(self, epoch: int) -> None:
+        _write(self.out_dir, "hanging", {"epoch": epoch})
+        time.sleep(600)
 
 
-HANGS = {"--hang": _HangAfterFirstEpoch, "--hang_at_last_step": _HangAfterFirstEpochsLastStep}
+HANGS = ("--hang", "--hang_at_last_step")
 
 
 def resume(out_dir: str, hang: str | None, every: int | None) -> None:
     import strategies
 
     strategy = strategies.build("multi_worker_mirrored")
-    callbacks = [HANGS[hang](out_dir)] if hang else []
+    callbacks = [_Hang(out_dir, hang)] if hang else []
     history = strategies.fit(lambda: model_fn("momentum"), dataset(), strategy=strategy,
                              epochs=3, model_dir=os.path.join(out_dir, "run"),
                              callbacks=callbacks, verbose=2, checkpoint_every_steps=every)
