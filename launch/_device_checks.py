@@ -24,7 +24,6 @@ import tensorflow as tf
 import strategies
 from launch import _device_catalog as catalog
 from launch import _device_kernels, _job, _models
-from strategies import _detect
 
 # Quick profile: the CPU stand-in, a few epochs; full: the default job.
 _JOB_EPOCHS = {catalog.FULL: 15, catalog.QUICK: 1}
@@ -87,6 +86,15 @@ def _nvidia_smi() -> list[str] | None:
     return [line for line in out.stdout.splitlines() if line.startswith("GPU")]
 
 
+def _tpu_evidence() -> str | None:
+    """Why auto-detection would pick a TPU here, or None (it reads local evidence only)."""
+    try:
+        name, reason = strategies.detect(strategies.StrategyConfig(), os.environ)
+    except strategies.StrategyError:  # A malformed cluster description: not about a TPU.
+        return None
+    return reason if name == "tpu" else None
+
+
 def accelerators(check: catalog.Check, context: Context) -> dict[str, Any]:
     """PASS with a GPU; MISSING without one; FAILED when nvidia-smi sees one TF does not."""
     build = tf.sysconfig.get_build_info()
@@ -99,7 +107,7 @@ def accelerators(check: catalog.Check, context: Context) -> dict[str, Any]:
         "cuda_version": build.get("cuda_version"),
         "cudnn_version": build.get("cudnn_version"),
         "nvidia_smi": smi,
-        "tpu_evidence": _detect.tpu_probe(strategies.StrategyConfig(), os.environ),
+        "tpu_evidence": _tpu_evidence(),
     }
     if context.gpus:
         return {"status": catalog.PASS, "reason": f"TensorFlow sees {len(context.gpus)} GPU(s): "

@@ -13,21 +13,15 @@ its logical devices at first use: that is why each layout needs a process.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Never reach for the network: TFDS's GCS probes, GCE metadata.
-os.environ.setdefault("TFDS_DISABLE_GCS", "1")
-os.environ.setdefault("NO_GCE_CHECK", "True")
-
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from typing import Any  # noqa: E402
-
-from launch import _device_catalog as catalog  # noqa: E402
+from launch import _device_catalog as catalog
 
 # Each logical GPU of the TWO layout gets this share of the GPU's memory.
 _SPLIT_MEMORY_FRACTION = 0.4
@@ -86,6 +80,10 @@ def _inject(mode: str) -> None:
 
 
 def main(spec_path: str) -> None:
+    # Never reach for the network (TFDS's GCS probes, GCE metadata): set before
+    # set_layout() and the checks import TensorFlow and TFDS.
+    os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+    os.environ.setdefault("NO_GCE_CHECK", "True")
     with open(spec_path) as f:
         spec = json.load(f)
     workdir = spec["workdir"]
@@ -105,7 +103,7 @@ def main(spec_path: str) -> None:
             if name in spec.get("inject", {}):
                 _inject(spec["inject"][name])
             result = _device_checks.CHECKS[check.kind](check, context)
-        except Exception as error:  # noqa: BLE001 -- any error is this check's FAILED.
+        except Exception as error:  # Any error is this check's FAILED.
             lines = traceback.format_exception_only(type(error), error)
             result = {
                 "status": catalog.FAILED,

@@ -32,7 +32,11 @@ import sys
 import tempfile
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from launch import _console
+
+PROG = "launch.crosscheck_shampoo"
 
 _SIDE = flags.DEFINE_enum("side", "tfopt", ["tfopt", "optax"], "Internal: which side to run.")
 _OPTAX_PYTHON = flags.DEFINE_string(
@@ -86,7 +90,7 @@ def _initial() -> dict[str, np.ndarray]:
 
 
 def _optax_kwargs(config: dict) -> dict:
-    from optax_shampoo import distributed_shampoo as ds  # noqa: PLC0415
+    from optax_shampoo import distributed_shampoo as ds
 
     renamed = {"beta_1": "beta1", "beta_2": "beta2",
                "precondition_frequency": "preconditioning_compute_steps"}  # fmt: skip
@@ -102,10 +106,10 @@ def _optax_kwargs(config: dict) -> dict:
 
 
 def _run_optax(out: str) -> None:
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import optax  # noqa: PLC0415
-    from optax_shampoo import distributed_shampoo as ds  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from optax_shampoo import distributed_shampoo as ds
 
     grads = _gradients(_STEPS.value)
     results = {}
@@ -123,10 +127,10 @@ def _run_optax(out: str) -> None:
 
 
 def _run_tfopt(dtype: str) -> dict[str, np.ndarray]:
-    import keras  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
+    import keras
+    import tensorflow as tf
 
-    import tfopt  # noqa: PLC0415
+    import tfopt
 
     grads = _gradients(_STEPS.value)
     results = {}
@@ -145,7 +149,7 @@ def _run_tfopt(dtype: str) -> dict[str, np.ndarray]:
 
 
 def _step_function(optimizer, variables):
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     @tf.function
     def step(grads):
@@ -180,7 +184,7 @@ def _table(float32: dict, float64: dict, optax_results: dict) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    _console.check_no_positional(PROG, argv)
     if _SIDE.value == "optax":
         _run_optax(_OUT.value)
         return
@@ -210,7 +214,7 @@ def main(argv: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point, as for every launch module."""
-    app.run(main, argv=argv)
+    _console.run(main, PROG, __name__, argv)
 
 
 if __name__ == "__main__":

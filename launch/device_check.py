@@ -35,12 +35,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import NoReturn
 
-from absl import app, flags
+from absl import flags
 
+from launch import _console, _device_report, _device_runner, _flags
 from launch import _device_catalog as catalog
-from launch import _device_report, _device_runner, _flags
 
 # --output_dir and --quick are shared with launch.bench_optimizers, --data_dir with
 # launch.train (launch/_flags.py): entry points must import into one process.
@@ -68,24 +67,19 @@ PROG = _device_runner.PROG
 _FAULTS = ("fail", "hang", "crash")
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def _plan(profile: str) -> tuple[list[catalog.Check], dict[str, str]]:
     plan = catalog.checks(profile)
     names = [c.name for c in plan]
     if _CHECKS.value:
         unknown = sorted(set(_CHECKS.value) - set(names))
         if unknown:
-            _fail(f"--checks takes {', '.join(names)}. Received: {','.join(unknown)}.")
+            _console.fail(PROG, f"--checks takes {', '.join(names)}. Received: {','.join(unknown)}.")
         plan = [c for c in plan if c.name in _CHECKS.value]
     inject = {}
     for item in _INJECT_FAULT.value:
         name, _, mode = item.partition("=")
         if name not in names or mode not in _FAULTS:
-            _fail(f"--inject_fault takes CHECK={'|'.join(_FAULTS)} with CHECK one of "
+            _console.fail(PROG, f"--inject_fault takes CHECK={'|'.join(_FAULTS)} with CHECK one of "
                   f"{', '.join(names)}. Received: {item!r}.")  # fmt: skip
         inject[name] = mode
     return plan, inject
@@ -105,8 +99,7 @@ def _keep_logs(workdir: str, output_dir: str, max_bytes: int = 1 << 20) -> None:
 
 def main(argv: Sequence[str]) -> None:
     """Runs the checks, writes ``device_check.json`` and ``.md``, prints the table."""
-    if len(argv) > 1:
-        _fail(f"unexpected positional arguments {list(argv[1:])}; every option is a --flag.")
+    _console.check_no_positional(PROG, argv)
     profile = catalog.QUICK if _QUICK.value else catalog.FULL
     plan, inject = _plan(profile)
     budget = _TIME_BUDGET_S.value or (300.0 if _QUICK.value else 480.0)
@@ -137,16 +130,9 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(1 if bad else 0)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e))
-
-
 def run(argv: list[str] | None = None) -> None:
     """Entry point: absl parses the flags; a bad value exits with status 2."""
-    app.run(main, argv=argv, flags_parser=_parse_flags)
+    _console.run(main, PROG, __name__, argv)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ from strategies import (
     _builders,  # noqa: F401  (registers the built-in strategies, in order)
     cluster,
 )
+from strategies._builders import split_cpu
 from strategies._checkpointing import CheckpointMismatchError, load_model
 from strategies._config import StrategyConfig
 from strategies._detect import detect
 from strategies._errors import StrategyError
 from strategies._factory import build, describe, is_server_task
 from strategies._fit import fit
+from strategies._keras_compat import mirrored_strategy
 from strategies._preemption import Preempted
 from strategies._registry import available, register
 from strategies._resolve import task_role
@@ -46,8 +48,10 @@ __all__ = [
     "flags",
     "is_server_task",
     "load_model",
+    "mirrored_strategy",
     "register",
     "serve_forever",
+    "split_cpu",
     "task_role",
 ]
 
