@@ -63,7 +63,7 @@ _LR_SCHEDULE = flags.DEFINE_enum(
 _WARMUP_STEPS = flags.DEFINE_integer(
     "warmup_steps", _D.warmup_steps, "Linear warm-up steps (lr_schedule=warmup_cosine only).", lower_bound=0
 )
-# --epochs and --steps_per_epoch are shared with launch.bench_fit, --data_dir with
+# --epochs and --steps_per_epoch are shared with launch.bench.fit, --data_dir with
 # launch.device_check (launch/_flags.py).
 _flags.declare_key_flags(__name__, _flags.EPOCHS, _flags.STEPS_PER_EPOCH, _flags.DATA_DIR)
 flags.adopt_module_key_flags(strategy_flags)

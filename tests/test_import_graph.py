@@ -92,3 +92,23 @@ def test_the_scan_reads_the_real_imports():
 
 def test_no_import_cycles():
     assert cycles(import_graph()) == []
+
+
+def _every_import(path: str) -> set[str]:
+    """Every module a file imports, at any depth (lazy imports included)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return _top_level_imports(ast.Module(body=imports, type_ignores=[]))
+
+
+def test_launch_imports_only_the_public_names_of_other_packages():
+    private = []
+    for root, _, files in os.walk(os.path.join(REPO, "launch")):
+        for file in (f for f in files if f.endswith(".py")):
+            path = os.path.join(root, file)
+            for name in _every_import(path):
+                parts = name.split(".")
+                if parts[0] in ("tfopt", "strategies") and any(p.startswith("_") for p in parts[1:]):
+                    private.append(f"{os.path.relpath(path, REPO)}: {name}")
+    assert private == []

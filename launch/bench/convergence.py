@@ -1,4 +1,4 @@
-r"""Does a second-order optimizer train faster? ``python -m launch.bench_convergence``.
+r"""Does a second-order optimizer train faster? ``python -m launch.bench.convergence``.
 
 Steps and wall-clock time to a fixed target, per optimizer, on two tasks over
 the UCI digits (they ship with scikit-learn, so this runs offline):
@@ -42,8 +42,8 @@ curves and the learning-rate sweep) and ``convergence.md`` (the table).
 ``--quick`` (shared flag) is a smoke profile (few steps, a 2-point grid, one seed) whose
 numbers mean nothing::
 
-    python -m launch.bench_convergence --output_dir=/tmp/conv
-    python -m launch.bench_convergence --quick --output_dir=/tmp/conv_quick
+    python -m launch.bench.convergence --output_dir=/tmp/conv
+    python -m launch.bench.convergence --quick --output_dir=/tmp/conv_quick
 """
 
 from __future__ import annotations
@@ -397,7 +397,7 @@ def plot(task: Task, results: dict[str, Any], target: float, path: str) -> None:
 _OUTPUT_DIR, _QUICK, _DATA_DIR = _flags.OUTPUT_DIR, _flags.QUICK, _flags.DATA_DIR
 _flags.declare_key_flags(__name__, _OUTPUT_DIR, _QUICK, _DATA_DIR)
 _DEFAULT_OUTPUT_DIR = "runs/bench_convergence"
-PROG = "launch.bench_convergence"
+PROG = "launch.bench.convergence"
 _TASKS = flags.DEFINE_multi_enum("task", ["digits_cnn", "digits_autoencoder"],
                                  ["digits_cnn", "digits_autoencoder"], "Tasks to run.")
 _OPTIMIZERS = flags.DEFINE_list("candidates", list(OPTIMIZERS),

@@ -1,4 +1,4 @@
-r"""Optimizer step time against a memory roof: ``python -m launch.bench_optimizers``.
+r"""Optimizer step time against a memory roof: ``python -m launch.bench.optimizers``.
 
 An optimizer step is memory-bound, so the yardstick is bandwidth. For each
 tfopt optimizer, and its Keras counterpart where Keras has one, with and
@@ -21,12 +21,12 @@ drifts): the tfopt/Keras ratio and the fractions compare like with like.
 It writes ``optimizers.json`` (every number, machine and git state),
 ``optimizers.png`` (fraction of the roof per optimizer) and ``optimizers.md``
 (the table on the docs' Benchmarks page) to ``--output_dir``; the last two are
-drawn by `launch._bench_report`. ``--quick`` runs 1M parameters with
+drawn by `launch.bench._report`. ``--quick`` runs 1M parameters with
 few timed steps, in about a minute; the default run takes several minutes on a
 2-core CPU::
 
-    python -m launch.bench_optimizers --quick
-    python -m launch.bench_optimizers --optimizers=adam,lamb --sizes=16M --xla=off
+    python -m launch.bench.optimizers --quick
+    python -m launch.bench.optimizers --optimizers=adam,lamb --sizes=16M --xla=off
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from absl import flags, logging
 
 import tfopt
 from launch import _console, _flags, _outputs, _provenance
-from launch._bench_report import markdown_table, plot, size_label
+from launch.bench._report import markdown_table, plot, size_label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,7 @@ _ISOLATE = flags.DEFINE_bool(
 _OUTPUT_DIR = _flags.OUTPUT_DIR
 _flags.declare_key_flags(__name__, _flags.QUICK, _flags.OUTPUT_DIR)
 _DEFAULT_OUTPUT_DIR = "runs/bench_optimizers"
-PROG = "launch.bench_optimizers"
+PROG = "launch.bench.optimizers"
 
 # The slowest group (64M, Keras' Lamb without XLA) takes about a minute here.
 _GROUP_TIMEOUT_S = 1800

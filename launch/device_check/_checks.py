@@ -1,4 +1,4 @@
-"""The checks of `launch.device_check`, run inside a `launch._device_worker` process.
+"""The checks of `launch.device_check`, run inside a `launch.device_check._worker` process.
 
 Each check takes its `Check` (name, layout, time box) and the `Context` and
 returns ``{"status", "reason", "metrics"}``. It fails by returning FAILED with
@@ -21,9 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import launch.device_check._catalog as catalog
+import launch.device_check._kernels as _kernels
 import strategies
-from launch import _device_catalog as catalog
-from launch import _device_kernels, _job, _models
+from launch import _job, _models
 
 # Quick profile: the CPU stand-in, a few epochs; full: the default job.
 _JOB_EPOCHS = {catalog.FULL: 15, catalog.QUICK: 1}
@@ -301,7 +302,7 @@ def _xla(model_name: str) -> Callable[[catalog.Check, Context], dict[str, Any]]:
 
 CHECKS: dict[str, Callable[[catalog.Check, Context], dict[str, Any]]] = {
     "accelerators": accelerators,
-    "fused_kernels": _device_kernels.fused_kernels,
+    "fused_kernels": _kernels.fused_kernels,
     "job": job,
     "mixed_precision": mixed_precision,
     "xla_cnn": _xla("cnn"),

@@ -1,4 +1,4 @@
-r"""tfopt.Shampoo against the real optax-shampoo 0.0.6: ``python -m launch.crosscheck_shampoo``.
+r"""tfopt.Shampoo against the real optax-shampoo 0.0.6: ``python -m launch.bench.crosscheck_shampoo``.
 
 Runs the same gradients (seeded, anisotropic) through ``tfopt.Shampoo`` and
 ``optax_shampoo.distributed_shampoo`` for ``--steps`` steps, in float32, on
@@ -16,7 +16,7 @@ from ``True`` to ``1.0`` (``lax.while_loop`` rejects the bool carry). Without
 that interpreter the script says so and exits 0: nothing in the project
 depends on it::
 
-    python -m launch.crosscheck_shampoo \
+    python -m launch.bench.crosscheck_shampoo \
         --optax_python=/work/throwaway/shampoo/venv/bin/python
 
 This file is also the optax side (``--side=optax``), so it imports neither
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -36,7 +35,8 @@ from absl import flags
 
 from launch import _console
 
-PROG = "launch.crosscheck_shampoo"
+PROG = "launch.bench.crosscheck_shampoo"
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SIDE = flags.DEFINE_enum("side", "tfopt", ["tfopt", "optax"], "Internal: which side to run.")
 _OPTAX_PYTHON = flags.DEFINE_string(
@@ -195,8 +195,11 @@ def main(argv: list[str]) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "optax.npz")
-        subprocess.run([python, os.path.abspath(__file__), "--side=optax", f"--out={out}",
-                        f"--crosscheck_steps={_STEPS.value}"], check=True, timeout=1800)  # fmt: skip
+        # As a module of this package, from the folder that holds `launch`:
+        # the optax interpreter has absl and NumPy, not this project installed.
+        subprocess.run([python, "-m", PROG, "--side=optax", f"--out={out}",
+                        f"--crosscheck_steps={_STEPS.value}"], check=True, timeout=1800,
+                       cwd=_PACKAGE_ROOT)  # fmt: skip
         with np.load(out) as data:
             optax_results = dict(data)
     rows = _table(_run_tfopt("float32"), _run_tfopt("float64"), optax_results)
@@ -218,5 +221,4 @@ def run(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     run()

@@ -1,4 +1,4 @@
-r"""What `strategies.fit` costs over plain ``model.fit``: ``python -m launch.bench_fit``.
+r"""What `strategies.fit` costs over plain ``model.fit``: ``python -m launch.bench.fit``.
 
 Each comparison trains the same model on the same data twice in one process,
 once through a baseline and once through a candidate, alternating the two for
@@ -26,7 +26,7 @@ Built-in comparisons (the model of the default job: a 64-128-10 MLP, Adam
 More comparisons plug in with `register` (``launch.train`` adds its default
 digits job against a plain Keras loop this way, see `register`'s example)::
 
-    python -m launch.bench_fit --repeats=5 --output=runs/bench_fit.json
+    python -m launch.bench.fit --repeats=5 --output=runs/bench_fit.json
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from absl import flags
 import strategies
 from launch import _console, _flags, _provenance
 
-PROG = "launch.bench_fit"
+PROG = "launch.bench.fit"
 
 Trainer = Callable[[keras.callbacks.Callback], None]
 """Trains once, calling the given timing callback's epoch hooks."""
@@ -286,7 +286,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    """Entry point of ``python -m launch.bench_fit``."""
+    """Entry point of ``python -m launch.bench.fit``."""
     _console.run(main, PROG, __name__)
 
 

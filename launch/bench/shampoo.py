@@ -1,4 +1,4 @@
-r"""Shampoo's root refresh split over replicas: ``python -m launch.bench_shampoo``.
+r"""Shampoo's root refresh split over replicas: ``python -m launch.bench.shampoo``.
 
 Under MirroredStrategy over two logical CPUs, a Shampoo step in which every
 root is refreshed (``precondition_frequency=1``) is timed twice, in
@@ -29,7 +29,7 @@ from absl import flags
 
 from launch import _console, _provenance
 
-PROG = "launch.bench_shampoo"
+PROG = "launch.bench.shampoo"
 
 _SHAPES = flags.DEFINE_list(
     "shapes", ["256x256", "256x128", "128x64"], "Variable shapes (AxB); blocks of --block_size."

@@ -1,7 +1,7 @@
 r"""An accelerator check that one command runs: ``python -m launch.device_check``.
 
 It finds the accelerators present and runs a fixed, time-boxed set of checks
-(`launch._device_catalog`): the fused optimizer kernels against a memory roof
+(`launch.device_check._catalog`): the fused optimizer kernels against a memory roof
 measured in the same run, the default training job under ``auto`` and under
 ``mirrored`` over two logical devices, ``mixed_float16`` (speed, and an fp16
 overflow on one replica skipped on every replica) and XLA on two convnets.
@@ -20,7 +20,7 @@ and each worker's log to ``--output_dir``, and prints the table. Exit status:
     python -m launch.device_check --quick
 
 This process imports no TensorFlow: each device layout's checks run in a
-`launch._device_worker` child, because TensorFlow fixes its logical devices
+`launch.device_check._worker` child, because TensorFlow fixes its logical devices
 when it initializes, and so that a hung or crashed check can be killed and
 reported while the others go on. See docs/accelerators.md.
 """
@@ -38,10 +38,11 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from launch import _console, _device_report, _device_runner, _flags
-from launch import _device_catalog as catalog
+from launch import _console, _flags
+from launch.device_check import _catalog as catalog
+from launch.device_check import _report, _runner
 
-# --output_dir and --quick are shared with launch.bench_optimizers, --data_dir with
+# --output_dir and --quick are shared with launch.bench.optimizers, --data_dir with
 # launch.train (launch/_flags.py): entry points must import into one process.
 _OUTPUT_DIR, _QUICK, _DATA_DIR = _flags.OUTPUT_DIR, _flags.QUICK, _flags.DATA_DIR
 _flags.declare_key_flags(__name__, _OUTPUT_DIR, _QUICK, _DATA_DIR)
@@ -63,7 +64,7 @@ _INJECT_FAULT = flags.DEFINE_list(
     "hang or kill its process, so that the report shows FAILED/TIMEOUT for it.",
 )  # fmt: skip
 
-PROG = _device_runner.PROG
+PROG = _runner.PROG
 _FAULTS = ("fail", "hang", "crash")
 
 
@@ -110,18 +111,18 @@ def main(argv: Sequence[str]) -> None:
     spec = {"profile": profile, "inject": inject,
             "data_dir": os.path.abspath(_DATA_DIR.value) if _DATA_DIR.value else None}  # fmt: skip
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _device_runner.on_signal)
+        signal.signal(signum, _runner.on_signal)
     with tempfile.TemporaryDirectory(prefix="device_check-") as workdir:
-        results = _device_runner.run_checks(plan, spec, workdir, budget, _STARTUP_TIMEOUT_S.value, _CHECK_TIMEOUT_S.value)
+        results = _runner.run_checks(plan, spec, workdir, budget, _STARTUP_TIMEOUT_S.value, _CHECK_TIMEOUT_S.value)
         _keep_logs(workdir, output_dir)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)  # Let the report be written whole.
-    report = _device_report.build_report(plan, results, profile, date, time.monotonic() - began, budget)
+    report = _report.build_report(plan, results, profile, date, time.monotonic() - began, budget)
     json_path = os.path.join(output_dir, "device_check.json")
     md_path = os.path.join(output_dir, "device_check.md")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1, default=str)
-    table = _device_report.markdown(report)
+    table = _report.markdown(report)
     with open(md_path, "w") as f:
         f.write(table)
     print(table)
@@ -133,7 +134,3 @@ def main(argv: Sequence[str]) -> None:
 def run(argv: list[str] | None = None) -> None:
     """Entry point: absl parses the flags; a bad value exits with status 2."""
     _console.run(main, PROG, __name__, argv)
-
-
-if __name__ == "__main__":
-    run()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from launch import _device_catalog as catalog
+import launch.device_check._catalog as catalog
 from launch import _provenance
 
 
