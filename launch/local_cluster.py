@@ -55,12 +55,12 @@ from absl import flags
 
 from launch import _console
 
-# The prefix of its error lines and of its own output ("[local_cluster] ...").
+# Its error lines read "local_cluster: error: ...", as its own output reads "[local_cluster] ...".
 PROG = "local_cluster"
 HOST = "127.0.0.1"
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = _console.EXIT_PREEMPTED  # SIGTERM's 128 + 15.
+EXIT_TERMINATED = 143
 # A task that exits 2 failed on a user error (launch.train's convention): never restarted.
 EXIT_USAGE = _console.EXIT_USAGE
 # --max_restarts were all used and a task still failed.
