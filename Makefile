@@ -77,10 +77,10 @@ docs: $(STAMP)
 bench: bench-fit bench-optimizers
 
 bench-fit: $(STAMP)
-	$(BIN)/python -m launch.bench_fit $(ARGS)
+	$(BIN)/python -m launch.bench.fit $(ARGS)
 
 bench-optimizers: $(STAMP)
-	$(BIN)/python -m launch.bench_optimizers $(ARGS)
+	$(BIN)/python -m launch.bench.optimizers $(ARGS)
 
 # The accelerator check (docs/accelerators.md); ARGS="--quick" for the CPU stand-in.
 device-check: $(STAMP)

@@ -137,7 +137,7 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
         raise DataError(
             f"Unknown TFDS dataset: --dataset={name!r}; tfds.list_builders() lists the names."
         ) from None
-    except Exception as e:  # noqa: BLE001  Unreadable files in data_dir fail in many types (protobuf's ParseError, OSError, ...).
+    except Exception as e:  # Unreadable files in data_dir fail in many types (protobuf's ParseError, OSError, ...).
         raise DataError(
             f"Cannot read dataset {name!r} in --data_dir={data_dir}: {_first_line(e)}; "
             f"delete {os.path.join(data_dir, name)} and prepare it again."

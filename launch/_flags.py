@@ -22,14 +22,14 @@ _T = TypeVar("_T")
 
 EPOCHS = flags.DEFINE_integer(
     "epochs", None,
-    "Epochs to run. Unset: launch.train trains 15; launch.bench_fit runs 4 per "
+    "Epochs to run. Unset: launch.train trains 15; launch.bench.fit runs 4 per "
     "measurement (the first is not timed).",
     lower_bound=1,
 )  # fmt: skip
 STEPS_PER_EPOCH = flags.DEFINE_integer(
     "steps_per_epoch", None,
     "Steps per epoch. Unset: launch.train makes one pass over the train split per epoch; "
-    "launch.bench_fit runs 200.",
+    "launch.bench.fit runs 200.",
     lower_bound=1,
 )  # fmt: skip
 
@@ -40,12 +40,12 @@ DATA_DIR = flags.DEFINE_string(
 )  # fmt: skip
 OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None,
-    "Where to write the results. Unset: launch.bench_optimizers writes to "
+    "Where to write the results. Unset: launch.bench.optimizers writes to "
     "runs/bench_optimizers; launch.device_check to runs/device_check.",
 )  # fmt: skip
 QUICK = flags.DEFINE_bool(
     "quick", False,
-    "A small run. launch.bench_optimizers: --sizes=1M --timed_steps=5 --noisolate unless "
+    "A small run. launch.bench.optimizers: --sizes=1M --timed_steps=5 --noisolate unless "
     "those are given. launch.device_check: the small profile, the CPU stand-in that "
     "make test runs.",
 )  # fmt: skip

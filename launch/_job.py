@@ -21,15 +21,11 @@ import keras
 import tensorflow as tf
 
 import strategies
-from launch import _data, _input, _models, _optimizers, _outputs, _schedules
+from launch import _console, _data, _input, _models, _optimizers, _outputs, _schedules
 
 METRICS = ("accuracy", "loss")
 # NumPy seeds its generator with an unsigned 32-bit integer (keras.utils.set_random_seed).
 MAX_SEED = 2**32 - 1
-
-
-class UsageError(ValueError):
-    """An option value that cannot work, found once the data and strategy are known."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +123,7 @@ def run(
         # its checks need the number of steps).
         _optimizers.make(job.optimizer, job.hyperparameters(job.learning_rate))
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise _console.UsageError(str(e)) from None
     data = _data.prepare(job.dataset, job.data_dir)
     model_dir = job.model_dir or default_model_dir(strategy, data.name, job.model)
     steps = job.steps_per_epoch or _input.steps_per_epoch(
@@ -146,7 +142,7 @@ def run(
         # not from inside the training loop; model_fn builds the real one.
         optimizer_config = _optimizers.make(job.optimizer, job.hyperparameters(lr)).get_config()
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise _console.UsageError(str(e)) from None
 
     def model_fn() -> keras.Model:
         model = _models.build_model(job.model, data.input_shape, data.num_classes)

@@ -39,9 +39,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
-from launch import _flags, local_cluster
+from launch import _console, _flags, local_cluster
+
+PROG = "launch.chaos"
 
 # --epochs (default here: 10) and --steps_per_epoch (30) are the flags launch.train shares
 # (launch/_flags.py); the other names differ from launch.train's, since absl flags are global.
@@ -303,9 +305,7 @@ def run_chaos(work: str, data_dir: str) -> list[Report]:
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        print(f"chaos: unexpected arguments {list(argv[1:])}", file=sys.stderr)
-        return 2
+    _console.check_no_positional(PROG, argv)
     work = _WORK_DIR.value or tempfile.mkdtemp(prefix="chaos-")
     os.makedirs(work, exist_ok=True)
     for name in ("mwms-chaos", "mwms-progress", "ps-chaos", "ps-progress", "mwms-reference"):
@@ -323,7 +323,7 @@ def main(argv: Sequence[str]) -> int:
 
 def run() -> None:
     """Entry point: ``python -m launch.chaos``."""
-    app.run(main)
+    _console.run(main, PROG, __name__)
 
 
 if __name__ == "__main__":

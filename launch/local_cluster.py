@@ -51,16 +51,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from absl import app, flags
+from absl import flags
 
 from launch import _console
 from strategies import cluster as strategies_cluster
 
+# Its error lines read "local_cluster: error: ...", as its own output reads "[local_cluster] ...".
+PROG = "local_cluster"
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 # A task that exits 2 failed on a user error (launch.train's convention): never restarted.
-EXIT_USAGE = 2
+EXIT_USAGE = _console.EXIT_USAGE
 # --max_restarts were all used and a task still failed.
 EXIT_OUT_OF_RESTARTS = 3
 _GRACE_SECONDS = 3.0
@@ -385,8 +387,7 @@ def main(argv: Sequence[str]) -> int:
             raise ValueError(f"Cannot run {command[0]!r}: no such executable (check the path "
                              "and its execute permission).")
     except ValueError as error:
-        print(f"local_cluster: {error}", file=sys.stderr)
-        return 2
+        _console.fail(PROG, error)
     # SIGTERM (e.g. from a scheduler) stops the cluster like Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_terminated)
     local = LocalCluster(command, workers=_WORKERS.value, ps=_PS.value, chief=_CHIEF.value,
@@ -395,8 +396,7 @@ def main(argv: Sequence[str]) -> int:
         local.start()
         return local.wait().returncode
     except OSError as error:  # The command exists but cannot be executed.
-        print(f"local_cluster: Cannot run {command[0]!r}: {error.strerror}.", file=sys.stderr)
-        return 2
+        _console.fail(PROG, f"Cannot run {command[0]!r}: {error.strerror}.")
     except _Terminated:
         return EXIT_TERMINATED
     finally:
@@ -411,20 +411,14 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    # absl's own parser prints two lines and exits 1; a usage error here is
-    # one line and exit status 2, as for launch.train.
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        print(f"local_cluster: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+# The parser `run` uses, for a caller that runs `main` under its own app.run
+# (tests/launch/_fuzz_flags.py runs it in-process).
+_parse_flags = _console.flags_parser(PROG)
 
 
 def run() -> None:
     """Console-script entry point (``tfopt-local-cluster``)."""
-    _console.list_key_flags_in_help(__name__)
-    app.run(main, flags_parser=_parse_flags)
+    _console.run(main, PROG, __name__)
 
 
 if __name__ == "__main__":

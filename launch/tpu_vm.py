@@ -33,9 +33,8 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
-from absl import app, flags
+from absl import flags
 
 from launch import _console
 
@@ -191,16 +190,11 @@ def commands(
     return [cmd for step in STEPS if step in steps for cmd in by_step[step]]
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: Sequence[str], runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
     """Prints the commands, or runs them in order and stops at the first failure."""
     for flag in (_NAME, _ZONE):
         if not flag.value:
-            _fail(f"--{flag.name} is required. Received: {flag.name}={flag.value!r}.")
+            _console.fail(PROG, f"--{flag.name} is required. Received: {flag.name}={flag.value!r}.")
     try:
         cmds = commands(
             name=_NAME.value, zone=_ZONE.value, project=_PROJECT.value, accelerator_type=_ACCELERATOR.value,
@@ -208,7 +202,7 @@ def main(argv: Sequence[str], runner: Callable[..., subprocess.CompletedProcess]
             train_args=argv[1:],
         )  # fmt: skip
     except ValueError as e:
-        _fail(str(e))
+        _console.fail(PROG, str(e))
     for cmd in cmds:
         print(shlex.join(cmd), flush=True)
         if _EXECUTE.value:
@@ -218,17 +212,9 @@ def main(argv: Sequence[str], runner: Callable[..., subprocess.CompletedProcess]
                 sys.exit(result.returncode)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e))
-
-
 def run() -> None:
     """Console entry point."""
-    _console.list_key_flags_in_help(__name__)
-    app.run(main, flags_parser=_parse_flags)
+    _console.run(main, PROG, __name__)
 
 
 if __name__ == "__main__":

@@ -17,24 +17,19 @@ command then resumes from that step.
 
 from __future__ import annotations
 
+import dataclasses
+import logging as std_logging
 import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
-# Keep TF's C++ INFO/WARNING chatter out of the user's terminal unless asked.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf
+from absl import flags, logging
 
-import dataclasses  # noqa: E402
-import logging as std_logging  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
-
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-import strategies  # noqa: E402
-from launch import _console, _data, _flags, _job, _models, _optimizers, _outputs, _paths, _schedules  # noqa: E402
-from strategies import flags as strategy_flags  # noqa: E402
-from strategies.training._preemption import EXIT_CODE as PREEMPTED_EXIT_CODE  # noqa: E402
+import strategies
+from launch import _console, _data, _flags, _job, _models, _optimizers, _outputs, _paths, _schedules
+from strategies import flags as strategy_flags
 
 _D = _job.Job()  # The flags' defaults are the default job's.
 
@@ -68,7 +63,7 @@ _LR_SCHEDULE = flags.DEFINE_enum(
 _WARMUP_STEPS = flags.DEFINE_integer(
     "warmup_steps", _D.warmup_steps, "Linear warm-up steps (lr_schedule=warmup_cosine only).", lower_bound=0
 )
-# --epochs and --steps_per_epoch are shared with launch.bench_fit, --data_dir with
+# --epochs and --steps_per_epoch are shared with launch.bench.fit, --data_dir with
 # launch.device_check (launch/_flags.py).
 _flags.declare_key_flags(__name__, _flags.EPOCHS, _flags.STEPS_PER_EPOCH, _flags.DATA_DIR)
 flags.adopt_module_key_flags(strategy_flags)
@@ -99,12 +94,6 @@ strategy_flags.register_number_validators(_flags)
 PROG = "launch.train"
 
 
-def _fail(message: str) -> NoReturn:
-    # One line, whatever the exception's formatting: scripts grep for it.
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(2)
-
-
 def job_from_flags() -> _job.Job:
     """The `Job` the parsed flags describe."""
     values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(_job.Job)}
@@ -116,7 +105,7 @@ def _check_model_dir(model_dir: str) -> None:
     """--model_dir must be, or be creatable as, a writable directory (local paths only)."""
     reason = _paths.unwritable_reason(model_dir)
     if reason is not None:
-        raise _job.UsageError(
+        raise _console.UsageError(
             f"--model_dir must be a writable directory; {reason}. Received: model_dir={model_dir!r}."
         )
 
@@ -132,7 +121,7 @@ def train() -> dict[str, Any]:
     try:
         _optimizers.check_name(job.optimizer)
     except ValueError as e:
-        raise _job.UsageError(str(e)) from None
+        raise _console.UsageError(str(e)) from None
     if job.model_dir:
         _check_model_dir(job.model_dir)
     # Files only: fails fast, before any cluster wait, for data that is
@@ -166,37 +155,28 @@ def main(argv: Sequence[str]) -> None:
     """absl entry point: runs :func:`train`, turning user errors into exit status 2."""
     logging.get_absl_handler().python_handler.addFilter(_project_info_only)
     tf.get_logger().addFilter(_project_info_only)  # TF's logger may print through its own handler.
-    if len(argv) > 1:
-        _fail(f"unexpected positional arguments {list(argv[1:])}; every option is a --flag.")
+    _console.check_no_positional(PROG, argv)
     try:
         train()
-    except (strategies.StrategyError, _data.DataError, _job.UsageError, flags.Error,
+    except (strategies.StrategyError, _data.DataError, _console.UsageError, flags.Error,
             strategies.CheckpointMismatchError) as e:
-        _fail(str(e))
+        _console.fail(PROG, str(e))
     except strategies.Preempted as e:
         # Not an error: the checkpoint is saved; 143 tells a scheduler to restart the job.
         print(f"{PROG}: {e}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(_console.EXIT_PREEMPTED)
     except tf.errors.DataLossError as e:  # A record file that streams in corrupt, mid-training.
-        _fail(
+        _console.fail(PROG,
             f"corrupt data in --data_dir={_DATA_DIR.value or _data.default_data_dir()} for "
             f"--dataset={_DATASET.value}: {e.message.splitlines()[0]}; delete and prepare it again."
         )
     except PermissionError as e:
-        _fail(f"cannot write {e.filename!r}: {e.strerror}; choose another --model_dir.")
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e))
+        _console.fail(PROG, f"cannot write {e.filename!r}: {e.strerror}; choose another --model_dir.")
 
 
 def run(argv: list[str] | None = None, main_fn: Callable[[Sequence[str]], None] = main) -> None:
     """Console-script entry point (``tfopt-train``)."""
-    _console.list_key_flags_in_help(__name__)
-    app.run(main_fn, argv=argv, flags_parser=_parse_flags)
+    _console.run(main_fn, PROG, __name__, argv)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,10 @@ _PUBLIC = {
     "fit": "strategies.training._fit",
     "is_server_task": "strategies.building._factory",
     "load_model": "strategies.training._checkpointing",
+    "mirrored_strategy": "strategies.compat._keras_compat",
     "register": "strategies.building._registry",
     "serve_forever": "strategies.building._server",
+    "split_cpu": "strategies.building._builders",
     "task_role": "strategies.building._resolve",
 }
 _SUBMODULES = ("cluster", "flags")

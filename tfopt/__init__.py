@@ -24,6 +24,7 @@ from tfopt._lazy_adam import LazyAdam
 from tfopt._shampoo import Shampoo
 from tfopt._soap import SOAP
 # isort: on
+from tfopt._sharded_preconditioner import assign_owners, matrix_cost
 from tfopt._skip_nonfinite import SkipNonFinite, SkippedSteps
 
 __all__ = [
@@ -41,7 +42,9 @@ __all__ = [
     "SOAP",
     "SkipNonFinite",
     "SkippedSteps",
+    "assign_owners",
     "available",
     "get",
     "get_class",
+    "matrix_cost",
 ]

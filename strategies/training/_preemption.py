@@ -40,7 +40,6 @@ from absl import logging
 from strategies.compat import _tf_internals
 from strategies.training import _roles
 
-EXIT_CODE = 143  # As TensorFlow's failure_handling_util._RESTARTABLE_EXIT_CODE.
 _STOP = "stop"
 _ACK_TIMEOUT_MS = 60_000
 # Keys are unique per fit() call; every worker makes the same calls, in order.

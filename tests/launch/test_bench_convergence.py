@@ -1,4 +1,4 @@
-"""launch.bench_convergence: the --quick profile end to end, and its outputs.
+"""launch.bench.convergence: the --quick profile end to end, and its outputs.
 
 A subprocess, because absl flags are process-global and other test modules
 define flags of the same names. 1-3 min on the shared 2-core CPU (two optimizers
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _run(*args, timeout=400):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
-    return subprocess.run([sys.executable, "-m", "launch.bench_convergence", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "launch.bench.convergence", *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -68,7 +68,7 @@ def test_unknown_optimizer_is_a_usage_error(tmp_path):
 
 
 def test_lr_grid_is_half_decades_around_the_default():
-    from launch.bench_convergence import lr_grid
+    from launch.bench.convergence import lr_grid
 
     assert lr_grid(1e-3, 5) == [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2]
     assert lr_grid(3e-3, 1) == [3e-3]

@@ -1,4 +1,4 @@
-"""launch.bench_fit: a tiny real run through the command line, and its JSON.
+"""launch.bench.fit: a tiny real run through the command line, and its JSON.
 
 A subprocess, so that the command line itself is what is tested; the
 ``--epochs`` and ``--steps_per_epoch`` flags are launch.train's too
@@ -19,7 +19,7 @@ def test_small_run_reports_both_sides_and_their_ratio(tmp_path):
     output = tmp_path / "bench_fit.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
     done = subprocess.run(
-        [sys.executable, "-m", "launch.bench_fit",
+        [sys.executable, "-m", "launch.bench.fit",
          "--comparisons=one_device,mirrored_1_replica,mirrored_2_replicas",
          "--steps_per_epoch=4", "--epochs=2", "--repeats=2", f"--output={output}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
@@ -40,7 +40,7 @@ def test_small_run_reports_both_sides_and_their_ratio(tmp_path):
 def test_unknown_comparison_is_a_usage_error(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
     done = subprocess.run(
-        [sys.executable, "-m", "launch.bench_fit", "--comparisons=no_such",
+        [sys.executable, "-m", "launch.bench.fit", "--comparisons=no_such",
          f"--output={tmp_path / 'x.json'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )

@@ -1,4 +1,4 @@
-"""launch.bench_optimizers: a tiny real run, its outputs, and its user errors."""
+"""launch.bench.optimizers: a tiny real run, its outputs, and its user errors."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from launch import bench_optimizers as bench
+from launch.bench import optimizers as bench
 
 
 def run_bench(argv: list[str]) -> int:
-    """``python -m launch.bench_optimizers ARGV`` in this process; returns the exit status."""
+    """``python -m launch.bench.optimizers ARGV`` in this process; returns the exit status."""
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         try:
-            bench.run(["launch.bench_optimizers", *argv])
+            bench.run(["launch.bench.optimizers", *argv])
         except SystemExit as e:
             return 0 if e.code is None else int(e.code)
     return 0
@@ -73,7 +73,7 @@ def test_isolated_groups_run_in_a_child_process(tmp_path):
 def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     assert run_bench([*argv, f"--output_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("launch.bench_optimizers: error:") and message in err
+    assert err.startswith("launch.bench.optimizers: error:") and message in err
     assert "\n" not in err and not list(tmp_path.iterdir())
 
 

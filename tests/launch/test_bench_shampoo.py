@@ -1,4 +1,4 @@
-"""launch.bench_shampoo and launch.crosscheck_shampoo through their command lines.
+"""launch.bench.shampoo and launch.bench.crosscheck_shampoo through their command lines.
 
 Subprocesses: the benchmark splits the CPU into two logical devices before
 TensorFlow starts, which this test process has already done its own way.
@@ -21,7 +21,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 def test_tiny_bench_reports_both_variants_and_the_paper_scaling(tmp_path):
     output = tmp_path / "shampoo.json"
     done = subprocess.run(
-        [sys.executable, "-m", "launch.bench_shampoo", "--shapes=16x16,16x8", "--block_size=8",
+        [sys.executable, "-m", "launch.bench.shampoo", "--shapes=16x16,16x8", "--block_size=8",
          "--rounds=1", "--steps_per_round=1", f"--output_json={output}"],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -39,7 +39,7 @@ def test_tiny_bench_reports_both_variants_and_the_paper_scaling(tmp_path):
 
 def test_crosscheck_skips_cleanly_without_optax_shampoo():
     done = subprocess.run(
-        [sys.executable, "-m", "launch.crosscheck_shampoo", "--optax_python=/nonexistent/python"],
+        [sys.executable, "-m", "launch.bench.crosscheck_shampoo", "--optax_python=/nonexistent/python"],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -18,8 +18,9 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from launch import _device_catalog as catalog
-from launch import _device_kernels, device_check
+from launch import device_check
+from launch.device_check import _catalog as catalog
+from launch.device_check import _kernels as _device_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECK_KEYS = {"name", "status", "reason", "what", "layout", "box_s", "seconds", "device", "metrics"}

@@ -29,8 +29,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
 def _entry_point_modules() -> list[str]:
     """Every launch module that runs as ``python -m`` (it has a ``__main__`` block)."""
     found = []
-    for info in pkgutil.iter_modules(launch.__path__, prefix="launch."):
-        path = os.path.join(REPO, *info.name.split(".")) + ".py"
+    for info in pkgutil.walk_packages(launch.__path__, prefix="launch."):
+        path = os.path.join(REPO, *info.name.split("."))
+        path = os.path.join(path, "__main__.py") if info.ispkg else path + ".py"
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 if 'if __name__ == "__main__":' in f.read():
@@ -46,8 +47,8 @@ def _console_scripts() -> dict[str, str]:
 
 
 def test_entry_points_are_found():
-    assert {"launch.train", "launch.local_cluster", "launch.tpu_vm", "launch.bench_fit",
-            "launch.bench_optimizers"} <= set(_entry_point_modules())
+    assert {"launch.train", "launch.local_cluster", "launch.tpu_vm", "launch.bench.fit",
+            "launch.bench.optimizers"} <= set(_entry_point_modules())
     assert _console_scripts() == {"tfopt-train": "launch.train:run",
                                   "tfopt-local-cluster": "launch.local_cluster:run"}
 
@@ -65,11 +66,12 @@ def test_shared_flags_are_defined_once_and_read_by_both_benches_and_train():
 
 
 def test_shared_flag_help_states_each_entry_points_default():
-    from launch import _flags, _job, bench_fit
+    from launch import _flags, _job
+    from launch.bench import fit as bench_fit
     epochs, steps = (flags.FLAGS[h.name].help for h in (_flags.EPOCHS, _flags.STEPS_PER_EPOCH))
     assert f"launch.train trains {_job.Job().epochs};" in epochs
-    assert f"launch.bench_fit runs {bench_fit._DEFAULT_EPOCHS} " in epochs
-    assert f"launch.bench_fit runs {bench_fit._DEFAULT_STEPS_PER_EPOCH}." in steps
+    assert f"launch.bench.fit runs {bench_fit._DEFAULT_EPOCHS} " in epochs
+    assert f"launch.bench.fit runs {bench_fit._DEFAULT_STEPS_PER_EPOCH}." in steps
 
 
 def _listed_flags(*commands: list[str]) -> list[set[str]]:

@@ -26,7 +26,7 @@ def test_all_is_pinned():
     assert sorted(strategies.__all__) == sorted([
         "CheckpointMismatchError", "Preempted", "StrategyConfig", "StrategyError", "available",
         "build", "cluster", "describe", "detect", "fit", "flags", "is_server_task", "load_model",
-        "register", "serve_forever", "task_role",
+        "mirrored_strategy", "register", "serve_forever", "split_cpu", "task_role",
     ])  # fmt: skip
     for name in strategies.__all__:
         assert getattr(strategies, name) is not None

@@ -25,9 +25,11 @@ EXPECTED_ALL = [
     "SOAP",
     "SkipNonFinite",
     "SkippedSteps",
+    "assign_owners",
     "available",
     "get",
     "get_class",
+    "matrix_cost",
 ]
 
 # In registration (import) order.

@@ -5,7 +5,7 @@ with grafting and blocking) and optax-shampoo's pseudo-code, in float64 and
 plain NumPy: its own reshaping and blocking, its own coupled Newton iteration
 (Higham, "Functions of Matrices", eq. 7.18), its own power iteration. The
 optimizer runs in float64 variables, so the two agree to ~1e-9. The float32
-cross-check against the real optax-shampoo is launch/crosscheck_shampoo.py
+cross-check against the real optax-shampoo is launch/bench/crosscheck_shampoo.py
 (numbers in docs/shampoo.md).
 """
 

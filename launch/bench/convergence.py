@@ -1,4 +1,4 @@
-r"""Does a second-order optimizer train faster? ``python -m launch.bench_convergence``.
+r"""Does a second-order optimizer train faster? ``python -m launch.bench.convergence``.
 
 Steps and wall-clock time to a fixed target, per optimizer, on two tasks over
 the UCI digits (they ship with scikit-learn, so this runs offline):
@@ -42,35 +42,28 @@ curves and the learning-rate sweep) and ``convergence.md`` (the table).
 ``--quick`` (shared flag) is a smoke profile (few steps, a 2-point grid, one seed) whose
 numbers mean nothing::
 
-    python -m launch.bench_convergence --output_dir=/tmp/conv
-    python -m launch.bench_convergence --quick --output_dir=/tmp/conv_quick
+    python -m launch.bench.convergence --output_dir=/tmp/conv
+    python -m launch.bench.convergence --quick --output_dir=/tmp/conv_quick
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags, logging
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import multiprocessing  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-import tfopt  # noqa: E402
-from launch import _data, _flags, _models, _outputs  # noqa: E402
+import tfopt
+from launch import _console, _data, _flags, _models, _outputs, _provenance
 
 BASELINE = "adamw"
 
@@ -214,7 +207,7 @@ class Runner:
             variable.assign(value)
         if isinstance(self.optimizer, keras.optimizers.ScheduleFreeAdamW):
             # Its build() copies the weights into its momentum.
-            for momentum, variable in zip(self.optimizer._momentums,  # noqa: SLF001
+            for momentum, variable in zip(self.optimizer._momentums,  # Keras' private slots: no public accessor.
                                           self.model.trainable_variables, strict=True):
                 momentum.assign(variable)
         self.optimizer.learning_rate = lr
@@ -294,15 +287,6 @@ def _sweep(*, runner: Runner, by_lr: dict[float, list[dict]], lr: float, seeds: 
         by_lr.setdefault(lr, []).append(run)
         steps = run["reached"]["steps"] if run["reached"] else max_steps
         progress.add(1, values=[("steps", steps)])
-
-
-def _git_state() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain",
-                                                                   "--untracked-files=no") else "")
 
 
 def _ratio(value: float, baseline: float) -> float:
@@ -413,6 +397,7 @@ def plot(task: Task, results: dict[str, Any], target: float, path: str) -> None:
 _OUTPUT_DIR, _QUICK, _DATA_DIR = _flags.OUTPUT_DIR, _flags.QUICK, _flags.DATA_DIR
 _flags.declare_key_flags(__name__, _OUTPUT_DIR, _QUICK, _DATA_DIR)
 _DEFAULT_OUTPUT_DIR = "runs/bench_convergence"
+PROG = "launch.bench.convergence"
 _TASKS = flags.DEFINE_multi_enum("task", ["digits_cnn", "digits_autoencoder"],
                                  ["digits_cnn", "digits_autoencoder"], "Tasks to run.")
 _OPTIMIZERS = flags.DEFINE_list("candidates", list(OPTIMIZERS),
@@ -439,7 +424,7 @@ flags.register_validator("grid_points", lambda n: n >= 1, "--grid_points must be
 
 
 def main(argv: Sequence[str]) -> None:
-    del argv
+    _console.check_no_positional(PROG, argv)
     quick = _QUICK.value
     seeds = list(range(1 if quick else _SEEDS.value))
     points = 2 if quick else _GRID.value
@@ -459,9 +444,7 @@ def main(argv: Sequence[str]) -> None:
     os.makedirs(output_dir, exist_ok=True)
     report: dict[str, Any] = {
         "settings": settings,
-        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                    "cpus": multiprocessing.cpu_count(), "tensorflow": tf.__version__,
-                    "keras": keras.__version__, "git": _git_state()},
+        "machine": _provenance.machine(),
         "results": {}, "summary": {},
     }  # fmt: skip
     started = time.perf_counter()
@@ -529,7 +512,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point, as for every launch module."""
-    app.run(main, argv=argv)
+    _console.run(main, PROG, __name__, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-r"""Optimizer step time against a memory roof: ``python -m launch.bench_optimizers``.
+r"""Optimizer step time against a memory roof: ``python -m launch.bench.optimizers``.
 
 An optimizer step is memory-bound, so the yardstick is bandwidth. For each
 tfopt optimizer, and its Keras counterpart where Keras has one, with and
@@ -21,40 +21,34 @@ drifts): the tfopt/Keras ratio and the fractions compare like with like.
 It writes ``optimizers.json`` (every number, machine and git state),
 ``optimizers.png`` (fraction of the roof per optimizer) and ``optimizers.md``
 (the table on the docs' Benchmarks page) to ``--output_dir``; the last two are
-drawn by `launch._bench_report`. ``--quick`` runs 1M parameters with
+drawn by `launch.bench._report`. ``--quick`` runs 1M parameters with
 few timed steps, in about a minute; the default run takes several minutes on a
 2-core CPU::
 
-    python -m launch.bench_optimizers --quick
-    python -m launch.bench_optimizers --optimizers=adam,lamb --sizes=16M --xla=off
+    python -m launch.bench.optimizers --quick
+    python -m launch.bench.optimizers --optimizers=adam,lamb --sizes=16M --xla=off
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import json
+import multiprocessing
 import os
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import tensorflow as tf
+from absl import flags, logging
 
-import dataclasses  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-import tfopt  # noqa: E402
-from launch import _console, _flags, _outputs  # noqa: E402
-from launch._bench_report import markdown_table, plot, size_label  # noqa: E402
+import tfopt
+from launch import _console, _flags, _outputs, _provenance
+from launch.bench._report import markdown_table, plot, size_label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,21 +109,18 @@ _ISOLATE = flags.DEFINE_bool(
 _OUTPUT_DIR = _flags.OUTPUT_DIR
 _flags.declare_key_flags(__name__, _flags.QUICK, _flags.OUTPUT_DIR)
 _DEFAULT_OUTPUT_DIR = "runs/bench_optimizers"
+PROG = "launch.bench.optimizers"
 
 # The slowest group (64M, Keras' Lamb without XLA) takes about a minute here.
 _GROUP_TIMEOUT_S = 1800
 _SIZE_RE = re.compile(r"^(\d+)([KkMm]?)$")
 
 
-class UsageError(ValueError):
-    """A bad flag value: reported as one line, exit status 2."""
-
-
 def parse_size(text: str) -> int:
     """``"16M"`` -> 16 * 2**20; ``"1000"`` -> 1000."""
     match = _SIZE_RE.match(text.strip())
     if not match or int(match.group(1)) == 0:
-        raise UsageError(
+        raise _console.UsageError(
             f"--sizes takes positive counts such as 1M, 64K or 1000. Received: {text!r}."
         )
     return int(match.group(1)) << {"": 0, "K": 10, "M": 20}[match.group(2).upper()]
@@ -284,36 +275,9 @@ def run_benchmark(
     return rows
 
 
-def _git_state() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+uncommitted changes" if dirty else "")
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"launch.bench_optimizers: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: Sequence[str]) -> None:
     """Runs the benchmark the flags describe and writes its three files."""
-    if len(argv) > 1:
-        _fail(f"unexpected positional arguments {list(argv[1:])}; every option is a --flag.")
+    _console.check_no_positional(PROG, argv)
     try:
         sizes = [
             parse_size(s) for s in (["1M"] if _QUICK.value and not _SIZES.present else _SIZES.value)
@@ -321,12 +285,12 @@ def main(argv: Sequence[str]) -> None:
         names = _OPTIMIZERS.value or [n for n in SPECS if n in tfopt.available()]
         unknown = [n for n in names if n not in SPECS]
         if unknown:
-            raise UsageError(
+            raise _console.UsageError(
                 f"--optimizers takes {', '.join(SPECS)}. Received: {','.join(unknown)}."
             )
-    except UsageError as e:
-        _fail(str(e))
-    git_state = _git_state()  # What is measured: the tree as the run starts.
+    except _console.UsageError as e:
+        _console.fail(PROG, e)
+    machine = _provenance.machine()  # What is measured: the tree as the run starts.
     timed_steps = 5 if _QUICK.value and not _TIMED_STEPS.present else _TIMED_STEPS.value
     xla_modes = {"both": [False, True], "off": [False], "on": [True]}[_XLA.value]
 
@@ -335,16 +299,9 @@ def main(argv: Sequence[str]) -> None:
     rows = run_benchmark(names, sizes, xla_modes, _KERAS.value, timed_steps, _WARMUP.value, isolate)
     output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
     os.makedirs(output_dir, exist_ok=True)
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-    }
     result = {
         "machine": machine,
-        "git": git_state,
+        "git": machine["git"],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "timed_steps": timed_steps,
         "warmup": _WARMUP.value,
@@ -360,17 +317,9 @@ def main(argv: Sequence[str]) -> None:
     print("Wrote " + ", ".join(paths))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e))
-
-
 def run(argv: list[str] | None = None) -> None:
     """Entry point: absl parses the flags; a bad value exits with status 2."""
-    _console.list_key_flags_in_help(__name__)
-    app.run(main, argv=argv, flags_parser=_parse_flags)
+    _console.run(main, PROG, __name__, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A child process of `launch.device_check`: one device layout, some checks, one result file each.
 
-``python -m launch._device_worker SPEC.json``. The parent writes the spec
+``python -m launch.device_check._worker SPEC.json``. The parent writes the spec
 (profile, layout, check names, work directory, injected faults) and watches
 the work directory: this process writes ``<check>.start`` when a check begins
 and ``<check>.json`` when it ends, so that the parent can give every check its
@@ -13,21 +13,15 @@ its logical devices at first use: that is why each layout needs a process.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Never reach for the network: TFDS's GCS probes, GCE metadata.
-os.environ.setdefault("TFDS_DISABLE_GCS", "1")
-os.environ.setdefault("NO_GCE_CHECK", "True")
-
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from typing import Any  # noqa: E402
-
-from launch import _device_catalog as catalog  # noqa: E402
+import launch.device_check._catalog as catalog
 
 # Each logical GPU of the TWO layout gets this share of the GPU's memory.
 _SPLIT_MEMORY_FRACTION = 0.4
@@ -86,14 +80,18 @@ def _inject(mode: str) -> None:
 
 
 def main(spec_path: str) -> None:
+    # Never reach for the network (TFDS's GCS probes, GCE metadata): set before
+    # set_layout() and the checks import TensorFlow and TFDS.
+    os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+    os.environ.setdefault("NO_GCE_CHECK", "True")
     with open(spec_path) as f:
         spec = json.load(f)
     workdir = spec["workdir"]
     layout_info = set_layout(spec["layout"])
 
-    from launch import _device_checks  # TensorFlow, Keras and the project.
+    import launch.device_check._checks as _checks  # TensorFlow, Keras and the project.
 
-    context = _device_checks.Context(
+    context = _checks.Context(
         profile=spec["profile"], workdir=workdir, data_dir=spec.get("data_dir"), layout=layout_info
     )
     by_name = {c.name: c for c in catalog.checks(spec["profile"])}
@@ -104,8 +102,8 @@ def main(spec_path: str) -> None:
         try:
             if name in spec.get("inject", {}):
                 _inject(spec["inject"][name])
-            result = _device_checks.CHECKS[check.kind](check, context)
-        except Exception as error:  # noqa: BLE001 -- any error is this check's FAILED.
+            result = _checks.CHECKS[check.kind](check, context)
+        except Exception as error:  # Any error is this check's FAILED.
             lines = traceback.format_exception_only(type(error), error)
             result = {
                 "status": catalog.FAILED,
@@ -121,7 +119,7 @@ def main(spec_path: str) -> None:
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -m launch._device_worker SPEC.json`` (started by device_check)."""
+    """Entry point: ``python -m launch.device_check._worker SPEC.json`` (started by device_check)."""
     main((sys.argv if argv is None else argv)[1])
 
 

@@ -1,4 +1,4 @@
-"""The checks of `launch.device_check`, run inside a `launch._device_worker` process.
+"""The checks of `launch.device_check`, run inside a `launch.device_check._worker` process.
 
 Each check takes its `Check` (name, layout, time box) and the `Context` and
 returns ``{"status", "reason", "metrics"}``. It fails by returning FAILED with
@@ -21,10 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import launch.device_check._catalog as catalog
+import launch.device_check._kernels as _kernels
 import strategies
-from launch import _device_catalog as catalog
-from launch import _device_kernels, _job, _models
-from strategies.building import _detect
+from launch import _job, _models
 
 # Quick profile: the CPU stand-in, a few epochs; full: the default job.
 _JOB_EPOCHS = {catalog.FULL: 15, catalog.QUICK: 1}
@@ -87,6 +87,15 @@ def _nvidia_smi() -> list[str] | None:
     return [line for line in out.stdout.splitlines() if line.startswith("GPU")]
 
 
+def _tpu_evidence() -> str | None:
+    """Why auto-detection would pick a TPU here, or None (it reads local evidence only)."""
+    try:
+        name, reason = strategies.detect(strategies.StrategyConfig(), os.environ)
+    except strategies.StrategyError:  # A malformed cluster description: not about a TPU.
+        return None
+    return reason if name == "tpu" else None
+
+
 def accelerators(check: catalog.Check, context: Context) -> dict[str, Any]:
     """PASS with a GPU; MISSING without one; FAILED when nvidia-smi sees one TF does not."""
     build = tf.sysconfig.get_build_info()
@@ -99,7 +108,7 @@ def accelerators(check: catalog.Check, context: Context) -> dict[str, Any]:
         "cuda_version": build.get("cuda_version"),
         "cudnn_version": build.get("cudnn_version"),
         "nvidia_smi": smi,
-        "tpu_evidence": _detect.tpu_probe(strategies.StrategyConfig(), os.environ),
+        "tpu_evidence": _tpu_evidence(),
     }
     if context.gpus:
         return {"status": catalog.PASS, "reason": f"TensorFlow sees {len(context.gpus)} GPU(s): "
@@ -293,7 +302,7 @@ def _xla(model_name: str) -> Callable[[catalog.Check, Context], dict[str, Any]]:
 
 CHECKS: dict[str, Callable[[catalog.Check, Context], dict[str, Any]]] = {
     "accelerators": accelerators,
-    "fused_kernels": _device_kernels.fused_kernels,
+    "fused_kernels": _kernels.fused_kernels,
     "job": job,
     "mixed_precision": mixed_precision,
     "xla_cnn": _xla("cnn"),

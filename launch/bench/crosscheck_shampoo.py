@@ -1,4 +1,4 @@
-r"""tfopt.Shampoo against the real optax-shampoo 0.0.6: ``python -m launch.crosscheck_shampoo``.
+r"""tfopt.Shampoo against the real optax-shampoo 0.0.6: ``python -m launch.bench.crosscheck_shampoo``.
 
 Runs the same gradients (seeded, anisotropic) through ``tfopt.Shampoo`` and
 ``optax_shampoo.distributed_shampoo`` for ``--steps`` steps, in float32, on
@@ -16,7 +16,7 @@ from ``True`` to ``1.0`` (``lax.while_loop`` rejects the bool carry). Without
 that interpreter the script says so and exits 0: nothing in the project
 depends on it::
 
-    python -m launch.crosscheck_shampoo \
+    python -m launch.bench.crosscheck_shampoo \
         --optax_python=/work/throwaway/shampoo/venv/bin/python
 
 This file is also the optax side (``--side=optax``), so it imports neither
@@ -28,11 +28,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from launch import _console
+
+PROG = "launch.bench.crosscheck_shampoo"
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SIDE = flags.DEFINE_enum("side", "tfopt", ["tfopt", "optax"], "Internal: which side to run.")
 _OPTAX_PYTHON = flags.DEFINE_string(
@@ -86,7 +90,7 @@ def _initial() -> dict[str, np.ndarray]:
 
 
 def _optax_kwargs(config: dict) -> dict:
-    from optax_shampoo import distributed_shampoo as ds  # noqa: PLC0415
+    from optax_shampoo import distributed_shampoo as ds
 
     renamed = {"beta_1": "beta1", "beta_2": "beta2",
                "precondition_frequency": "preconditioning_compute_steps"}  # fmt: skip
@@ -102,10 +106,10 @@ def _optax_kwargs(config: dict) -> dict:
 
 
 def _run_optax(out: str) -> None:
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import optax  # noqa: PLC0415
-    from optax_shampoo import distributed_shampoo as ds  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from optax_shampoo import distributed_shampoo as ds
 
     grads = _gradients(_STEPS.value)
     results = {}
@@ -123,10 +127,10 @@ def _run_optax(out: str) -> None:
 
 
 def _run_tfopt(dtype: str) -> dict[str, np.ndarray]:
-    import keras  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
+    import keras
+    import tensorflow as tf
 
-    import tfopt  # noqa: PLC0415
+    import tfopt
 
     grads = _gradients(_STEPS.value)
     results = {}
@@ -145,7 +149,7 @@ def _run_tfopt(dtype: str) -> dict[str, np.ndarray]:
 
 
 def _step_function(optimizer, variables):
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     @tf.function
     def step(grads):
@@ -180,7 +184,7 @@ def _table(float32: dict, float64: dict, optax_results: dict) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    _console.check_no_positional(PROG, argv)
     if _SIDE.value == "optax":
         _run_optax(_OUT.value)
         return
@@ -191,8 +195,11 @@ def main(argv: list[str]) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "optax.npz")
-        subprocess.run([python, os.path.abspath(__file__), "--side=optax", f"--out={out}",
-                        f"--crosscheck_steps={_STEPS.value}"], check=True, timeout=1800)  # fmt: skip
+        # As a module of this package, from the folder that holds `launch`:
+        # the optax interpreter has absl and NumPy, not this project installed.
+        subprocess.run([python, "-m", PROG, "--side=optax", f"--out={out}",
+                        f"--crosscheck_steps={_STEPS.value}"], check=True, timeout=1800,
+                       cwd=_PACKAGE_ROOT)  # fmt: skip
         with np.load(out) as data:
             optax_results = dict(data)
     rows = _table(_run_tfopt("float32"), _run_tfopt("float64"), optax_results)
@@ -210,9 +217,8 @@ def main(argv: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point, as for every launch module."""
-    app.run(main, argv=argv)
+    _console.run(main, PROG, __name__, argv)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     run()

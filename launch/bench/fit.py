@@ -1,4 +1,4 @@
-r"""What `strategies.fit` costs over plain ``model.fit``: ``python -m launch.bench_fit``.
+r"""What `strategies.fit` costs over plain ``model.fit``: ``python -m launch.bench.fit``.
 
 Each comparison trains the same model on the same data twice in one process,
 once through a baseline and once through a candidate, alternating the two for
@@ -26,32 +26,28 @@ Built-in comparisons (the model of the default job: a 64-128-10 MLP, Adam
 More comparisons plug in with `register` (``launch.train`` adds its default
 digits job against a plain Keras loop this way, see `register`'s example)::
 
-    python -m launch.bench_fit --repeats=5 --output=runs/bench_fit.json
+    python -m launch.bench.fit --repeats=5 --output=runs/bench_fit.json
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
+import strategies
+from launch import _console, _flags, _provenance
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import strategies  # noqa: E402
-from launch import _console, _flags  # noqa: E402
-from strategies.building._builders import split_cpu  # noqa: E402
-from strategies.compat import _keras_compat  # noqa: E402
+PROG = "launch.bench.fit"
 
 Trainer = Callable[[keras.callbacks.Callback], None]
 """Trains once, calling the given timing callback's epoch hooks."""
@@ -149,9 +145,9 @@ def _fit_pair(make_strategy: Callable[[], tf.distribute.Strategy]):
 
 register("one_device")(_fit_pair(lambda: tf.distribute.OneDeviceStrategy("CPU:0")))
 register("mirrored_1_replica")(_fit_pair(
-    lambda: _keras_compat.mirrored_strategy(["CPU:0"])))
+    lambda: strategies.mirrored_strategy(["CPU:0"])))
 register("mirrored_2_replicas")(_fit_pair(
-    lambda: _keras_compat.mirrored_strategy(split_cpu(2))))
+    lambda: strategies.mirrored_strategy(strategies.split_cpu(2))))
 
 
 # ---------------------------------------------------------------------------
@@ -261,13 +257,13 @@ _OUTPUT = flags.DEFINE_string("output", "runs/bench_fit.json", "Where the JSON g
 
 
 def main(argv: Sequence[str]) -> None:
-    del argv
+    _console.check_no_positional(PROG, argv)
     names = _NAMES.value or list(_COMPARISONS)
     unknown = sorted(set(names) - set(_COMPARISONS))
     if unknown:
-        raise app.UsageError(f"--comparisons must name registered comparisons "
-                             f"{sorted(_COMPARISONS)}. Received: {unknown}.")
-    split_cpu(2)  # Before TensorFlow starts; one-device comparisons use CPU:0 only.
+        _console.fail(PROG, f"--comparisons must name registered comparisons "
+                            f"{sorted(_COMPARISONS)}. Received: {unknown}.")
+    strategies.split_cpu(2)  # Before TensorFlow starts; one-device comparisons use CPU:0 only.
     steps = _flags.value_or(_flags.STEPS_PER_EPOCH, _DEFAULT_STEPS_PER_EPOCH)
     epochs = _flags.value_or(_flags.EPOCHS, _DEFAULT_EPOCHS)
     results = {}
@@ -279,9 +275,7 @@ def main(argv: Sequence[str]) -> None:
               f"strategies.fit {r['candidate_steps_per_second']:7.1f}, ratio {r['ratio']:.3f}; "
               f"best-epoch ratio {r['best_ratio']:.3f}; CPU-time ratio {r['cpu_ratio']:.3f}",
               flush=True)
-    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "gpus": len(tf.config.list_physical_devices("GPU"))},
-              "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    report = {"machine": _provenance.machine(gpus=len(tf.config.list_physical_devices("GPU"))),
               "settings": {"steps": steps, "epochs": epochs,
                            "repeats": _REPEATS.value},
               "results": results}
@@ -292,9 +286,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    """Entry point of ``python -m launch.bench_fit``."""
-    _console.list_key_flags_in_help(__name__)
-    app.run(main)
+    """Entry point of ``python -m launch.bench.fit``."""
+    _console.run(main, PROG, __name__)
 
 
 if __name__ == "__main__":

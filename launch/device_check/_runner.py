@@ -1,6 +1,6 @@
 """`launch.device_check`'s runner: worker processes, per-check time boxes, signals.
 
-Each device layout's checks run in one `launch._device_worker` process. The
+Each device layout's checks run in one `launch.device_check._worker` process. The
 worker writes ``<check>.start`` when a check begins and ``<check>.json`` when
 it ends; from these the runner gives every check its own time box, kills the
 worker's process group when one overruns (or the run's budget ends, or a
@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from launch import _device_catalog as catalog
+import launch.device_check._catalog as catalog
 
 PROG = "launch.device_check"
 _POLL_S = 0.1
@@ -79,7 +79,7 @@ def _run_worker(checks: list[catalog.Check], spec: dict[str, Any], workdir: str,
                    "workdir": workdir}, f)  # fmt: skip
     log = os.path.join(workdir, f"worker-{checks[0].name}.log")
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "launch._device_worker", spec_path],
+        proc = subprocess.Popen([sys.executable, "-m", "launch.device_check._worker", spec_path],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     started, mine = time.monotonic(), [c for c in checks if c.name not in results]
 

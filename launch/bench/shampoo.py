@@ -1,4 +1,4 @@
-r"""Shampoo's root refresh split over replicas: ``python -m launch.bench_shampoo``.
+r"""Shampoo's root refresh split over replicas: ``python -m launch.bench.shampoo``.
 
 Under MirroredStrategy over two logical CPUs, a Shampoo step in which every
 root is refreshed (``precondition_frequency=1``) is timed twice, in
@@ -21,16 +21,15 @@ idle accelerator: the ratio measures the work saved on a shared machine.
 
 from __future__ import annotations
 
-import os
+import json
+import statistics
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+from launch import _console, _provenance
 
-from absl import app, flags  # noqa: E402
+PROG = "launch.bench.shampoo"
 
 _SHAPES = flags.DEFINE_list(
     "shapes", ["256x256", "256x128", "128x64"], "Variable shapes (AxB); blocks of --block_size."
@@ -42,18 +41,18 @@ _OUTPUT = flags.DEFINE_string("output_json", None, "Optional JSON file for every
 
 
 def _setup_devices() -> None:
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 def _variant(strategy, shapes, split: bool, frequency: int):
-    import keras  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
+    import keras
+    import numpy as np
+    import tensorflow as tf
 
-    import tfopt  # noqa: PLC0415
+    import tfopt
 
     rng = np.random.default_rng(0)
     with strategy.scope():
@@ -80,7 +79,7 @@ def _variant(strategy, shapes, split: bool, frequency: int):
 
 
 def _paper_scaling(sizes: list[int]) -> list[dict]:
-    from tfopt._sharded_preconditioner import assign_owners, matrix_cost  # noqa: PLC0415
+    from tfopt import assign_owners, matrix_cost
 
     costs = [matrix_cost(n) for n in sizes]
     total = sum(costs)
@@ -98,15 +97,13 @@ def _paper_scaling(sizes: list[int]) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    _console.check_no_positional(PROG, argv)
     _setup_devices()
-    import keras  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
 
-    from strategies.compat import _keras_compat  # noqa: PLC0415
+    import strategies
 
     shapes = [tuple(int(d) for d in s.split("x")) for s in _SHAPES.value]
-    strategy = _keras_compat.mirrored_strategy(["CPU:0", "CPU:1"])
+    strategy = strategies.mirrored_strategy(["CPU:0", "CPU:1"])
     variants = {
         "split": _variant(strategy, shapes, split=True, frequency=1),
         "every_replica": _variant(strategy, shapes, split=False, frequency=1),
@@ -122,8 +119,7 @@ def main(argv: list[str]) -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     refresh = {k: median[k] - median["no_refresh"] for k in ("split", "every_replica")}
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, 2 logical CPU devices",
-        "tensorflow": tf.__version__, "keras": keras.__version__,
+        "machine": _provenance.machine(devices="2 logical CPU devices"),
         "shapes": _SHAPES.value, "block_size": _BLOCK.value, "statistics": sizes,
         "median_step_s": median, "all_step_s": times,
         "step_ratio_split_over_every_replica": median["split"] / median["every_replica"],
@@ -147,7 +143,7 @@ def main(argv: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point, as for every launch module."""
-    app.run(main, argv=argv)
+    _console.run(main, PROG, __name__, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 r"""An accelerator check that one command runs: ``python -m launch.device_check``.
 
 It finds the accelerators present and runs a fixed, time-boxed set of checks
-(`launch._device_catalog`): the fused optimizer kernels against a memory roof
+(`launch.device_check._catalog`): the fused optimizer kernels against a memory roof
 measured in the same run, the default training job under ``auto`` and under
 ``mirrored`` over two logical devices, ``mixed_float16`` (speed, and an fp16
 overflow on one replica skipped on every replica) and XLA on two convnets.
@@ -20,7 +20,7 @@ and each worker's log to ``--output_dir``, and prints the table. Exit status:
     python -m launch.device_check --quick
 
 This process imports no TensorFlow: each device layout's checks run in a
-`launch._device_worker` child, because TensorFlow fixes its logical devices
+`launch.device_check._worker` child, because TensorFlow fixes its logical devices
 when it initializes, and so that a hung or crashed check can be killed and
 reported while the others go on. See docs/accelerators.md.
 """
@@ -35,14 +35,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import NoReturn
 
-from absl import app, flags
+from absl import flags
 
-from launch import _device_catalog as catalog
-from launch import _device_report, _device_runner, _flags
+from launch import _console, _flags
+from launch.device_check import _catalog as catalog
+from launch.device_check import _report, _runner
 
-# --output_dir and --quick are shared with launch.bench_optimizers, --data_dir with
+# --output_dir and --quick are shared with launch.bench.optimizers, --data_dir with
 # launch.train (launch/_flags.py): entry points must import into one process.
 _OUTPUT_DIR, _QUICK, _DATA_DIR = _flags.OUTPUT_DIR, _flags.QUICK, _flags.DATA_DIR
 _flags.declare_key_flags(__name__, _OUTPUT_DIR, _QUICK, _DATA_DIR)
@@ -64,13 +64,8 @@ _INJECT_FAULT = flags.DEFINE_list(
     "hang or kill its process, so that the report shows FAILED/TIMEOUT for it.",
 )  # fmt: skip
 
-PROG = _device_runner.PROG
+PROG = _runner.PROG
 _FAULTS = ("fail", "hang", "crash")
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _plan(profile: str) -> tuple[list[catalog.Check], dict[str, str]]:
@@ -79,13 +74,13 @@ def _plan(profile: str) -> tuple[list[catalog.Check], dict[str, str]]:
     if _CHECKS.value:
         unknown = sorted(set(_CHECKS.value) - set(names))
         if unknown:
-            _fail(f"--checks takes {', '.join(names)}. Received: {','.join(unknown)}.")
+            _console.fail(PROG, f"--checks takes {', '.join(names)}. Received: {','.join(unknown)}.")
         plan = [c for c in plan if c.name in _CHECKS.value]
     inject = {}
     for item in _INJECT_FAULT.value:
         name, _, mode = item.partition("=")
         if name not in names or mode not in _FAULTS:
-            _fail(f"--inject_fault takes CHECK={'|'.join(_FAULTS)} with CHECK one of "
+            _console.fail(PROG, f"--inject_fault takes CHECK={'|'.join(_FAULTS)} with CHECK one of "
                   f"{', '.join(names)}. Received: {item!r}.")  # fmt: skip
         inject[name] = mode
     return plan, inject
@@ -105,8 +100,7 @@ def _keep_logs(workdir: str, output_dir: str, max_bytes: int = 1 << 20) -> None:
 
 def main(argv: Sequence[str]) -> None:
     """Runs the checks, writes ``device_check.json`` and ``.md``, prints the table."""
-    if len(argv) > 1:
-        _fail(f"unexpected positional arguments {list(argv[1:])}; every option is a --flag.")
+    _console.check_no_positional(PROG, argv)
     profile = catalog.QUICK if _QUICK.value else catalog.FULL
     plan, inject = _plan(profile)
     budget = _TIME_BUDGET_S.value or (300.0 if _QUICK.value else 480.0)
@@ -117,18 +111,18 @@ def main(argv: Sequence[str]) -> None:
     spec = {"profile": profile, "inject": inject,
             "data_dir": os.path.abspath(_DATA_DIR.value) if _DATA_DIR.value else None}  # fmt: skip
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _device_runner.on_signal)
+        signal.signal(signum, _runner.on_signal)
     with tempfile.TemporaryDirectory(prefix="device_check-") as workdir:
-        results = _device_runner.run_checks(plan, spec, workdir, budget, _STARTUP_TIMEOUT_S.value, _CHECK_TIMEOUT_S.value)
+        results = _runner.run_checks(plan, spec, workdir, budget, _STARTUP_TIMEOUT_S.value, _CHECK_TIMEOUT_S.value)
         _keep_logs(workdir, output_dir)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)  # Let the report be written whole.
-    report = _device_report.build_report(plan, results, profile, date, time.monotonic() - began, budget)
+    report = _report.build_report(plan, results, profile, date, time.monotonic() - began, budget)
     json_path = os.path.join(output_dir, "device_check.json")
     md_path = os.path.join(output_dir, "device_check.md")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1, default=str)
-    table = _device_report.markdown(report)
+    table = _report.markdown(report)
     with open(md_path, "w") as f:
         f.write(table)
     print(table)
@@ -137,17 +131,6 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(1 if bad else 0)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e))
-
-
 def run(argv: list[str] | None = None) -> None:
     """Entry point: absl parses the flags; a bad value exits with status 2."""
-    app.run(main, argv=argv, flags_parser=_parse_flags)
-
-
-if __name__ == "__main__":
-    run()
+    _console.run(main, PROG, __name__, argv)

@@ -1,4 +1,4 @@
-"""The two views of a `launch.bench_optimizers` run: a Markdown table and a plot.
+"""The two views of a `launch.bench.optimizers` run: a Markdown table and a plot.
 
 Apart from the measuring code because they only read its rows (one dict per
 optimizer, size, XLA setting and implementation, as ``optimizers.json``

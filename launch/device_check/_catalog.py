@@ -3,8 +3,8 @@
 This module imports no TensorFlow: the parent process of ``device_check``
 reads it to plan the run and to report a check that never started (a worker
 that could not even import TensorFlow, a time budget spent) under its name.
-The checks themselves live in `launch._device_checks` and run in child
-processes (`launch._device_worker`).
+The checks themselves live in `launch.device_check._checks` and run in child
+processes (`launch.device_check._worker`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Check:
     """One check: what it measures, where it runs and how long it may take."""
 
     name: str
-    kind: str  # The function in launch._device_checks.CHECKS that runs it.
+    kind: str  # The function in launch.device_check._checks.CHECKS that runs it.
     layout: str
     box_s: float  # Its own time box, from its start to its result.
     what: str

@@ -17,7 +17,7 @@ RAdam), on one float32 variable of ``check.params`` parameters:
   device's bandwidth, not its per-call overhead); the roof is the faster of
   the two, in bytes moved per second. A step's
   fraction of the roof is (bytes it must move / roof) / its time, with the
-  bytes counted as in `launch.bench_optimizers`: each state array read and
+  bytes counted as in `launch.bench.optimizers`: each state array read and
   written once, the gradient read once (Adam: 28 B a parameter).
 
 GPU ops run asynchronously, so every timing enqueues ``calls`` steps and then
@@ -36,8 +36,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import launch.device_check._catalog as catalog
 import tfopt
-from launch import _device_catalog as catalog
 
 # name -> (tfopt factory taking `fused`, Keras counterpart or None, state arrays)
 OPTIMIZERS: dict[str, tuple[Callable[[Any], Any], Callable[[], Any] | None, int]] = {

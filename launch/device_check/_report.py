@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
-import subprocess
 from typing import Any
 
-from launch import _device_catalog as catalog
-
-
-def _git() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        run = dict(capture_output=True, text=True, timeout=10, check=True, cwd=here)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
-        return commit + ("+uncommitted changes" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+import launch.device_check._catalog as catalog
+from launch import _provenance
 
 
 def build_report(plan: list[catalog.Check], results: dict[str, dict[str, Any]], profile: str,
@@ -52,9 +31,7 @@ def build_report(plan: list[catalog.Check], results: dict[str, dict[str, Any]], 
         "date": date,
         "wall_seconds": wall_s,
         "time_budget_s": budget_s,
-        "machine": {"device": device, "tensorflow": _version("tensorflow"), "keras": _version("keras"),
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "cpu_count": os.cpu_count(), "git": _git()},  # fmt: skip
+        "machine": _provenance.machine(device=device),
         "accelerator": {"status": accel["status"], "reason": accel.get("reason", "")},
         "summary": summary,
         "counts": counts,
