@@ -91,7 +91,7 @@ def install_cell(notebook: str) -> list[str]:
         source = "".join(cell["source"])
         match = re.search(r"subprocess\.run\(\s*(\[.*?\])\s*,", source, re.S)
         if cell["cell_type"] == "code" and "pip" in source and match:
-            argv = eval(match.group(1), {"sys": sys})  # noqa: S307 - our own notebook's literal list.
+            argv = eval(match.group(1), {"sys": sys})  # Our own notebook's literal list.
             return [str(a) for a in argv]
     raise ValueError(f"{notebook} has no install cell")
 

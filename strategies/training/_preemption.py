@@ -46,7 +46,7 @@ _ACK_TIMEOUT_MS = 60_000
 _CALLS = itertools.count()
 
 
-class Preempted(Exception):  # noqa: N818  A state, not a failure: "the run was preempted".
+class Preempted(Exception):  # A state, not a failure: "the run was preempted".
     """Training stopped on a preemption notice, after its checkpoint was saved.
 
     Attributes:

@@ -127,7 +127,7 @@ def run_one(argv: list[str], env: dict[str, str | None], watch: list[str], timeo
                 print(e.code, file=sys.stderr)
         except _Timeout:
             code = "timeout"
-        except BaseException:  # noqa: BLE001  What the interpreter would print and exit 1 with.
+        except BaseException:  # What the interpreter would print and exit 1 with.
             traceback.print_exc()
             code = 1
         finally:

@@ -332,7 +332,7 @@ def capture(call: Any, timeout: int) -> dict[str, Any]:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except driver._Timeout:
             code = "timeout"
-        except BaseException:  # noqa: BLE001  What the interpreter would print, exit 1.
+        except BaseException:  # What the interpreter would print, exit 1.
             traceback.print_exc()
             code = 1
         finally:

@@ -384,14 +384,14 @@ def train_all(cell_ids: list[str], strategy: tf.distribute.Strategy,
         try:
             yield from train_bundle(group, strategy).items()
             continue
-        except Exception:  # noqa: BLE001 -- retried cell by cell below.
+        except Exception:  # retried cell by cell below.
             if len(group) == 1:
                 yield group[0], traceback.format_exc(limit=6)[-3000:]
                 continue
         for cell in group:
             try:
                 yield from train_bundle([cell], strategy).items()
-            except Exception:  # noqa: BLE001 -- reported per cell by the test.
+            except Exception:  # reported per cell by the test.
                 yield cell, traceback.format_exc(limit=6)[-3000:]
 
 
