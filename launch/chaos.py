@@ -318,7 +318,7 @@ def main(argv: Sequence[str]) -> int:
     for report in reports:
         print(report.table(), flush=True)
         print()
-    return 0 if all(not r.failures for r in reports) else 1
+    return _console.EXIT_OK if all(not r.failures for r in reports) else _console.EXIT_FAILED
 
 
 def run() -> None:

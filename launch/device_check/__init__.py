@@ -128,7 +128,7 @@ def main(argv: Sequence[str]) -> None:
     print(table)
     print(f"Wrote {json_path}, {md_path}")
     bad = report["counts"][catalog.FAILED] + report["counts"][catalog.TIMEOUT]
-    sys.exit(1 if bad else 0)
+    sys.exit(_console.EXIT_FAILED if bad else _console.EXIT_OK)
 
 
 def run(argv: list[str] | None = None) -> None:
