@@ -265,7 +265,7 @@ def run_sweep(root: Path) -> tuple[dict[str, dict], dict[str, str]]:
         "root": str(root),
         "cases": train_cases,
         "watch": [values["model_dir"]],
-        "timeout": 30,
+        "timeout": 60,  # The setup run trains; a loaded 2-core machine needs more than 30 s.
     }
     driver = [sys.executable, "-m", "tests.launch._bad_inputs_driver"]
     # The driver, the local_cluster processes and one real launch.train process
