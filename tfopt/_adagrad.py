@@ -9,7 +9,7 @@ from keras import initializers, ops
 
 from tfopt import _fused, _sparse
 from tfopt._registry import register
-from tfopt._validation import check_learning_rate, check_non_negative
+from tfopt._validation import check_fused, check_learning_rate, check_non_negative
 
 
 @register("adagrad")
@@ -71,7 +71,7 @@ class Adagrad(keras.optimizers.Optimizer):
         check_learning_rate(learning_rate)
         check_non_negative("initial_accumulator_value", initial_accumulator_value)
         check_non_negative("epsilon", epsilon)
-        _fused.check_fused(fused)
+        check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.initial_accumulator_value = float(initial_accumulator_value)
         self.epsilon = float(epsilon)

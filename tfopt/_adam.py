@@ -8,8 +8,14 @@ import keras
 from keras import ops
 
 from tfopt import _fused, _sparse
+from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
-from tfopt._validation import check_learning_rate, check_non_negative, check_unit_interval
+from tfopt._validation import (
+    check_fused,
+    check_learning_rate,
+    check_non_negative,
+    check_unit_interval,
+)
 
 # The fused Adam kernels compute 1 − beta_2 in the variable's dtype, where
 # bfloat16 rounds 0.999 to 1 (and float16 to 0.99902); keras.ops it is, there.
@@ -87,7 +93,7 @@ class Adam(keras.optimizers.Optimizer):
         check_unit_interval("beta_1", beta_1)
         check_unit_interval("beta_2", beta_2)
         check_non_negative("epsilon", epsilon)
-        _fused.check_fused(fused)
+        check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
@@ -112,15 +118,7 @@ class Adam(keras.optimizers.Optimizer):
         dtype = variable.dtype
         # Every row's moments decay, so a sparse gradient acts as its dense value.
         g = _sparse.densify(ops.cast(gradient, dtype))
-        # Scalars in float32 or wider: bfloat16 rounds beta_2 = 0.999 to 1. Both
-        # 1 − beta_2 and beta_2^t come from the same rounded beta_2 (as in the
-        # fused kernel), so that the bias correction cancels exactly.
-        scalar_dtype = keras.backend.result_type(dtype, "float32")
-        lr = ops.cast(learning_rate, scalar_dtype)
-        beta_1 = ops.convert_to_tensor(self.beta_1, scalar_dtype)
-        beta_2 = ops.convert_to_tensor(self.beta_2, scalar_dtype)
-        t = ops.cast(self.iterations + 1, scalar_dtype)
-        beta_1_power, beta_2_power = ops.power(beta_1, t), ops.power(beta_2, t)
+        s = adam_scalars(self, variable, learning_rate)
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
         v_hat = self._velocity_hats[index] if self.amsgrad else None
@@ -128,19 +126,17 @@ class Adam(keras.optimizers.Optimizer):
         slots = (m, v) if v_hat is None else (m, v, v_hat)
         if _fused.use_fused(self, variable, *slots, dtypes=_ADAM_FUSED_DTYPES):
             _fused.adam(
-                variable, m, v, v_hat, beta_1_power, beta_2_power, lr,
-                beta_1, beta_2, self.epsilon, g,
+                variable, m, v, v_hat, s.beta_1_power, s.beta_2_power, s.learning_rate,
+                s.beta_1, s.beta_2, self.epsilon, g,
             )  # fmt: skip
             return
 
         # α_t = learning_rate · √(1 − beta_2^t) / (1 − beta_1^t)
-        alpha = ops.cast(lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power), dtype)
-        # m ← beta_1 · m + (1 − beta_1) · g
-        self.assign_add(m, ops.multiply(ops.subtract(g, m), ops.cast(1 - beta_1, dtype)))
-        # v ← beta_2 · v + (1 − beta_2) · g²
-        self.assign_add(
-            v, ops.multiply(ops.subtract(ops.square(g), v), ops.cast(1 - beta_2, dtype))
+        alpha = ops.cast(
+            s.learning_rate * ops.sqrt(1 - s.beta_2_power) / (1 - s.beta_1_power), dtype
         )
+        # m ← beta_1 · m + (1 − beta_1) · g;  v ← beta_2 · v + (1 − beta_2) · g²
+        update_moments(self, m, v, g, s.beta_1, s.beta_2)
         if v_hat is not None:
             # v̂ ← max(v̂, v)
             self.assign(v_hat, ops.maximum(v_hat, v))

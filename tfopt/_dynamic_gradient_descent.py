@@ -9,7 +9,18 @@ from keras import ops
 
 from tfopt import _fused
 from tfopt._registry import register
-from tfopt._validation import check_learning_rate, check_positive, check_unit_interval
+from tfopt._validation import (
+    check_fused,
+    check_learning_rate,
+    check_positive,
+    check_rejected,
+    check_unit_interval,
+)
+
+_RESERVED = {
+    "decay": "DynamicGradientDescent's step decay is `learning_rate_decay` (Keras reserves "
+    "`decay` and ignores it).",
+}
 
 
 @register("dynamic_gradient_descent")
@@ -85,15 +96,12 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
         fused: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
-        if "decay" in kwargs:  # Keras would warn and ignore it: not for a decaying rule.
-            raise ValueError(
-                "DynamicGradientDescent's step decay is `learning_rate_decay` (Keras reserves "
-                f"`decay` and ignores it). Received: decay={kwargs['decay']}."
-            )
+        # Keras would warn and ignore `decay`: not for a decaying rule.
+        check_rejected(kwargs, _RESERVED)
         check_learning_rate(learning_rate)
         check_positive("learning_rate_decay", learning_rate_decay)
         check_unit_interval("learning_rate_decay", learning_rate_decay, closed_right=True)
-        _fused.check_fused(fused)
+        check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.learning_rate_decay = float(learning_rate_decay)
         self.fused = fused

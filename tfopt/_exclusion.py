@@ -20,6 +20,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tfopt._validation import check_patterns
+
 
 def compile_patterns(argument: str, patterns: Sequence[str] | None) -> re.Pattern[str] | None:
     """Validates a list of regexes and joins it into one pattern.
@@ -37,23 +39,9 @@ def compile_patterns(argument: str, patterns: Sequence[str] | None) -> re.Patter
         otherwise match every character separately), not a list of strings,
         or holds an invalid regular expression.
     """
-    if patterns is None:
-        return None
-    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
-        raise ValueError(
-            f"`{argument}` must be a list of regular expressions (strings), e.g. "
-            f"['bias', 'layer_norm']. Received: {argument}={patterns!r}."
-        )
+    check_patterns(argument, patterns)
     if not patterns:
         return None
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(
-                f"`{argument}` holds an invalid regular expression {pattern!r} ({e}). "
-                f"Received: {argument}={list(patterns)!r}."
-            ) from None
     return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 

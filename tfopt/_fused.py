@@ -37,20 +37,6 @@ from tfopt import _sparse
 # bfloat16 only on some devices, so bfloat16 variables take the keras.ops path.
 FUSED_DTYPES = ("float16", "float32", "float64")
 
-_FUSED_VALUES = "'auto', True or False"
-
-
-def check_fused(fused: Any) -> None:
-    """Validates the ``fused`` constructor argument."""
-    if not (fused is True or fused is False or (isinstance(fused, str) and fused == "auto")):
-        raise ValueError(f"`fused` must be {_FUSED_VALUES}. Received: fused={fused!r}.")
-    if fused is True and keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "`fused=True` needs the TensorFlow backend, whose training kernels it calls. "
-            f"The Keras backend is {keras.backend.backend()!r}; use fused='auto' or False. "
-            f"Received: fused={fused!r}."
-        )
-
 
 def unsupported_reason(
     variable: Any, *slots: Any, dtypes: tuple[str, ...] = FUSED_DTYPES

@@ -9,7 +9,7 @@ from keras import ops
 
 from tfopt import _fused
 from tfopt._registry import register
-from tfopt._validation import check_learning_rate
+from tfopt._validation import check_fused, check_learning_rate
 
 
 @register("gradient_descent")
@@ -57,7 +57,7 @@ class GradientDescent(keras.optimizers.Optimizer):
         **kwargs: Any,
     ) -> None:
         check_learning_rate(learning_rate)
-        _fused.check_fused(fused)
+        check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.fused = fused
 

@@ -10,6 +10,7 @@ from keras import ops
 
 from tfopt import _sparse
 from tfopt._exclusion import compile_patterns, is_excluded
+from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
 from tfopt._trust_ratio import trust_ratio
 from tfopt._validation import (
@@ -125,26 +126,29 @@ class LAMB(keras.optimizers.Optimizer):
         # the same way.
         del variables
 
+    # For `strategies.fit` (and any tool that runs Keras' hooks replica-local,
+    # on all-reduced gradients): this override is right there too.
+    replica_local_hooks = {
+        "_apply_weight_decay": "does nothing: the decay is applied in update_step",
+    }
+
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
         # Scalars in float32 or wider: bfloat16 rounds beta_2 = 0.999 to 1, and
         # the trust ratio overflows float16.
         scalar_dtype = keras.backend.result_type(dtype, "float32")
-        lr = ops.cast(learning_rate, scalar_dtype)
+        s = adam_scalars(self, variable, learning_rate)
+        lr = s.learning_rate
         # The trust ratio needs the whole-layer update norm: densify slices.
         g = ops.cast(_sparse.densify(gradient), dtype)
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
-        beta_1 = ops.convert_to_tensor(self.beta_1, scalar_dtype)
-        beta_2 = ops.convert_to_tensor(self.beta_2, scalar_dtype)
-        t = ops.cast(self.iterations + 1, scalar_dtype)
-        bias_1 = ops.cast(1 - ops.power(beta_1, t), dtype)
-        bias_2 = ops.cast(1 - ops.power(beta_2, t), dtype)
+        bias_1 = ops.cast(1 - s.beta_1_power, dtype)
+        bias_2 = ops.cast(1 - s.beta_2_power, dtype)
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)
 
         # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
-        self.assign_add(m, (g - m) * ops.cast(1 - beta_1, dtype))
-        self.assign_add(v, (ops.square(g) - v) * ops.cast(1 - beta_2, dtype))
+        update_moments(self, m, v, g, s.beta_1, s.beta_2)
         # u = m_hat / (sqrt(v_hat) + epsilon) + weight_decay * w
         update = (m / bias_1) / (ops.sqrt(v / bias_2) + epsilon)
         if self._decays[index]:

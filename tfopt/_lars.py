@@ -13,6 +13,8 @@ from tfopt._exclusion import compile_patterns, is_excluded
 from tfopt._registry import register
 from tfopt._trust_ratio import trust_ratio
 from tfopt._validation import (
+    check_bool,
+    check_fused,
     check_learning_rate,
     check_non_negative,
     check_positive,
@@ -111,9 +113,8 @@ class LARS(keras.optimizers.Optimizer):
             check_non_negative("weight_decay", weight_decay)
         check_positive("trust_coefficient", trust_coefficient)
         check_non_negative("eps", eps)
-        if not isinstance(nesterov, bool):
-            raise ValueError(f"`nesterov` must be a bool. Received: nesterov={nesterov!r}.")
-        _fused.check_fused(fused)
+        check_bool("nesterov", nesterov)
+        check_fused(fused)
         adaptation_pattern = compile_patterns(
             "exclude_from_layer_adaptation", exclude_from_layer_adaptation
         )
@@ -143,6 +144,12 @@ class LARS(keras.optimizers.Optimizer):
         # update_step; LARS applies it once, inside the trust ratio. Keras'
         # Muon overrides this hook the same way.
         del variables
+
+    # For `strategies.fit` (and any tool that runs Keras' hooks replica-local,
+    # on all-reduced gradients): this override is right there too.
+    replica_local_hooks = {
+        "_apply_weight_decay": "does nothing: the decay is applied in update_step",
+    }
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype

@@ -10,8 +10,9 @@ import tensorflow as tf
 from keras import ops
 
 from tfopt import _fused, _sparse
+from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
-from tfopt._validation import check_learning_rate, check_positive, check_unit_interval
+from tfopt._validation import check_fused, check_learning_rate, check_positive, check_unit_interval
 
 # As tfopt.Adam: the kernel computes 1 - beta_2 in the variable's dtype, where
 # bfloat16 rounds 0.999 to 1.
@@ -86,7 +87,7 @@ class LazyAdam(keras.optimizers.Optimizer):
         check_unit_interval("beta_1", beta_1)
         check_unit_interval("beta_2", beta_2)
         check_positive("epsilon", epsilon)
-        _fused.check_fused(fused)
+        check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
@@ -105,29 +106,22 @@ class LazyAdam(keras.optimizers.Optimizer):
         dtype = variable.dtype
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
-        # Scalars in float32 or wider: bfloat16 rounds beta_2 = 0.999 to 1.
-        scalar_dtype = keras.backend.result_type(dtype, "float32")
-        lr = ops.cast(learning_rate, scalar_dtype)
-        beta_1 = ops.convert_to_tensor(self.beta_1, scalar_dtype)
-        beta_2 = ops.convert_to_tensor(self.beta_2, scalar_dtype)
-        t = ops.cast(self.iterations + 1, scalar_dtype)
-        beta_1_power, beta_2_power = ops.power(beta_1, t), ops.power(beta_2, t)
+        s = adam_scalars(self, variable, learning_rate)
         dense = not _sparse.is_sparse(gradient)
         if dense and _fused.use_fused(self, variable, m, v, dtypes=_FUSED_DTYPES):
             _fused.adam(
-                variable, m, v, None, beta_1_power, beta_2_power, lr,
-                beta_1, beta_2, self.epsilon, ops.cast(gradient, dtype),
+                variable, m, v, None, s.beta_1_power, s.beta_2_power, s.learning_rate,
+                s.beta_1, s.beta_2, self.epsilon, ops.cast(gradient, dtype),
             )  # fmt: skip
             return
 
-        alpha = ops.cast(lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power), dtype)
-        one_minus_beta_1 = ops.cast(1 - beta_1, dtype)
-        one_minus_beta_2 = ops.cast(1 - beta_2, dtype)
+        alpha = ops.cast(
+            s.learning_rate * ops.sqrt(1 - s.beta_2_power) / (1 - s.beta_1_power), dtype
+        )
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)
         if dense:
-            g = ops.cast(gradient, dtype)
-            self.assign_add(m, (g - m) * one_minus_beta_1)
-            self.assign_add(v, (ops.square(g) - v) * one_minus_beta_2)
+            # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
+            update_moments(self, m, v, ops.cast(gradient, dtype), s.beta_1, s.beta_2)
             self.assign_sub(variable, alpha * m / (ops.sqrt(v) + epsilon))
             return
 
@@ -135,14 +129,10 @@ class LazyAdam(keras.optimizers.Optimizer):
         # replica after an all-reduce): update it once, with its summed gradient.
         gradient = _sparse.sum_duplicates(gradient)
         rows = gradient.indices
-        g = ops.cast(gradient.values, dtype)
-        m_rows = ops.take(m, rows, axis=0)
-        v_rows = ops.take(v, rows, axis=0)
-        m_rows = m_rows + (g - m_rows) * one_minus_beta_1
-        v_rows = v_rows + (ops.square(g) - v_rows) * one_minus_beta_2
-        # self.assign* turn IndexedSlices into scatter_update / scatter_sub.
-        self.assign(m, tf.IndexedSlices(m_rows, rows))
-        self.assign(v, tf.IndexedSlices(v_rows, rows))
+        # The same two lines, on the rows present only.
+        update_moments(self, m, v, ops.cast(gradient.values, dtype), s.beta_1, s.beta_2, rows)
+        m_rows, v_rows = ops.take(m, rows, axis=0), ops.take(v, rows, axis=0)
+        # self.assign_sub turns IndexedSlices into scatter_sub.
         self.assign_sub(
             variable, tf.IndexedSlices(alpha * m_rows / (ops.sqrt(v_rows) + epsilon), rows)
         )

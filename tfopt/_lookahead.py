@@ -10,7 +10,13 @@ import tensorflow as tf
 from keras import ops
 
 from tfopt._registry import register
-from tfopt._validation import check_unit_interval
+from tfopt._validation import (
+    check_greater_than,
+    check_int,
+    check_no_options,
+    check_optimizer,
+    check_unit_interval,
+)
 from tfopt._wrapper import InnerOptimizerMixin
 
 
@@ -77,33 +83,18 @@ class Lookahead(InnerOptimizerMixin, keras.optimizers.Optimizer):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise ValueError(
-                "`optimizer` must be a keras.optimizers.Optimizer instance. "
-                f"Received: optimizer={optimizer!r}."
-            )
+        check_optimizer(optimizer)
         if getattr(optimizer, "gradient_accumulation_steps", None):
             raise ValueError(
                 "Lookahead counts applied steps; wrap an optimizer without "
                 "`gradient_accumulation_steps`. Received: "
                 f"gradient_accumulation_steps={optimizer.gradient_accumulation_steps}."
             )
-        if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
-            raise ValueError(
-                f"`sync_period` must be an int >= 1. Received: sync_period={sync_period!r}."
-            )
+        check_int("sync_period", sync_period, 1)
         check_unit_interval("slow_step_size", slow_step_size, closed_right=True)
-        if slow_step_size == 0:
-            raise ValueError(
-                "`slow_step_size` must be in (0, 1]: at 0 the weights would be reset "
-                f"every sync. Received: slow_step_size={slow_step_size}."
-            )
-        if kwargs:
-            key, value = next(iter(kwargs.items()))
-            raise ValueError(
-                f"Lookahead takes no `{key}`: set it on the inner optimizer. "
-                f"Received: {key}={value!r}."
-            )
+        check_greater_than("slow_step_size", slow_step_size, 0,
+                           "at 0 the weights would be reset every sync")
+        check_no_options("Lookahead", kwargs)
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
         self.sync_period = sync_period

@@ -9,8 +9,11 @@ import keras
 from keras import ops
 
 from tfopt import _fused, _sparse
+from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
 from tfopt._validation import (
+    check_fused,
+    check_greater_than,
     check_learning_rate,
     check_positive,
     check_unit_interval,
@@ -94,12 +97,11 @@ class RAdam(keras.optimizers.Optimizer):
         check_unit_interval("beta_2", beta_2)
         check_positive("epsilon", epsilon)
         check_positive("threshold", threshold)
-        if threshold <= 4.0:
-            raise ValueError(
-                "`threshold` must be > 4: the rectification factor takes the square "
-                f"root of (rho_t - 4). Received: threshold={threshold}."
-            )
-        _fused.check_fused(fused)
+        check_greater_than(
+            "threshold", threshold, 4,
+            "the rectification factor takes the square root of (rho_t - 4)",
+        )  # fmt: skip
+        check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.fused = fused
         self.beta_1 = float(beta_1)
@@ -124,12 +126,9 @@ class RAdam(keras.optimizers.Optimizer):
 
         # Step-dependent scalars in float32 or wider: in float16, rho_t and
         # 1 - beta_2**t lose their digits, and bfloat16 rounds 0.999 to 1.
-        scalar_dtype = keras.backend.result_type(dtype, "float32")
-        lr = ops.cast(learning_rate, scalar_dtype)
-        beta_1 = ops.convert_to_tensor(self.beta_1, scalar_dtype)
-        beta_2 = ops.convert_to_tensor(self.beta_2, scalar_dtype)
-        t = ops.cast(self.iterations + 1, scalar_dtype)
-        beta_1_power, beta_2_power = ops.power(beta_1, t), ops.power(beta_2, t)
+        s = adam_scalars(self, variable, learning_rate)
+        lr, beta_1, beta_2, t = s.learning_rate, s.beta_1, s.beta_2, s.t
+        beta_1_power, beta_2_power = s.beta_1_power, s.beta_2_power
         rho_inf = 2 / (1 - beta_2) - 1
         rho_t = rho_inf - 2 * t * beta_2_power / (1 - beta_2_power)
         rectified = ops.greater_equal(rho_t, self.threshold)
@@ -143,13 +142,9 @@ class RAdam(keras.optimizers.Optimizer):
         step_size = lr / (1 - beta_1_power)  # learning_rate * m_hat / m
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)
 
-        def moments() -> None:
-            # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
-            self.assign_add(m, (g - m) * ops.cast(1 - beta_1, dtype))
-            self.assign_add(v, (ops.square(g) - v) * ops.cast(1 - beta_2, dtype))
-
         def momentum_step() -> None:  # rho_t < threshold: w = w - learning_rate * m_hat
-            moments()
+            # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
+            update_moments(self, m, v, g, beta_1, beta_2)
             self.assign_sub(variable, ops.cast(step_size, dtype) * m)
 
         if _fused.use_fused(self, variable, m, v, dtypes=_FUSED_DTYPES):
@@ -167,7 +162,8 @@ class RAdam(keras.optimizers.Optimizer):
             return
 
         # w = w - learning_rate * (r_t * m_hat / (sqrt(v_hat) + epsilon)  or  m_hat)
-        moments()
+        # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
+        update_moments(self, m, v, g, beta_1, beta_2)
         bias_2 = ops.cast(1 - beta_2_power, dtype)
         adaptive = ops.cast(r_t * step_size, dtype) * m / (ops.sqrt(v / bias_2) + epsilon)
         self.assign_sub(variable, ops.where(rectified, adaptive, ops.cast(step_size, dtype) * m))

@@ -9,7 +9,7 @@ from keras import ops
 
 from tfopt import _fused, _sparse
 from tfopt._registry import register
-from tfopt._validation import check_learning_rate, check_unit_interval
+from tfopt._validation import check_fused, check_learning_rate, check_unit_interval
 
 
 @register("sgd")
@@ -72,7 +72,7 @@ class SGD(keras.optimizers.Optimizer):
     ) -> None:
         check_learning_rate(learning_rate)
         check_unit_interval("momentum", momentum)
-        _fused.check_fused(fused)
+        check_fused(fused)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)

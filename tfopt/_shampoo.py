@@ -19,9 +19,13 @@ from tfopt._matrix_functions import (
 from tfopt._registry import register
 from tfopt._sharded_preconditioner import sharded_map
 from tfopt._validation import (
+    check_bool,
+    check_int,
     check_learning_rate,
     check_non_negative,
+    check_one_of,
     check_positive,
+    check_rejected,
     check_unit_interval,
 )
 
@@ -46,28 +50,13 @@ UNSUPPORTED = (
 )  # fmt: skip
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}.")
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}.")
-
-
-def _check_optax_names(kwargs: dict[str, Any]) -> None:
-    for name in kwargs:
-        if name in RENAMED:
-            raise ValueError(
-                f"optax-shampoo's `{name}` is `{RENAMED[name]}` in tfopt.Shampoo. "
-                f"Received: {name}={kwargs[name]!r}."
-            )
-        if name in UNSUPPORTED:
-            raise ValueError(
-                f"optax-shampoo's `{name}` is not supported by tfopt.Shampoo (see the mapping "
-                f"table in its docstring and docs/shampoo.md). Received: {name}={kwargs[name]!r}."
-            )
+# What to say when one of them is passed.
+_OPTAX_NAMES = {
+    **{name: f"optax-shampoo's `{name}` is `{ours}` in tfopt.Shampoo."
+       for name, ours in RENAMED.items()},
+    **{name: f"optax-shampoo's `{name}` is not supported by tfopt.Shampoo (see the mapping "
+       "table in its docstring and docs/shampoo.md)." for name in UNSUPPORTED},
+}  # fmt: skip
 
 
 @register("shampoo")
@@ -109,7 +98,12 @@ class Shampoo(keras.optimizers.Optimizer):
     roots of about ``1/N`` of the statistics (balanced by ``n**3``) and the
     roots are shared with one all-reduce per refresh
     (``tfopt._sharded_preconditioner``; ``split_preconditioner_work=False``
-    makes every replica compute all of them). Weight decay is Keras' own,
+    makes every replica compute all of them). The split lives in an override
+    of Keras' ``_backend_update_step`` hook, declared in the class attribute
+    ``replica_local_hooks`` (the convention by which an optimizer tells a
+    distribution layer such as ``strategies.fit`` that an override is right
+    when that layer sums the gradients first and makes the
+    ``_all_reduce_sum_gradients`` it calls the identity). Weight decay is Keras' own,
     decoupled: ``w = w - learning_rate * weight_decay * w`` before the step.
 
     Arguments, one to one with optax-shampoo's (any other optax argument
@@ -200,30 +194,27 @@ class Shampoo(keras.optimizers.Optimizer):
         split_preconditioner_work: bool = True,
         **kwargs: Any,
     ) -> None:
-        _check_optax_names(kwargs)
+        check_rejected(kwargs, _OPTAX_NAMES)
         check_learning_rate(learning_rate)
-        _check_int("block_size", block_size, 0)
+        check_int("block_size", block_size, 0)
         check_unit_interval("beta_1", beta_1)
         check_unit_interval("beta_2", beta_2, closed_right=True)
         check_non_negative("diagonal_epsilon", diagonal_epsilon)
         check_non_negative("matrix_epsilon", matrix_epsilon)
-        _check_int("start_preconditioning_step", start_preconditioning_step, 0)
-        _check_int("precondition_frequency", precondition_frequency, 1)
-        if graft_type not in GRAFT_TYPES:
-            raise ValueError(
-                f"`graft_type` must be one of {GRAFT_TYPES}. Received: graft_type={graft_type!r}."
-            )
+        check_int("start_preconditioning_step", start_preconditioning_step, 0)
+        check_int("precondition_frequency", precondition_frequency, 1)
+        check_one_of("graft_type", graft_type, GRAFT_TYPES)
         check_positive("inverse_failure_threshold", inverse_failure_threshold)
-        _check_int("skip_preconditioning_dim_size_gt", skip_preconditioning_dim_size_gt, 0)
-        _check_int("skip_preconditioning_rank_lt", skip_preconditioning_rank_lt, 0)
-        _check_int("merge_small_dims_block_size", merge_small_dims_block_size, 1)
+        check_int("skip_preconditioning_dim_size_gt", skip_preconditioning_dim_size_gt, 0)
+        check_int("skip_preconditioning_rank_lt", skip_preconditioning_rank_lt, 0)
+        check_int("merge_small_dims_block_size", merge_small_dims_block_size, 1)
         for name, value in (
             ("relative_matrix_epsilon", relative_matrix_epsilon),
             ("nesterov", nesterov),
             ("best_effort_shape_interpretation", best_effort_shape_interpretation),
             ("split_preconditioner_work", split_preconditioner_work),
         ):
-            _check_bool(name, value)
+            check_bool(name, value)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.block_size = block_size
         self.beta_1 = float(beta_1)
@@ -438,6 +429,14 @@ class Shampoo(keras.optimizers.Optimizer):
         for index, g, variable, start, count in steps:
             roots = self._assign_roots(self._roots[index], new_values[start : start + count])
             self._apply(index, g, variable, learning_rate, roots)
+
+    # For `strategies.fit`, which runs this hook replica-local and, having
+    # all-reduced the gradients first, replaces the `_all_reduce_sum_gradients`
+    # called above with the identity (the gradients arrive summed, as here).
+    replica_local_hooks = {
+        "_backend_update_step": "sums gradients through _all_reduce_sum_gradients, which "
+        "strategies replaces with the identity after reducing first; else calls super()",
+    }
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfopt._validation import check_no_options, check_optimizer
 from tfopt._wrapper import InnerOptimizerMixin
 
 
@@ -65,16 +66,8 @@ class SkipNonFinite(InnerOptimizerMixin, keras.optimizers.Optimizer):
     def __init__(
         self, optimizer: keras.optimizers.Optimizer, name: str | None = None, **kwargs: Any
     ) -> None:
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise ValueError(
-                "`optimizer` must be a keras.optimizers.Optimizer instance. "
-                f"Received: optimizer={optimizer!r}."
-            )
-        for key, value in kwargs.items():
-            raise ValueError(
-                f"SkipNonFinite takes no `{key}`: set it on the inner optimizer. "
-                f"Received: {key}={value!r}."
-            )
+        check_optimizer(optimizer)
+        check_no_options("SkipNonFinite", kwargs)
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = optimizer
 

@@ -12,6 +12,8 @@ from keras import ops
 from tfopt import _sparse
 from tfopt._registry import register
 from tfopt._validation import (
+    check_bool,
+    check_int,
     check_learning_rate,
     check_non_negative,
     check_positive,
@@ -146,16 +148,15 @@ class SOAP(keras.optimizers.Optimizer):
         check_positive("epsilon", epsilon)
         if weight_decay is not None:
             check_non_negative("weight_decay", weight_decay)
-        _check_positive_int("precondition_frequency", precondition_frequency)
-        _check_positive_int("max_precondition_dim", max_precondition_dim)
+        check_int("precondition_frequency", precondition_frequency, 1)
+        check_int("max_precondition_dim", max_precondition_dim, 1)
         for name, value in (
             ("merge_dims", merge_dims),
             ("precondition_1d", precondition_1d),
             ("normalize_grads", normalize_grads),
             ("correct_bias", correct_bias),
         ):
-            if not isinstance(value, bool):
-                raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}.")
+            check_bool(name, value)
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
@@ -243,6 +244,12 @@ class SOAP(keras.optimizers.Optimizer):
         # SOAP decays after its step (the reference's order), in update_step;
         # Keras would otherwise decay a second time, before it.
         del variables
+
+    # For `strategies.fit` (and any tool that runs Keras' hooks replica-local,
+    # on all-reduced gradients): this override is right there too.
+    replica_local_hooks = {
+        "_apply_weight_decay": "does nothing: the decay is applied in update_step",
+    }
 
     @staticmethod
     def _project(x: Any, bases: Sequence[Any], back: bool = False) -> Any:
@@ -383,9 +390,4 @@ class SOAP(keras.optimizers.Optimizer):
             }
         )
         return config
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}.")
 

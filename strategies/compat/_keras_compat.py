@@ -134,7 +134,12 @@ _REPLICA_LOCAL_HOOKS = ("_backend_update_step", "_apply_weight_decay",
                         "_overwrite_model_variables_with_average_value")
 # Reached only from TFOptimizer's own merge_call path, which flagged optimizers skip.
 _BYPASSED = ("_all_reduce_sum_gradients", "_distributed_tf_update_step")
-_VERIFIED_MODULES = ("keras.src.optimizers.", "keras.src.backend.", "tfopt.")
+_VERIFIED_MODULES = ("keras.src.optimizers.", "keras.src.backend.")
+# Outside Keras, a class vouches for its own overrides: it sets this class
+# attribute, `{hook name: why it is right on the all-reduce-first path}`, next
+# to each hook it overrides (tfopt does; see docs/equivalence.md). Only the
+# class's own dict counts, so a subclass that overrides a hook again must say so again.
+_DECLARED_HOOKS = "replica_local_hooks"
 
 
 class UnsupportedOptimizerError(ValueError):
@@ -217,9 +222,10 @@ def check_supported(optimizer: keras.optimizers.Optimizer) -> None:
         for cls in type(member).__mro__:
             if cls is _TFOptimizer or cls.__module__.startswith(_VERIFIED_MODULES):
                 continue
+            declared = cls.__dict__.get(_DECLARED_HOOKS, {})
             for name in _REPLICA_LOCAL_HOOKS + _BYPASSED:
                 function = cls.__dict__.get(name)
-                if function is None or (name in _REPLICA_LOCAL_HOOKS
+                if function is None or name in declared or (name in _REPLICA_LOCAL_HOOKS
                                         and _calls_super(function, name)):
                     continue
                 how = ("is bypassed where gradients are all-reduced first" if name in _BYPASSED
