@@ -15,7 +15,7 @@ import keras
 import pytest
 
 import tfopt
-from strategies import _keras_compat
+from strategies.compat import _keras_compat
 from tests.tfopt import cases
 
 _HOOKS = _keras_compat._REPLICA_LOCAL_HOOKS + _keras_compat._BYPASSED
