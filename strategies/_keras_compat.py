@@ -2,8 +2,11 @@
 
 Each fix names the upstream report and the versions it was written and tested
 for (keras 3.15.x with TensorFlow 2.21.x, CPU, 2 logical devices and 2-process
-clusters on 127.0.0.1). Each one touches Keras internals, so each first calls
-`check_versions`: on any other Keras or TensorFlow version it raises
+clusters on 127.0.0.1; TensorFlow 2.20.x with keras 3.15.x by the fast suite in
+`nox -s fast_tf_min`). Each one touches Keras internals, and sections 1 and 5
+also TensorFlow's (`tf.distribute` replica contexts, `MirroredStrategy`'s private
+`_collective_key_base`), so each first calls `check_versions`, which checks the
+Keras *and* the TensorFlow version: on any other Keras or TensorFlow version it raises
 `KerasCompatError` instead of patching blindly. Set the environment variable
 ``STRATEGIES_ALLOW_UNVERIFIED_KERAS=1`` to try them anyway, after running
 ``tests/strategies/test_keras_compat.py`` on that version.
@@ -31,7 +34,8 @@ from keras.src.backend.tensorflow import optimizer as tf_optimizer
 from keras.src.optimizers import base_optimizer
 
 VERIFIED_KERAS = ((3, 15),)
-VERIFIED_TENSORFLOW = ((2, 21),)
+# 2.20: the newest TPU build (tensorflow-tpu), verified by `nox -s fast_tf_min`.
+VERIFIED_TENSORFLOW = ((2, 20), (2, 21))
 ALLOW_UNVERIFIED_ENV = "STRATEGIES_ALLOW_UNVERIFIED_KERAS"
 
 _Base = base_optimizer.BaseOptimizer

@@ -28,8 +28,8 @@ def _one_device() -> tf.distribute.Strategy:
 
 
 @pytest.mark.parametrize("keras_version, tf_version", [
-    ("3.15.0", "2.21.0"), ("3.15.9", "2.21.3"),
-], ids=["keras3.15.0-tf2.21.0", "keras3.15.9-tf2.21.3"])
+    ("3.15.0", "2.21.0"), ("3.15.9", "2.21.3"), ("3.15.1", "2.20.0"),
+], ids=["keras3.15.0-tf2.21.0", "keras3.15.9-tf2.21.3", "keras3.15.1-tf2.20.0"])
 def test_check_versions_accepts_verified(keras_version, tf_version, monkeypatch):
     monkeypatch.delenv(_keras_compat.ALLOW_UNVERIFIED_ENV, raising=False)
     _keras_compat.check_versions("a fix", keras_version, tf_version)
@@ -37,7 +37,8 @@ def test_check_versions_accepts_verified(keras_version, tf_version, monkeypatch)
 
 @pytest.mark.parametrize("keras_version, tf_version", [
     ("3.16.0", "2.21.0"), ("3.14.1", "2.21.0"), ("4.0.0", "2.21.0"), ("3.15.1", "2.22.0"),
-], ids=["keras3.16", "keras3.14", "keras4", "tf2.22"])
+    ("3.15.1", "2.19.0"),
+], ids=["keras3.16", "keras3.14", "keras4", "tf2.22", "tf2.19"])
 def test_check_versions_fails_loudly_elsewhere(keras_version, tf_version, monkeypatch):
     monkeypatch.delenv(_keras_compat.ALLOW_UNVERIFIED_ENV, raising=False)
     with pytest.raises(_keras_compat.KerasCompatError) as error:
