@@ -33,6 +33,7 @@ import nox
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)  # launch._requirements: setup.cfg's requirements, parsed once.
 from launch import _requirements  # noqa: E402
+
 SETUP_CFG = os.path.join(ROOT, "setup.cfg")
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 FAST = ["-m", "not cluster and not notebook and not slow"]

@@ -65,7 +65,9 @@ def name_of(line: str) -> str:
 
 def requirement(name: str, requirements: list[str]) -> Requirement:
     """The requirement for package ``name`` in ``requirements``."""
-    from packaging.requirements import Requirement  # Lazy: Colab's TPU install cell imports this module.
+    from packaging.requirements import (
+        Requirement,  # Lazy: Colab's TPU install cell imports this module.
+    )
 
     for line in requirements:
         parsed = Requirement(line)

@@ -44,7 +44,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from strategies import _resume, _roles
+from strategies import _keras_compat, _resume, _roles
 from strategies._preemption import Preempted, PreemptionWatcher
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -128,7 +128,7 @@ class Checkpointer:
                              int(self._global_step.numpy()))
 
     def _check_signature(self, path: str) -> None:
-        reader = tf.train.load_checkpoint(path)
+        reader = _keras_compat.checkpoint_reader(path)  # ram:// too (see there).
         if not reader.has_tensor(_SIGNATURE_KEY):
             return
         saved = json.loads(reader.get_tensor(_SIGNATURE_KEY))

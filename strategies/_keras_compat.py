@@ -466,3 +466,47 @@ def examples_seen(model: keras.Model) -> float | None:
         return None
     value = float(keras.ops.convert_to_numpy(count))
     return value or None
+
+
+# ---------------------------------------------------------------------------
+# 7. TensorFlow's in-memory file system, ram:// (TF 2.20.x and 2.21.x; no
+# upstream report found). Its RamFileSystem keeps one map entry per path and
+# answers by string prefix:
+# * RenameFile moves only the entry it names, so after
+#   `tf.io.gfile.rename("ram://a/b", "ram://a/c")` the files that were under b
+#   are under neither. TFDS prepares every dataset in an "incomplete..."
+#   directory and renames it into place, so a dataset prepared into ram://
+#   came out empty.
+# * IsDirectory is true for any prefix of a file's path: with only
+#   "ram://run/ckpt-3.index" there, `isdir("ram://run/ckpt-3")` is True, so
+#   `tf.train.load_checkpoint(prefix)` takes the checkpoint prefix for a
+#   directory and finds no checkpoint in it.
+# gs:// (TF renames each object; directories are "/"-delimited) and local
+# directories are fine. Only ram:// paths take these paths.
+# ---------------------------------------------------------------------------
+
+
+def checkpoint_reader(prefix: str) -> Any:
+    """``tf.train.load_checkpoint(prefix)`` for a checkpoint prefix, on ram:// too."""
+    if not prefix.startswith("ram://"):
+        return tf.train.load_checkpoint(prefix)
+    check_versions("checkpoint prefixes that TensorFlow's ram:// file system calls directories")
+    # The public reader takes the prefix as given, without the isdir() test.
+    return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
+def rename_tree(src: str, dst: str, overwrite: bool = False) -> None:
+    """``tf.io.gfile.rename(src, dst, overwrite)``; on ram://, a directory moves file by file."""
+    if not (src.startswith("ram://") and tf.io.gfile.isdir(src)):
+        tf.io.gfile.rename(src, dst, overwrite=overwrite)
+        return
+    check_versions("directory renames on TensorFlow's ram:// file system")
+    if tf.io.gfile.exists(dst) and not overwrite:
+        raise FileExistsError(f"cannot rename {src} to {dst}: {dst} exists")
+    prefix = src.rstrip("/") + "/"
+    for root, _, files in tf.io.gfile.walk(src):
+        target_root = dst.rstrip("/") + "/" + root[len(prefix):] if root != src.rstrip("/") else dst
+        tf.io.gfile.makedirs(target_root)
+        for name in files:
+            tf.io.gfile.rename(f"{root}/{name}", f"{target_root}/{name}", overwrite=overwrite)
+    tf.io.gfile.rmtree(src)

@@ -28,7 +28,6 @@ import shlex
 import subprocess
 import sys
 import types
-import venv
 
 import pytest
 
