@@ -16,8 +16,11 @@ the scheme, and that the path is not a file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
+from collections.abc import Iterator
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -41,15 +44,34 @@ def makedirs(path: str) -> str:
     return path
 
 
-def write_text(path: str, text: str) -> str:
-    """Writes ``text`` to ``path`` (local or cloud), creating its directory; returns the path written."""
+@contextlib.contextmanager
+def staged(path: str) -> Iterator[str]:
+    """A local file name to write ``path`` through: ``path`` itself when local, else a
+    temporary file copied to ``path`` (through tf.io.gfile) when the block ends without error.
+
+    For writers that want a file name, such as Matplotlib's ``savefig``.
+    """
+    if not is_cloud(path):
+        yield resolve(path)
+        return
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="staged-") as local_dir:
+        local = os.path.join(local_dir, path.rstrip("/").rsplit("/", 1)[-1])
+        yield local
+        tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+        tf.io.gfile.copy(local, path, overwrite=True)
+
+
+def write_text(path: str, text: str | bytes) -> str:
+    """Writes ``text`` (or bytes) to ``path`` (local or cloud), creating its directory; returns the path written."""
     import tensorflow as tf
 
     path = resolve(path)
     parent = path.rsplit("/", 1)[0] if is_cloud(path) else os.path.dirname(path)
     if parent and not parent.endswith(":/"):
         tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "w") as f:
+    with tf.io.gfile.GFile(path, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
     return path
 

@@ -70,7 +70,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import tfopt  # noqa: E402
-from launch import _data, _flags, _models, _outputs  # noqa: E402
+from launch import _data, _flags, _models, _outputs, _paths  # noqa: E402
 
 BASELINE = "adamw"
 
@@ -455,8 +455,7 @@ def main(argv: Sequence[str]) -> None:
                 "precondition_frequency": _PF.value, "cost_steps": cost_steps,
                 "extend_edges": 0 if quick else _EXTEND.value,
                 "cost_rounds": cost_rounds, "quick": quick}  # fmt: skip
-    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = _paths.makedirs(_flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR))  # gs:// as given.
     report: dict[str, Any] = {
         "settings": settings,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
@@ -515,14 +514,12 @@ def main(argv: Sequence[str]) -> None:
                     t / b for t, b in zip(times[name], times[BASELINE], strict=True))
         report["results"][task_name] = results
         report["summary"][task_name] = summarize(task, results)
-        plot(task, results, targets[task_name],
-             os.path.join(output_dir, f"convergence_{task_name}.png"))
+        with _paths.staged(os.path.join(output_dir, f"convergence_{task_name}.png")) as png:
+            plot(task, results, targets[task_name], png)
     report["wall_s"] = time.perf_counter() - started
     table = markdown(tasks, report["summary"], settings)
-    with open(os.path.join(output_dir, "convergence.json"), "w") as f:
-        json.dump(_outputs.jsonable(report), f, indent=1)
-    with open(os.path.join(output_dir, "convergence.md"), "w") as f:
-        f.write(table)
+    _paths.write_text(os.path.join(output_dir, "convergence.json"), json.dumps(_outputs.jsonable(report), indent=1))
+    _paths.write_text(os.path.join(output_dir, "convergence.md"), table)
     print(table)
     logging.info("Wrote %s in %.0f s", output_dir, report["wall_s"])
 

@@ -49,7 +49,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import strategies  # noqa: E402
-from launch import _console, _flags  # noqa: E402
+from launch import _console, _flags, _paths  # noqa: E402
 from strategies import _keras_compat  # noqa: E402
 from strategies._builders import split_cpu  # noqa: E402
 
@@ -285,10 +285,8 @@ def main(argv: Sequence[str]) -> None:
               "settings": {"steps": steps, "epochs": epochs,
                            "repeats": _REPEATS.value},
               "results": results}
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"Wrote {_OUTPUT.value}")
+    # A gs:// (any scheme://) --output is written through tf.io.gfile, as given.
+    print(f"Wrote {_paths.write_text(_OUTPUT.value, json.dumps(report, indent=2))}")
 
 
 def run() -> None:

@@ -53,7 +53,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import tfopt  # noqa: E402
-from launch import _console, _flags, _outputs  # noqa: E402
+from launch import _console, _flags, _outputs, _paths  # noqa: E402
 from launch._bench_report import markdown_table, plot, size_label  # noqa: E402
 
 
@@ -333,8 +333,7 @@ def main(argv: Sequence[str]) -> None:
     # 1M parameters leave little memory behind: --quick saves the process starts.
     isolate = _ISOLATE.value if _ISOLATE.present or not _QUICK.value else False
     rows = run_benchmark(names, sizes, xla_modes, _KERAS.value, timed_steps, _WARMUP.value, isolate)
-    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = _paths.makedirs(_flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR))  # gs:// as given.
     machine = {
         "platform": platform.platform(),
         "processor": platform.processor(),
@@ -351,11 +350,10 @@ def main(argv: Sequence[str]) -> None:
         "rows": rows,
     }
     paths = [os.path.join(output_dir, f"optimizers.{ext}") for ext in ("json", "png", "md")]
-    with open(paths[0], "w") as f:
-        json.dump(_outputs.jsonable(result), f, indent=1)
-    plot(rows, paths[1])
-    with open(paths[2], "w") as f:
-        f.write(markdown_table(rows))
+    _paths.write_text(paths[0], json.dumps(_outputs.jsonable(result), indent=1))
+    with _paths.staged(paths[1]) as png:
+        plot(rows, png)
+    _paths.write_text(paths[2], markdown_table(rows))
     print(markdown_table(rows))
     print("Wrote " + ", ".join(paths))
 

@@ -237,3 +237,36 @@ def test_ram_data_dir_and_model_dir_end_to_end_write_nothing_locally(tmp_path, m
 
     assert _local_files(str(work), str(home), str(temp)) == []
     assert not os.path.exists(os.path.join(str(work), "ram:"))
+
+
+# --- the benches' and device_check's outputs ------------------------------------------------------
+
+
+def test_output_helpers_write_cloud_paths_through_gfile_only(tmp_path, monkeypatch) -> None:
+    root = f"ram://out-{uuid.uuid4().hex}"
+    monkeypatch.chdir(tmp_path)
+    assert _paths.makedirs(f"{root}/a") == f"{root}/a" and tf.io.gfile.isdir(f"{root}/a")
+    assert _paths.write_text(f"{root}/b/report.json", '{"x": 1}') == f"{root}/b/report.json"
+    assert _paths.write_text(f"{root}/b/log", b"\x00\x01") == f"{root}/b/log"
+    with _paths.staged(f"{root}/c/plot.png") as local:
+        assert not _paths.is_cloud(local)
+        with open(local, "wb") as f:
+            f.write(b"\x89PNG")
+    with tf.io.gfile.GFile(f"{root}/c/plot.png", "rb") as f:
+        assert f.read() == b"\x89PNG"
+    assert not os.path.exists(local)  # The staging copy is gone.
+    with tf.io.gfile.GFile(f"{root}/b/report.json") as f:
+        assert json.load(f) == {"x": 1}
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_optimizers_writes_its_outputs_to_a_cloud_output_dir(tmp_path, monkeypatch) -> None:
+    from tests.launch.test_bench_optimizers import run_bench
+
+    monkeypatch.chdir(tmp_path)
+    output_dir = f"ram://bench-{uuid.uuid4().hex}/out"
+    argv = ["--sizes=1K", "--optimizers=sgd", "--nokeras", "--xla=off", "--timed_steps=1", "--warmup=0",
+            "--noisolate", f"--output_dir={output_dir}"]
+    assert run_bench(argv) == 0
+    assert sorted(tf.io.gfile.listdir(output_dir)) == ["optimizers.json", "optimizers.md", "optimizers.png"]
+    assert os.listdir(tmp_path) == []
