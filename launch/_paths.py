@@ -36,10 +36,16 @@ def resolve(path: str) -> str:
 
 
 def makedirs(path: str) -> str:
-    """Creates directory ``path`` (and its parents) on any file system; returns `resolve(path)`."""
+    """Creates directory ``path`` (and its parents) on any file system; returns `resolve(path)`.
+
+    Local paths need no TensorFlow (launch.device_check reports a machine without it).
+    """
+    path = resolve(path)
+    if not is_cloud(path):
+        os.makedirs(path, exist_ok=True)
+        return path
     import tensorflow as tf
 
-    path = resolve(path)
     tf.io.gfile.makedirs(path)
     return path
 
@@ -64,14 +70,21 @@ def staged(path: str) -> Iterator[str]:
 
 
 def write_text(path: str, text: str | bytes) -> str:
-    """Writes ``text`` (or bytes) to ``path`` (local or cloud), creating its directory; returns the path written."""
+    """Writes ``text`` (or bytes) to ``path`` (local or cloud), creating its directory; returns the path written.
+
+    Local paths need no TensorFlow; cloud paths go through tf.io.gfile.
+    """
+    path = resolve(path)
+    mode = "wb" if isinstance(text, bytes) else "w"
+    if not is_cloud(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, mode) as f:
+            f.write(text)
+        return path
     import tensorflow as tf
 
-    path = resolve(path)
-    parent = path.rsplit("/", 1)[0] if is_cloud(path) else os.path.dirname(path)
-    if parent and not parent.endswith(":/"):
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "wb" if isinstance(text, bytes) else "w") as f:
+    tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+    with tf.io.gfile.GFile(path, mode) as f:
         f.write(text)
     return path
 

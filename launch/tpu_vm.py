@@ -75,8 +75,12 @@ _STEPS = flags.DEFINE_multi_enum(
 _EXECUTE = flags.DEFINE_bool("execute", False, "Run the commands instead of printing them.")
 
 
-def _requirements() -> list[str]:
-    """This project's install_requires with TensorFlow's packages swapped for setup.cfg's ``tpu`` extra."""
+def tpu_requirements() -> list[str]:
+    """What a TPU host installs: this project's install_requires with TensorFlow's packages
+    swapped for setup.cfg's ``tpu`` extra (``tensorflow-tpu==2.20.*``, ``tensorboard==2.20.*``).
+
+    The project itself then goes in with ``--no-deps``. Colab's quickstart install cell uses this too.
+    """
     return _requirements_lib.tpu_requirements()
 
 
@@ -160,7 +164,7 @@ def commands(
     local = not _is_pip_spec(source)
     archive = os.path.join("/tmp", _ARCHIVE)
     project_spec = f"~/{_ARCHIVE}" if local else shlex.quote(source)
-    install = install_script(_requirements(), project_spec, python)
+    install = install_script(tpu_requirements(), project_spec, python)
     train = shlex.join([f"{VENV}/bin/python", "-m", "launch.train", "--strategy=tpu", "--tpu=local", *train_args])
     train = train.replace(f"'{VENV}/bin/python'", f"{VENV}/bin/python")  # ~ must expand on the host.
     by_step = {

@@ -69,7 +69,7 @@ def test_tpu_extra_is_the_newest_tpu_build_and_its_tensorboard() -> None:
 
 
 def test_tpu_vm_installs_the_tpu_extra_instead_of_tensorflow() -> None:
-    requirements = tpu_vm._requirements()
+    requirements = tpu_vm.tpu_requirements()
     assert requirements[:2] == _requirements.extra("tpu")
     names = [Requirement(r).name for r in requirements]
     assert "tensorflow" not in names and names.count("tensorboard") == 1

@@ -185,7 +185,7 @@ def test_colab_tpu_cell_resolves_on_colabs_python(fresh_venv) -> None:
     assert [argv[4:] for argv in ran[:1]] == [["-q", "--no-deps", f"git+https://github.com/{noxfile.repo()}"]]
     (requirements_run,) = ran[1:]
     requirements = _without_libtpu_index(requirements_run[4:])
-    assert requirements[0] == "-q" and requirements[1:] == _requirements.tpu_requirements()
+    assert requirements[0] == "-q" and requirements[1:] == tpu_vm.tpu_requirements()
     resolved = resolve(fresh_venv(COLAB_PYTHON), requirements[1:])
     assert resolved["tensorflow-tpu"].startswith("2.20.")
     assert "tensorflow" not in resolved
