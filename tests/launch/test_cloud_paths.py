@@ -103,6 +103,21 @@ def test_train_accepts_a_cloud_model_dir_on_a_multi_host_slice(fake_gcs, monkeyp
     assert ran == [GS_RUN]
 
 
+def test_tfds_path_layer_keeps_a_ram_path_whole() -> None:
+    from etils import epath
+
+    _data.register_tf_file_systems()
+    root = f"ram://epath-{uuid.uuid4().hex}"
+    path = epath.Path(f"{root}/tfds/digits")
+    assert str(path) == f"{root}/tfds/digits" and str(path.parent) == f"{root}/tfds"
+    assert str(path / "1.0.0") == f"{root}/tfds/digits/1.0.0"
+    (path / "1.0.0").mkdir(parents=True)
+    (path / "1.0.0" / "f").write_text("x")
+    assert tf.io.gfile.exists(f"{root}/tfds/digits/1.0.0/f") and not os.path.exists("ram:")
+    (path / "1.0.0").rename(f"{root}/tfds/digits/2.0.0")  # TFDS's incomplete-dir rename.
+    assert (path / "2.0.0" / "f").read_text() == "x"
+
+
 # --- gs:// reaches TFDS, the checkpointer and TensorBoard unchanged -----------------------------
 
 
