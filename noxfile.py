@@ -38,7 +38,7 @@ SETUP_CFG = os.path.join(ROOT, "setup.cfg")
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 FAST = ["-m", "not cluster and not notebook and not slow"]
 
-nox.options.sessions = ["fast", "colab"]
+nox.options.sessions = ["fast", "colab", "fast_tf_min"]
 nox.options.default_venv_backend = "venv"
 
 
