@@ -20,7 +20,9 @@ STAMP  := $(VENV)/.installed
 NOX    := $(BIN)/python -m nox --no-color
 # The matrix next to the full suite: the fast suite on the lowest and highest
 # supported Pythons, unless that one is the default interpreter (the full
-# suite already ran there), then Colab's install path on the newest.
+# suite already ran there), then Colab's install path on the newest, then the
+# fast suite on the oldest TensorFlow of setup.cfg's range (nox's fast_tf_min
+# reads it from there; no TensorFlow version is written in this file).
 MATRIX  = $(filter-out $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'),\
           $(sort $(firstword $(SUPPORTED_PYTHONS)) $(lastword $(SUPPORTED_PYTHONS))))
 
@@ -57,7 +59,7 @@ test: $(STAMP)
 # `make test-matrix` alone runs the fast suite on every supported Python present.
 PYTHONS ?= $(SUPPORTED_PYTHONS)
 test-matrix: $(STAMP)
-	$(NOX) -s $(foreach v,$(PYTHONS),fast-$(v)) colab
+	$(NOX) -s $(foreach v,$(PYTHONS),fast-$(v)) colab fast_tf_min
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster and not notebook and not slow"

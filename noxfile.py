@@ -3,13 +3,15 @@
     nox -s fast                 # the fast suite on every supported Python present
     nox -s fast-3.13            # one of them
     nox -s colab                # Colab's install cell + 01_quickstart.ipynb on the newest Python
+    nox -s fast_tf_min          # the fast suite on the oldest TensorFlow setup.cfg admits (2.20)
     nox -s set_repo -- you/fork # point the notebooks' Colab badges and install cells at a fork
 
 `make test` runs the full suite on its default interpreter, then `nox -s fast`
 on the lowest and highest supported Pythons that are not that default, then
-`nox -s colab`. The supported versions are read from setup.cfg's classifiers,
-the one place they are written (a test pins python_requires and the Makefile to
-them).
+`nox -s colab`, then `nox -s fast_tf_min`. The supported Pythons are read from
+setup.cfg's classifiers and the TensorFlow range from its install_requires, the
+one place each is written (tests pin python_requires, the Makefile, the docs and
+launch.tpu_vm to them).
 
 A supported interpreter that is missing is skipped by nox, and nox prints it
 as skipped, never as a success; `make test` prints the matrix at the end.
@@ -29,11 +31,14 @@ import sys
 import nox
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)  # launch._requirements: setup.cfg's requirements, parsed once.
+from launch import _requirements  # noqa: E402
+
 SETUP_CFG = os.path.join(ROOT, "setup.cfg")
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 FAST = ["-m", "not cluster and not notebook and not slow"]
 
-nox.options.sessions = ["fast", "colab"]
+nox.options.sessions = ["fast", "colab", "fast_tf_min"]
 nox.options.default_venv_backend = "venv"
 
 
@@ -83,17 +88,49 @@ def fast(session: nox.Session) -> None:
                 *session.posargs, os.path.join(ROOT, "tests"))  # fmt: skip
 
 
-def install_cell(notebook: str) -> list[str]:
-    """The argv of the notebook's Colab install cell (`pip install ... <source>`)."""
+def tensorflow_min_pins() -> list[str]:
+    """``["tensorflow==2.20.*", "tensorboard==2.20.*"]``: the oldest TF setup.cfg admits, and its TensorBoard."""
+    oldest = _requirements.tensorflow_minors()[0]
+    return [f"{name}=={oldest}.*" for name in _requirements.TENSORFLOW_PACKAGES]
+
+
+@nox.session(python=PYTHONS[0])
+def fast_tf_min(session: nox.Session) -> None:
+    """The fast suite on the oldest TensorFlow (and its TensorBoard) that setup.cfg's range admits.
+
+    One resolve of ``.[test]`` with the pins added, so pip picks the Keras and
+    the rest that setup.cfg allows together with that TensorFlow; the
+    session fails if the range and the pins do not meet.
+    """
+    pins = tensorflow_min_pins()
+    session.install(f"{ROOT}[test]", *pins)
+    session.run("python", "-c", "import importlib.metadata as m, sys; "
+                f"pins = {pins!r}; "
+                "got = {p.split('==')[0]: m.version(p.split('==')[0]) for p in pins}; "
+                "print('fast_tf_min:', got, 'keras', m.version('keras')); "
+                "sys.exit(any(not got[p.split('==')[0]].startswith(p.split('==')[1][:-1]) for p in pins))")
+    session.run("python", "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", *FAST,
+                *session.posargs, os.path.join(ROOT, "tests"))  # fmt: skip
+
+
+def install_cell_source(notebook: str) -> str:
+    """The source of the notebook's Colab install cell (the first code cell that runs pip)."""
     with open(notebook, encoding="utf-8") as f:
         cells = json.load(f)["cells"]
     for cell in cells:
         source = "".join(cell["source"])
-        match = re.search(r"subprocess\.run\(\s*(\[.*?\])\s*,", source, re.S)
-        if cell["cell_type"] == "code" and "pip" in source and match:
-            argv = eval(match.group(1), {"sys": sys})  # Our own notebook's literal list.
-            return [str(a) for a in argv]
+        if cell["cell_type"] == "code" and "pip" in source and "subprocess.run(" in source:
+            return source
     raise ValueError(f"{notebook} has no install cell")
+
+
+def install_cell(notebook: str) -> list[str]:
+    """The argv of the notebook's Colab install cell on a CPU or GPU runtime (its first `pip install ... <source>`)."""
+    match = re.search(r"subprocess\.run\(\s*(\[.*?\])\s*,", install_cell_source(notebook), re.S)
+    if not match:
+        raise ValueError(f"{notebook}'s install cell has no subprocess.run([...], ...)")
+    argv = eval(match.group(1), {"sys": sys})  # Our own notebook's literal list.
+    return [str(a) for a in argv]
 
 
 @nox.session(python=PYTHONS[-1])

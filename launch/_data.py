@@ -11,6 +11,12 @@ Two rules keep a run from hanging on a network that is not there:
   dataset, which directory, and how to prepare it. (Offline, TFDS 4.9 would
   otherwise retry the network for about 200 s before failing.)
 
+A ``--data_dir`` with a scheme (``gs://bucket/tfds``, ``ram://tfds``) is used
+as given: TFDS reads and writes it through `tf.io.gfile`, and nothing of it is
+created on the local disk. TFDS's path layer (etils.epath) knows gs://, s3://,
+az:// and hf:// only; `register_tf_file_systems` routes TensorFlow's other file
+systems (ram://, and any a plugin adds) to `tf.io.gfile` too.
+
 Batching the result for a strategy is `launch._input`'s job.
 """
 
@@ -121,6 +127,51 @@ def _register_local_builders() -> None:
     # Importing the module registers the builder with TFDS under its name.
     import launch.datasets.digits  # noqa: F401
 
+    register_tf_file_systems()
+
+
+def register_tf_file_systems() -> list[str]:
+    """Makes TFDS reach every `tf.io.gfile` scheme that etils.epath lacks; returns the schemes added.
+
+    Without it, ``tfds.builder(name, data_dir="ram://tfds")`` fails with
+    ``KeyError: 'ram://'`` (etils 1.15). The class registered keeps the
+    ``scheme://`` in the path TFDS hands to `tf.io.gfile`.
+    """
+    from etils.epath import backend, gpath, register
+
+    from strategies.compat import _keras_compat
+
+    class GfilePath(gpath.PosixGPath):
+        """A path on a TensorFlow file system that etils does not know, through tf.io.gfile."""
+
+        @property
+        def _backend(self) -> backend.Backend:
+            return backend.tf_backend
+
+        @property
+        def _path_str(self) -> str:
+            # PurePosixPath("ram://a/b").parts is ("ram:", "a", "b"): put the "//" back.
+            parts = self.parts
+            if parts and parts[0].endswith(":"):
+                return f"{parts[0]}//" + "/".join(parts[1:])
+            return super()._path_str
+
+        def rename(self, target: os.PathLike[str] | str) -> GfilePath:
+            _keras_compat.rename_tree(self._path_str, os.fspath(target))
+            return self._new(target)
+
+        def replace(self, target: os.PathLike[str] | str) -> GfilePath:
+            _keras_compat.rename_tree(self._path_str, os.fspath(target), overwrite=True)
+            return self._new(target)
+
+    added = []
+    for scheme in tf.io.gfile.get_registered_schemes():
+        prefix = f"{scheme}://"
+        if scheme and scheme != "file" and prefix not in register._URI_PREFIXES_TO_CLS:
+            register.register_path_cls(prefix)(GfilePath)
+            added.append(prefix)
+    return added
+
 
 def _how_to_prepare(name: str, data_dir: str) -> str:
     return (
@@ -162,11 +213,13 @@ def check_available(
       The dataset's TFDS builder.
     """
     data_dir = _resolve_dir(data_dir)
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    if _paths.is_cloud(data_dir):
+        _check_writable(name, data_dir)  # The scheme, and a file in the way; through tf.io.gfile.
+    elif os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"--data_dir must be a directory; {data_dir} is a file. Received: data_dir={data_dir!r}.")
     # Nothing is prepared in a directory that does not exist: check it before
     # TFDS looks (and warns) there. Preparing or downloading writes there.
-    if not os.path.isdir(data_dir):
+    if not tf.io.gfile.isdir(data_dir):
         _check_writable(name, data_dir)
     builder = _builder(name, data_dir)
     if not builder.is_prepared():
@@ -221,7 +274,16 @@ def _prepare_once(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """Prepares under an exclusive file lock, so that the processes of one
     cluster starting on a fresh ``data_dir`` build it once: without the lock,
     each writes its own incomplete copy and all but the first crash on TFDS'
-    final rename (``FileExistsError``)."""
+    final rename (``FileExistsError``).
+
+    A cloud ``data_dir`` has no file lock (the hosts of a pod do not share a
+    kernel): there TFDS prepares directly, and a pod should find the data
+    prepared already (``tfds build NAME --data_dir=gs://...`` once, see
+    docs/strategies/platforms.md)."""
+    if _paths.is_cloud(data_dir):
+        tf.io.gfile.makedirs(data_dir)
+        _builder(name, data_dir).download_and_prepare()
+        return _builder(name, data_dir)
     os.makedirs(data_dir, exist_ok=True)
     with open(os.path.join(data_dir, f".{name}.prepare.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
@@ -234,7 +296,8 @@ def _prepare_once(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 def _resolve_dir(data_dir: str | None) -> str:
-    return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    # A gs:// or ram:// directory stays as given; "~" is expanded in local paths only.
+    return _paths.resolve(data_dir or default_data_dir())
 
 
 def _describe(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> ImageDataset:

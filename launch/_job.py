@@ -199,6 +199,7 @@ def _summarize(
         examples = epochs_run * steps_per_epoch * job.batch_size
     return {
         "strategy": strategies.describe(strategy),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "num_replicas": strategy.num_replicas_in_sync,
         "dataset": {
             "name": data.name,

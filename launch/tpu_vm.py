@@ -13,8 +13,9 @@ The steps, each a command you can copy:
    default 3.11), made by ``uv``, which downloads that interpreter: the
    ``tpu-ubuntu2204-base`` image's system Python is 3.10, and Keras 3.15 needs
    3.11 or newer. The script stops with one line if the venv's Python is older.
-   Into that venv go ``tensorflow-tpu`` from Google's libtpu wheel index and this
-   project's other requirements, then the project itself with ``--no-deps`` (its
+   Into that venv go setup.cfg's ``tpu`` extra (``tensorflow-tpu==2.20.*``, the
+   newest TPU build, and its ``tensorboard``) from Google's libtpu wheel index and
+   this project's other requirements, then the project itself with ``--no-deps`` (its
    ``tensorflow`` requirement would otherwise pull the CPU wheel over
    ``tensorflow-tpu``).
 5. ``train``: ``~/tfopt-venv/bin/python -m launch.train --strategy=tpu --tpu=local`` on
@@ -26,8 +27,6 @@ The steps, each a command you can copy:
 
 from __future__ import annotations
 
-import configparser
-import importlib.metadata
 import os
 import shlex
 import subprocess
@@ -37,11 +36,13 @@ from collections.abc import Callable, Sequence
 from absl import flags
 
 from launch import _console
+from launch import _requirements as _requirements_lib
 
 PROG = "launch.tpu_vm"
 STEPS = ("package", "create", "copy", "install", "train", "delete")
-LIBTPU_INDEX = "https://storage.googleapis.com/libtpu-tf-releases/index.html"
-TENSORFLOW_TPU = "tensorflow-tpu==2.21.*"
+LIBTPU_INDEX = _requirements_lib.LIBTPU_INDEX
+# setup.cfg's tpu extra: tensorflow-tpu==2.20.*, the newest TPU build (there is no 2.21).
+TENSORFLOW_TPU = str(_requirements_lib.requirement("tensorflow-tpu", _requirements_lib.extra("tpu")))
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ARCHIVE = "tfopt-strategies.tar.gz"
 # The Pythons this project supports (setup.cfg's classifiers; a test keeps them equal).
@@ -73,18 +74,13 @@ _STEPS = flags.DEFINE_multi_enum(
 _EXECUTE = flags.DEFINE_bool("execute", False, "Run the commands instead of printing them.")
 
 
-def _requirements(setup_cfg: str = os.path.join(_ROOT, "setup.cfg")) -> list[str]:
-    """This project's install_requires, with tensorflow replaced by tensorflow-tpu.
+def tpu_requirements() -> list[str]:
+    """What a TPU host installs: this project's install_requires with TensorFlow's packages
+    swapped for setup.cfg's ``tpu`` extra (``tensorflow-tpu==2.20.*``, ``tensorboard==2.20.*``).
 
-    Read from setup.cfg in a checkout, else from the installed distribution's metadata.
+    The project itself then goes in with ``--no-deps``. Colab's quickstart install cell uses this too.
     """
-    parser = configparser.ConfigParser()
-    if parser.read(setup_cfg):
-        lines = parser.get("options", "install_requires", fallback="").split("\n")
-    else:
-        lines = [r for r in importlib.metadata.requires("tfopt-strategies") or [] if "extra ==" not in r]
-    keep = [r.strip() for r in lines if r.strip() and not r.strip().startswith("#")]
-    return [TENSORFLOW_TPU] + [r for r in keep if not _is_tensorflow(r)]
+    return _requirements_lib.tpu_requirements()
 
 
 def install_script(requirements: Sequence[str], project_spec: str, python: str = DEFAULT_PYTHON) -> str:
@@ -118,13 +114,6 @@ def python_check(python: str) -> str:
         f'{{ echo "{PROG}: error: {python} is older than Python {minimum}, which tfopt-strategies needs" >&2; '
         "exit 1; }"
     )
-
-
-def _is_tensorflow(requirement: str) -> bool:
-    name = requirement.split(";")[0]
-    for sep in "=<>!~[ ":
-        name = name.split(sep)[0]
-    return name.lower() == "tensorflow"
 
 
 def _is_pip_spec(source: str) -> bool:
@@ -174,7 +163,7 @@ def commands(
     local = not _is_pip_spec(source)
     archive = os.path.join("/tmp", _ARCHIVE)
     project_spec = f"~/{_ARCHIVE}" if local else shlex.quote(source)
-    install = install_script(_requirements(), project_spec, python)
+    install = install_script(tpu_requirements(), project_spec, python)
     train = shlex.join([f"{VENV}/bin/python", "-m", "launch.train", "--strategy=tpu", "--tpu=local", *train_args])
     train = train.replace(f"'{VENV}/bin/python'", f"{VENV}/bin/python")  # ~ must expand on the host.
     by_step = {

@@ -110,6 +110,14 @@ def _check_model_dir(model_dir: str) -> None:
         )
 
 
+def _check_model_dir_is_shared(model_dir: str | None, strategy: tf.distribute.Strategy) -> None:
+    """On a multi-host TPU slice, --model_dir (and its local default) must be shared storage."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        reason = _paths.local_model_dir_on_slice_reason(model_dir, strategy.extended.num_hosts)
+        if reason is not None:
+            raise _job.UsageError(f"--model_dir must be shared storage on a multi-host TPU slice: {reason}")
+
+
 def train() -> dict[str, Any]:
     """Runs the job the flags describe; returns its summary ({} on a server task)."""
     config = strategy_flags.config_from_flags()
@@ -130,6 +138,7 @@ def train() -> dict[str, Any]:
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
     strategy = strategies.build(config)  # First TF call: it may split the CPU.
+    _check_model_dir_is_shared(job.model_dir, strategy)
     summary = _job.run(job, strategy)
     if strategy.extended.should_checkpoint:
         model_dir = summary["model_dir"]

@@ -63,7 +63,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 import tfopt
-from launch import _console, _data, _flags, _models, _outputs, _provenance
+from launch import _console, _data, _flags, _models, _outputs, _paths, _provenance
 
 BASELINE = "adamw"
 
@@ -440,8 +440,7 @@ def main(argv: Sequence[str]) -> None:
                 "precondition_frequency": _PF.value, "cost_steps": cost_steps,
                 "extend_edges": 0 if quick else _EXTEND.value,
                 "cost_rounds": cost_rounds, "quick": quick}  # fmt: skip
-    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = _paths.makedirs(_flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR))  # gs:// as given.
     report: dict[str, Any] = {
         "settings": settings,
         "machine": _provenance.machine(),
@@ -498,14 +497,12 @@ def main(argv: Sequence[str]) -> None:
                     t / b for t, b in zip(times[name], times[BASELINE], strict=True))
         report["results"][task_name] = results
         report["summary"][task_name] = summarize(task, results)
-        plot(task, results, targets[task_name],
-             os.path.join(output_dir, f"convergence_{task_name}.png"))
+        with _paths.staged(os.path.join(output_dir, f"convergence_{task_name}.png")) as png:
+            plot(task, results, targets[task_name], png)
     report["wall_s"] = time.perf_counter() - started
     table = markdown(tasks, report["summary"], settings)
-    with open(os.path.join(output_dir, "convergence.json"), "w") as f:
-        json.dump(_outputs.jsonable(report), f, indent=1)
-    with open(os.path.join(output_dir, "convergence.md"), "w") as f:
-        f.write(table)
+    _paths.write_text(os.path.join(output_dir, "convergence.json"), json.dumps(_outputs.jsonable(report), indent=1))
+    _paths.write_text(os.path.join(output_dir, "convergence.md"), table)
     print(table)
     logging.info("Wrote %s in %.0f s", output_dir, report["wall_s"])
 

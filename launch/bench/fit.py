@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ import tensorflow as tf
 from absl import flags
 
 import strategies
-from launch import _console, _flags, _provenance
+from launch import _console, _flags, _paths, _provenance
 
 PROG = "launch.bench.fit"
 
@@ -279,10 +278,8 @@ def main(argv: Sequence[str]) -> None:
               "settings": {"steps": steps, "epochs": epochs,
                            "repeats": _REPEATS.value},
               "results": results}
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"Wrote {_OUTPUT.value}")
+    # A gs:// (any scheme://) --output is written through tf.io.gfile, as given.
+    print(f"Wrote {_paths.write_text(_OUTPUT.value, json.dumps(report, indent=2))}")
 
 
 def run() -> None:

@@ -47,7 +47,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 import tfopt
-from launch import _console, _flags, _outputs, _provenance
+from launch import _console, _flags, _outputs, _paths, _provenance
 from launch.bench._report import markdown_table, plot, size_label
 
 
@@ -297,8 +297,7 @@ def main(argv: Sequence[str]) -> None:
     # 1M parameters leave little memory behind: --quick saves the process starts.
     isolate = _ISOLATE.value if _ISOLATE.present or not _QUICK.value else False
     rows = run_benchmark(names, sizes, xla_modes, _KERAS.value, timed_steps, _WARMUP.value, isolate)
-    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = _paths.makedirs(_flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR))  # gs:// as given.
     result = {
         "machine": machine,
         "git": machine["git"],
@@ -308,11 +307,10 @@ def main(argv: Sequence[str]) -> None:
         "rows": rows,
     }
     paths = [os.path.join(output_dir, f"optimizers.{ext}") for ext in ("json", "png", "md")]
-    with open(paths[0], "w") as f:
-        json.dump(_outputs.jsonable(result), f, indent=1)
-    plot(rows, paths[1])
-    with open(paths[2], "w") as f:
-        f.write(markdown_table(rows))
+    _paths.write_text(paths[0], json.dumps(_outputs.jsonable(result), indent=1))
+    with _paths.staged(paths[1]) as png:
+        plot(rows, png)
+    _paths.write_text(paths[2], markdown_table(rows))
     print(markdown_table(rows))
     print("Wrote " + ", ".join(paths))
 

@@ -31,6 +31,8 @@ from launch import _console, _provenance
 
 PROG = "launch.bench.shampoo"
 
+from launch import _paths  # noqa: E402
+
 _SHAPES = flags.DEFINE_list(
     "shapes", ["256x256", "256x128", "128x64"], "Variable shapes (AxB); blocks of --block_size."
 )
@@ -137,8 +139,7 @@ def main(argv: list[str]) -> None:
               f"of the root work (ideal {row['ideal_share']:.3f}); one all-reduce of "
               f"{row['collective_bytes'] / 2**20:.2f} MiB")  # fmt: skip
     if _OUTPUT.value:
-        with open(_OUTPUT.value, "w") as f:
-            json.dump(result, f, indent=1)
+        _paths.write_text(_OUTPUT.value, json.dumps(result, indent=1))  # gs:// too.
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from launch import _console, _flags
+from launch import _console, _flags, _paths
 from launch.device_check import _catalog as catalog
 from launch.device_check import _report, _runner
 
@@ -94,8 +94,7 @@ def _keep_logs(workdir: str, output_dir: str, max_bytes: int = 1 << 20) -> None:
             with open(os.path.join(workdir, name), "rb") as f:
                 f.seek(max(0, os.path.getsize(f.name) - max_bytes))
                 tail = f.read()
-            with open(os.path.join(output_dir, name), "wb") as f:
-                f.write(tail)
+            _paths.write_text(os.path.join(output_dir, name), tail)  # gs:// too.
 
 
 def main(argv: Sequence[str]) -> None:
@@ -106,10 +105,9 @@ def main(argv: Sequence[str]) -> None:
     budget = _TIME_BUDGET_S.value or (300.0 if _QUICK.value else 480.0)
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     began = time.monotonic()
-    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = _paths.makedirs(_flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR))  # gs:// as given.
     spec = {"profile": profile, "inject": inject,
-            "data_dir": os.path.abspath(_DATA_DIR.value) if _DATA_DIR.value else None}  # fmt: skip
+            "data_dir": _paths.resolve(_DATA_DIR.value) if _DATA_DIR.value else None}  # fmt: skip
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _runner.on_signal)
     with tempfile.TemporaryDirectory(prefix="device_check-") as workdir:
@@ -120,11 +118,9 @@ def main(argv: Sequence[str]) -> None:
     report = _report.build_report(plan, results, profile, date, time.monotonic() - began, budget)
     json_path = os.path.join(output_dir, "device_check.json")
     md_path = os.path.join(output_dir, "device_check.md")
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    _paths.write_text(json_path, json.dumps(report, indent=1, default=str))
     table = _report.markdown(report)
-    with open(md_path, "w") as f:
-        f.write(table)
+    _paths.write_text(md_path, table)
     print(table)
     print(f"Wrote {json_path}, {md_path}")
     bad = report["counts"][catalog.FAILED] + report["counts"][catalog.TIMEOUT]

@@ -115,7 +115,7 @@ def accelerators(check: catalog.Check, context: Context) -> dict[str, Any]:
                 f"{context.device}", "metrics": metrics}  # fmt: skip
     if smi:
         why = ("this TensorFlow is not a CUDA build" if not build.get("is_cuda_build")
-               else "TensorFlow could not load CUDA (pip install 'tensorflow[and-cuda]==2.21.*', "
+               else "TensorFlow could not load CUDA (pip install 'tensorflow[and-cuda]>=2.20,<2.22', "
                "i.e. the project's [gpu] extra)")  # fmt: skip
         return {"status": catalog.FAILED, "metrics": metrics,
                 "reason": f"nvidia-smi lists {len(smi)} GPU(s) but TensorFlow sees none: {why}"}

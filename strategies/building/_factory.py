@@ -113,11 +113,22 @@ def is_server_task(config: StrategyConfig, environ: Mapping[str, str] | None = N
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
-    """Returns a one-line summary: kind, replicas, devices and reduction.
+    """Returns a one-line summary: kind, replicas, devices and reduction, then the TF and Keras versions.
 
     Example: ``"MirroredStrategy: 2 replicas on /job:localhost/replica:0/task:0/device:CPU:0,
-    ...:CPU:1 (all-reduce: CollectiveAllReduce)"``.
+    ...:CPU:1 (all-reduce: CollectiveAllReduce); TensorFlow 2.21.0, Keras 3.15.1"``.
     """
+    return f"{_describe_strategy(strategy)}; {versions()}"
+
+
+def versions() -> str:
+    """``"TensorFlow 2.21.0, Keras 3.15.1"``: what this process runs (setup.cfg admits TF 2.20 and 2.21)."""
+    import keras
+
+    return f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+
+
+def _describe_strategy(strategy: tf.distribute.Strategy) -> str:
     kind = _public_name(strategy)
     ext = strategy.extended
     n = strategy.num_replicas_in_sync

@@ -2,8 +2,11 @@
 
 Each fix names the upstream report and the versions it was written and tested
 for (keras 3.15.x with TensorFlow 2.21.x, CPU, 2 logical devices and 2-process
-clusters on 127.0.0.1). Each one touches Keras internals, so each first calls
-`check_versions`: on any other Keras or TensorFlow version it raises
+clusters on 127.0.0.1; TensorFlow 2.20.x with keras 3.15.x by the fast suite in
+`nox -s fast_tf_min`). Each one touches Keras internals, and sections 1 and 5
+also TensorFlow's (`tf.distribute` replica contexts, `MirroredStrategy`'s private
+`_collective_key_base`), so each first calls `check_versions`, which checks the
+Keras *and* the TensorFlow version: on any other Keras or TensorFlow version it raises
 `KerasCompatError` instead of patching blindly. Set the environment variable
 ``STRATEGIES_ALLOW_UNVERIFIED_KERAS=1`` to try them anyway, after running
 ``tests/strategies/test_keras_compat.py`` on that version.
@@ -32,7 +35,8 @@ from keras.src.backend.tensorflow import optimizer as tf_optimizer
 from keras.src.optimizers import base_optimizer
 
 VERIFIED_KERAS = ((3, 15),)
-VERIFIED_TENSORFLOW = ((2, 21),)
+# 2.20: the newest TPU build (tensorflow-tpu), verified by `nox -s fast_tf_min`.
+VERIFIED_TENSORFLOW = ((2, 20), (2, 21))
 ALLOW_UNVERIFIED_ENV = "STRATEGIES_ALLOW_UNVERIFIED_KERAS"
 
 _Base = base_optimizer.BaseOptimizer
@@ -497,3 +501,50 @@ def examples_seen(model: keras.Model) -> float | None:
         return None
     value = float(keras.ops.convert_to_numpy(count))
     return value or None
+
+
+# ---------------------------------------------------------------------------
+# 7. TensorFlow's in-memory file system, ram:// (TF 2.20.x and 2.21.x; no
+# upstream report found). Its RamFileSystem keeps one map entry per path and
+# answers by string prefix:
+# * RenameFile moves only the entry it names, so after
+#   `tf.io.gfile.rename("ram://a/b", "ram://a/c")` the directory c is empty
+#   and the files are still under b, which no longer lists. TFDS prepares
+#   every dataset in an "incomplete..." directory and renames it into place,
+#   so a dataset prepared into ram:// came out empty.
+# * IsDirectory is true for any prefix of a file's path: with only
+#   "ram://run/ckpt-3.index" there, `isdir("ram://run/ckpt-3")` is True, so
+#   `tf.train.load_checkpoint(prefix)` takes the checkpoint prefix for a
+#   directory and finds no checkpoint in it.
+# gs:// (TF renames each object; directories are "/"-delimited) and local
+# directories are fine. Only ram:// paths take these paths.
+# ---------------------------------------------------------------------------
+
+
+def checkpoint_reader(prefix: str) -> Any:
+    """``tf.train.load_checkpoint(prefix)`` for a checkpoint prefix, on ram:// too."""
+    if not prefix.startswith("ram://"):
+        return tf.train.load_checkpoint(prefix)
+    check_versions("checkpoint prefixes that TensorFlow's ram:// file system calls directories")
+    # The public reader takes the prefix as given, without the isdir() test.
+    return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
+def rename_tree(src: str, dst: str, overwrite: bool = False) -> None:
+    """``tf.io.gfile.rename(src, dst, overwrite)``; on ram://, a directory moves file by file."""
+    if not (src.startswith("ram://") and tf.io.gfile.isdir(src)):
+        tf.io.gfile.rename(src, dst, overwrite=overwrite)
+        return
+    check_versions("directory renames on TensorFlow's ram:// file system")
+    if tf.io.gfile.exists(dst) and not overwrite:
+        raise FileExistsError(f"cannot rename {src} to {dst}: {dst} exists")
+    prefix = src.rstrip("/") + "/"
+    for root, _, files in tf.io.gfile.walk(src):
+        target_root = dst.rstrip("/") + "/" + root[len(prefix):] if root != src.rstrip("/") else dst
+        tf.io.gfile.makedirs(target_root)
+        for name in files:
+            tf.io.gfile.rename(f"{root}/{name}", f"{target_root}/{name}", overwrite=overwrite)
+    try:
+        tf.io.gfile.rmtree(src)
+    except tf.errors.NotFoundError:
+        pass  # Only files were there: ram:// has no entry for a directory nobody made.

@@ -43,6 +43,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from strategies.compat import _keras_compat
 from strategies.training import _resume, _roles
 from strategies.training._plan import RunPosition, TrainingState
 from strategies.training._preemption import Preempted, PreemptionWatcher
@@ -119,7 +120,7 @@ class Checkpointer:
                              int(self._global_step.numpy()))
 
     def _check_signature(self, path: str) -> None:
-        reader = tf.train.load_checkpoint(path)
+        reader = _keras_compat.checkpoint_reader(path)  # ram:// too (see there).
         if not reader.has_tensor(_SIGNATURE_KEY):
             return
         saved = json.loads(reader.get_tensor(_SIGNATURE_KEY))

@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from launch import tpu_vm
+from launch import _requirements, tpu_vm
 
 
 def _cmds(**kwargs):
@@ -37,10 +37,11 @@ def test_install_uses_tensorflow_tpu_and_not_the_cpu_wheel() -> None:
     assert "--worker=all" in install
     script = install[-1].removeprefix("--command=")
     assert f"-f {tpu_vm.LIBTPU_INDEX}" in script
-    assert '"tensorflow-tpu==2.21.*"' in script
+    assert '"tensorflow-tpu==2.20.*" "tensorboard==2.20.*"' in script
     requirements = [shlex.split(part)[0] for part in script.split('"')[1::2]]
     assert "tensorflow-datasets>=4.9" in requirements  # kept: it is not tensorflow itself
-    assert not any(r.startswith("tensorflow==") for r in requirements)
+    names = [_requirements.name_of(r) for r in requirements]
+    assert "tensorflow" not in names and names.count("tensorboard") == 1  # tensorflow-tpu's, 2.20
     assert script.endswith("~/tfopt-venv/bin/python -m pip install --no-deps ~/tfopt-strategies.tar.gz")
 
 

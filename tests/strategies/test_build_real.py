@@ -14,6 +14,7 @@ from strategies import StrategyError
 from strategies import cluster as cluster_lib
 from strategies.building import _tpu
 
+VERSIONS = f"TensorFlow {tf.__version__}, Keras {keras.__version__}"  # describe() ends with them.
 NO_GPU = pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="needs a machine without GPUs")
 
 
@@ -45,7 +46,8 @@ def test_default_is_tf_default_strategy_never_none():
     assert strategy is tf.distribute.get_strategy()
     with strategy.scope():  # A real context manager, not a dummy.
         assert tf.distribute.get_strategy() is strategy
-    assert strategies.describe(strategy) == "DefaultStrategy: 1 replica on the default device (no distribution)"
+    assert strategies.describe(strategy) == (
+        f"DefaultStrategy: 1 replica on the default device (no distribution); {VERSIONS}")
 
 
 @NO_GPU
@@ -53,7 +55,7 @@ def test_one_device_defaults_to_cpu0():
     strategy = strategies.build("one_device")
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
     assert strategies.describe(strategy) == (
-        "OneDeviceStrategy: 1 replica on /job:localhost/replica:0/task:0/device:CPU:0"
+        f"OneDeviceStrategy: 1 replica on /job:localhost/replica:0/task:0/device:CPU:0; {VERSIONS}"
     )
     assert _replica_ids_sum(strategy) == 1.0
 
@@ -81,7 +83,7 @@ def test_mirrored_over_two_virtual_cpus(all_reduce, reduction):
     assert _replica_ids_sum(strategy) == 3.0  # 1 + 2: both replicas ran and were reduced.
     assert strategies.describe(strategy) == (
         "MirroredStrategy: 2 replicas on /job:localhost/replica:0/task:0/device:CPU:0, ...:CPU:1 "
-        f"(all-reduce: {reduction})"
+        f"(all-reduce: {reduction}); {VERSIONS}"
     )
 
 

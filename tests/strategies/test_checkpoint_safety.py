@@ -25,7 +25,9 @@ from strategies.training import _checkpointing
 from tests.strategies import _checkpoint_writer as writer
 
 REPO = Path(__file__).resolve().parents[2]
-_DEADLINE_S = 30.0
+# A hang guard, not a speed bar: the writer imports TensorFlow and saves 40 MB
+# before round 2, which took over 30 s on a 2-core machine running 4 suites.
+_DEADLINE_S = 120.0
 
 
 def _start(model_dir: Path, what: str, die_at: int | None = None) -> subprocess.Popen[str]:
@@ -69,6 +71,11 @@ def _kill_during(model_dir: Path, what: str, delay: float) -> list[str]:
     return lines + [line.strip() for line in proc.stdout.read().splitlines()]
 
 
+def _last_finished_round(lines: list[str]) -> int:
+    """The last k the writer printed "saved k" for (0 if none)."""
+    return max((int(line.split()[1]) for line in lines if line.startswith("saved ")), default=0)
+
+
 def _kernel_values(model: keras.Model) -> np.ndarray:
     return np.unique(model.layers[0].kernel.numpy())
 
@@ -98,12 +105,22 @@ def test_sigkill_inside_a_save_leaves_the_previous_one_loadable(tmp_path, what):
     # was written (a loaded machine can be that slow), proves nothing about torn
     # writes; such attempts are retried with another delay (the load must still
     # work every time).
+    #
+    # The kill is asked for `delay` s after "saving 2", but on a loaded machine
+    # it can land rounds later (the test process is not scheduled; a 40 MB
+    # checkpoint takes tens of ms). What must hold wherever it lands: every
+    # save that finished ("saved k") is loadable, and the save in flight at
+    # the kill either committed or did not, so the newest visible save is the
+    # last finished round or the one after it. (Asserting `loaded in (1, 2)`
+    # failed about 1 run in 15 on TF 2.21: a late kill, not a torn save.)
     outcomes = []
     for attempt, delay in enumerate((0.01, 0.003, 0.0, 0.03, 0.1)):
         model_dir = tmp_path / str(attempt)
         lines = _kill_during(model_dir, what, delay)
         loaded = load(model_dir)  # Loadable, one round's values everywhere.
-        assert loaded in (1, 2) and "saving 2" in lines, (loaded, lines)
+        finished = _last_finished_round(lines)
+        assert "saving 2" in lines and finished >= 1, lines
+        assert finished <= loaded <= finished + 1, (loaded, lines)
         # Evidence that the kill tore round 2's save: its unfinished files are there.
         torn = [p.name for p in model_dir.rglob("*") if "ckpt-2" in p.name or ".tmp." in p.name]
         outcomes.append((delay, loaded, sorted(p.name for p in model_dir.rglob("*"))))

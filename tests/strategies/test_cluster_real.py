@@ -14,7 +14,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import keras
 import pytest
+import tensorflow as tf
 
 from strategies import cluster as cluster_lib
 
@@ -169,6 +171,7 @@ def test_parameter_server_chief_worker_ps(tmp_path):
     assert chief[0] == 0, chief[1][-3000:]
     got = _last_json(chief[1])
     assert got["counter"] == 6.0
-    assert got["describe"] == "ParameterServerStrategy: 1 worker, 1 ps (partitioner: MinSizePartitioner)"
+    assert got["describe"] == ("ParameterServerStrategy: 1 worker, 1 ps (partitioner: MinSizePartitioner); "
+                               f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     for name, (rc, text) in served.items():
         assert rc == 0 and "served" in text, f"{name}: {text[-2000:]}"

@@ -28,8 +28,8 @@ def _one_device() -> tf.distribute.Strategy:
 
 
 @pytest.mark.parametrize("keras_version, tf_version", [
-    ("3.15.0", "2.21.0"), ("3.15.9", "2.21.3"),
-], ids=["keras3.15.0-tf2.21.0", "keras3.15.9-tf2.21.3"])
+    ("3.15.0", "2.21.0"), ("3.15.9", "2.21.3"), ("3.15.1", "2.20.0"),
+], ids=["keras3.15.0-tf2.21.0", "keras3.15.9-tf2.21.3", "keras3.15.1-tf2.20.0"])
 def test_check_versions_accepts_verified(keras_version, tf_version, monkeypatch):
     monkeypatch.delenv(_keras_compat.ALLOW_UNVERIFIED_ENV, raising=False)
     _keras_compat.check_versions("a fix", keras_version, tf_version)
@@ -37,7 +37,8 @@ def test_check_versions_accepts_verified(keras_version, tf_version, monkeypatch)
 
 @pytest.mark.parametrize("keras_version, tf_version", [
     ("3.16.0", "2.21.0"), ("3.14.1", "2.21.0"), ("4.0.0", "2.21.0"), ("3.15.1", "2.22.0"),
-], ids=["keras3.16", "keras3.14", "keras4", "tf2.22"])
+    ("3.15.1", "2.19.0"),
+], ids=["keras3.16", "keras3.14", "keras4", "tf2.22", "tf2.19"])
 def test_check_versions_fails_loudly_elsewhere(keras_version, tf_version, monkeypatch):
     monkeypatch.delenv(_keras_compat.ALLOW_UNVERIFIED_ENV, raising=False)
     with pytest.raises(_keras_compat.KerasCompatError) as error:
@@ -250,3 +251,58 @@ def test_examples_seen_is_none_for_a_train_step_without_the_tracker():
     model.compile(optimizer="sgd", loss="mse")
     model.fit(np.zeros((10, 2)), np.zeros((10, 1)), batch_size=4, verbose=0)
     assert _keras_compat.examples_seen(model) is None
+
+
+# --- ram:// (section 7): the TF file-system bugs, and the workarounds ---------------------------
+
+
+def _ram_root() -> str:
+    import uuid
+
+    return f"ram://compat-{uuid.uuid4().hex}"
+
+
+def _write(path: str, text: str = "x") -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
+def test_stock_ram_directory_rename_leaves_the_files_under_it_behind():
+    root = _ram_root()
+    tf.io.gfile.makedirs(f"{root}/a")  # As TFDS makes its "incomplete..." directory.
+    _write(f"{root}/a/f")
+    tf.io.gfile.rename(f"{root}/a", f"{root}/b")
+    # When this starts failing, TF moves whole directories on ram:// and rename_tree can go.
+    assert not tf.io.gfile.exists(f"{root}/b/f") and tf.io.gfile.exists(f"{root}/a/f")
+
+
+def test_rename_tree_moves_every_file_on_ram():
+    root = _ram_root()
+    tf.io.gfile.makedirs(f"{root}/a/sub")
+    for name in ("f", "sub/g"):
+        _write(f"{root}/a/{name}", name)
+    _keras_compat.rename_tree(f"{root}/a", f"{root}/b")
+    for name in ("f", "sub/g"):
+        with tf.io.gfile.GFile(f"{root}/b/{name}") as f:
+            assert f.read() == name
+    assert not tf.io.gfile.exists(f"{root}/a/f")
+    _write(f"{root}/c/f")
+    with pytest.raises(FileExistsError, match="b exists"):
+        _keras_compat.rename_tree(f"{root}/c", f"{root}/b")
+
+
+def test_stock_ram_isdir_is_true_for_a_checkpoint_prefix():
+    root = _ram_root()
+    _write(f"{root}/ckpt-3.index")
+    # When this starts failing, tf.train.load_checkpoint works on ram:// prefixes.
+    assert tf.io.gfile.isdir(f"{root}/ckpt-3")
+
+
+def test_checkpoint_reader_reads_a_ram_prefix_that_tf_calls_a_directory():
+    root = _ram_root()
+    checkpoint = tf.train.Checkpoint(v=tf.Variable(7.0))
+    prefix = checkpoint.write(f"{root}/ckpt-3")
+    with pytest.raises(ValueError, match="Couldn't find 'checkpoint' file"):
+        tf.train.load_checkpoint(prefix)
+    reader = _keras_compat.checkpoint_reader(prefix)
+    assert reader.get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE") == 7.0
