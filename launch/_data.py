@@ -139,7 +139,7 @@ def register_tf_file_systems() -> list[str]:
     """
     from etils.epath import backend, gpath, register
 
-    from strategies.compat import _keras_compat
+    from strategies.compat import rename_tree
 
     class GfilePath(gpath.PosixGPath):
         """A path on a TensorFlow file system that etils does not know, through tf.io.gfile."""
@@ -157,11 +157,11 @@ def register_tf_file_systems() -> list[str]:
             return super()._path_str
 
         def rename(self, target: os.PathLike[str] | str) -> GfilePath:
-            _keras_compat.rename_tree(self._path_str, os.fspath(target))
+            rename_tree(self._path_str, os.fspath(target))
             return self._new(target)
 
         def replace(self, target: os.PathLike[str] | str) -> GfilePath:
-            _keras_compat.rename_tree(self._path_str, os.fspath(target), overwrite=True)
+            rename_tree(self._path_str, os.fspath(target), overwrite=True)
             return self._new(target)
 
     added = []

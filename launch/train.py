@@ -115,7 +115,7 @@ def _check_model_dir_is_shared(model_dir: str | None, strategy: tf.distribute.St
     if isinstance(strategy, tf.distribute.TPUStrategy):
         reason = _paths.local_model_dir_on_slice_reason(model_dir, strategy.extended.num_hosts)
         if reason is not None:
-            raise _job.UsageError(f"--model_dir must be shared storage on a multi-host TPU slice: {reason}")
+            raise _console.UsageError(f"--model_dir must be shared storage on a multi-host TPU slice: {reason}")
 
 
 def train() -> dict[str, Any]:

@@ -6,3 +6,10 @@ TensorFlow APIs that resumption, preemption and the input checks read. Nothing
 else in `strategies` imports ``keras.src`` or ``tensorflow.python``
 (tests/strategies/test_keras_compat.py checks this).
 """
+
+from strategies.compat._keras_compat import rename_tree
+
+# The one workaround `launch` needs too (TFDS renames its prepared dataset into
+# place, and TF's ram:// filesystem renames directories wrongly): public, so
+# that launch imports no private module of strategies.
+__all__ = ["rename_tree"]

@@ -89,7 +89,7 @@ class RunDirectory(NoRunDirectory):
             logging.info(message)
             if verbose:
                 print(message, flush=True)
-        self.recorder = _resume.HistoryRecorder(self.checkpointer.resume_state)
+        self.recorder: _resume.HistoryRecorder | None = None  # Made with the callbacks.
         self.preemption = _preemption.PreemptionWatcher(strategy)
 
     def leading_callbacks(self) -> list[keras.callbacks.Callback]:
@@ -104,6 +104,7 @@ class RunDirectory(NoRunDirectory):
         if _roles.is_chief(self.strategy):
             logs.append(keras.callbacks.TensorBoard(os.path.join(self.path, LOGS_SUBDIR),
                                                     write_graph=False, profile_batch=0))
+        self.recorder = _resume.HistoryRecorder(self.checkpointer.resume_state)
         checkpoints = _checkpointing.CheckpointCallback(
             self.checkpointer, position, every_steps=self.every_steps, preemption=self.preemption)
         return [*logs, self.recorder, checkpoints]

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 import strategies
 from launch import _data, _job, _paths
-from strategies.training import _checkpointing, _fit
+from strategies.training import _checkpointing, _run_directory
 from tests.launch.test_train import run_main
 
 GS_DATA = "gs://bucket/tfds"
@@ -206,7 +206,7 @@ def test_gs_model_dir_reaches_fit_s_checkpointer_and_tensorboard_unchanged(fake_
     with pytest.raises(_Reached):
         strategies.fit(_compiled_model, data, strategy=tf.distribute.get_strategy(), epochs=1,
                        model_dir=GS_RUN, verbose=0)
-    assert got == {"checkpointer": GS_RUN, "tensorboard": f"{GS_RUN}/{_fit.LOGS_SUBDIR}"}
+    assert got == {"checkpointer": GS_RUN, "tensorboard": f"{GS_RUN}/{_run_directory.LOGS_SUBDIR}"}
     assert GS_RUN in fake_gcs  # makedirs went through tf.io.gfile, with the path as given.
 
 
@@ -238,7 +238,7 @@ def test_ram_data_dir_and_model_dir_end_to_end_write_nothing_locally(tmp_path, m
     assert tf.io.gfile.isdir(f"{data_dir}/digits")
     checkpoints = tf.io.gfile.listdir(f"{model_dir}/{_checkpointing.CHECKPOINT_SUBDIR}")
     assert any(name.startswith("ckpt-") for name in checkpoints), checkpoints
-    assert tf.io.gfile.listdir(f"{model_dir}/{_fit.LOGS_SUBDIR}")  # TensorBoard's event files.
+    assert tf.io.gfile.listdir(f"{model_dir}/{_run_directory.LOGS_SUBDIR}")  # TensorBoard's event files.
 
     assert run_main([*common, "--epochs=2"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
