@@ -1,0 +1,90 @@
+"""Trains every tfopt optimizer a few steps on the Keras backend it is started under.
+
+Run by test_backends.py, once per backend, in a fresh process (a Keras
+backend is chosen at import)::
+
+    KERAS_BACKEND=jax python -m tests.tfopt.backend_run OUT.npz [NAME ...]
+
+Every run starts from the same weights and sees the same batches, so the
+backends' final weights can be compared with one another. For each optimizer
+name (``tfopt.available()`` plus the ``SkipNonFinite`` wrapper) the file holds
+``{name}/start/{i}`` and ``{name}/end/{i}`` per model weight, or
+``{name}/error`` with the exception's text when training raised, and
+``tensorflow_at_import``: whether importing Keras and tfopt loaded TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import keras
+import numpy as np
+
+import tfopt
+
+# Checked by test_backends.py: on JAX and PyTorch, importing tfopt (and Keras)
+# leaves TensorFlow unimported.
+TENSORFLOW_AT_IMPORT = "tensorflow" in sys.modules
+
+from tests.tfopt import cases  # noqa: E402 -- after the check above.
+
+STEPS = 8
+BATCH = 8
+
+
+def _optimizers() -> dict[str, keras.optimizers.Optimizer]:
+    built = {name: lambda name=name: cases.make(name) for name in tfopt.available()}
+    built["skip_nonfinite"] = lambda: tfopt.SkipNonFinite(cases.make("adam"))
+    return built
+
+
+def names() -> list[str]:
+    """The optimizer names a run trains: ``tfopt.available()`` and the wrapper."""
+    return list(_optimizers())
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(STEPS * BATCH, 3)).astype("float32")
+    y = np.tanh(x @ rng.normal(size=(3, 1))).astype("float32")
+    return x, y
+
+
+def _model() -> keras.Model:
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)]
+    )
+    rng = np.random.default_rng(1)
+    # Nonzero biases: a zero weight has a zero trust ratio norm in LARS/LAMB.
+    model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    return model
+
+
+def main(out: str, names: list[str]) -> None:
+    x, y = _data()
+    results: dict[str, np.ndarray] = {
+        "backend": np.array(keras.backend.backend()),
+        "tensorflow_at_import": np.array(TENSORFLOW_AT_IMPORT),
+    }
+    for name, make in _optimizers().items():
+        if names and name not in names:
+            continue
+        try:
+            model = _model()
+            start = model.get_weights()
+            model.compile(optimizer=make(), loss="mse")
+            model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+            for i, (w0, w1) in enumerate(zip(start, model.get_weights(), strict=True)):
+                results[f"{name}/start/{i}"] = w0
+                results[f"{name}/end/{i}"] = np.asarray(w1)
+        except Exception:  # Reported per optimizer, in the file.
+            results[f"{name}/error"] = np.array(traceback.format_exc(limit=-6))
+    np.savez(out, **results)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main(sys.argv[1], sys.argv[2:])
