@@ -8,6 +8,9 @@ this process's own (the suite runs on TensorFlow). The final weights must
 agree with TensorFlow's within 1e-5 of the distance TensorFlow's weights moved,
 and importing tfopt on the other backend must not load TensorFlow.
 
+On JAX each optimizer also trains in a custom jitted loop that calls
+``optimizer.stateless_apply``, as a JAX user's own loop does.
+
 One test per backend, so that under ``pytest -n`` each backend's process runs
 once. The backends come from the ``backends`` extra (``pip install -e
 '.[backends]'``); a missing one is a skip that says how to install it.
@@ -84,14 +87,32 @@ def deviations(reference: dict[str, np.ndarray], run: dict[str, np.ndarray]) -> 
     return result
 
 
+def _stateless(run: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``run`` with the stateless loop's weights (or its error) as each name's result."""
+    view = {key: value for key, value in run.items() if "/start/" in key}
+    for key, value in run.items():
+        name, _, rest = key.partition("/")
+        if rest == "stateless_error":
+            view[f"{name}/error"] = value
+        elif rest.startswith("stateless/"):
+            view[f"{name}/end/{rest.split('/')[1]}"] = value
+    return view
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_every_optimizer_matches_tensorflow(backend):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"the {backend} backend is not installed: pip install -e '.[backends]'")
     run = _backend_run(backend)
+    for result in (_tensorflow_run(), run):  # The NaN batch was skipped, once, on each.
+        assert int(result[f"{backend_run.NAN_BATCH}/skipped_steps"]) == 1
+        assert int(result["skip_nonfinite/skipped_steps"]) == 0
     assert not run["tensorflow_at_import"], f"import tfopt loaded TensorFlow on {backend}"
     found = deviations(_tensorflow_run(), run)
-    assert set(found) == set(backend_run.names())  # Every registered name ran.
+    if backend == "jax":  # A custom jitted loop through optimizer.stateless_apply, too.
+        for name, value in deviations(_tensorflow_run(), _stateless(run)).items():
+            found[f"{name} (stateless_apply)"] = value
+    assert {name.split(" ")[0] for name in found} == set(backend_run.names())  # Every name ran.
     failing = {name: value for name, value in found.items()
                if isinstance(value, str) or not value <= TOLERANCE}
     expected = NOT_YET.get(backend, {})
