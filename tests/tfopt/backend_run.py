@@ -3,7 +3,7 @@
 Run by test_backends.py, once per backend, in a fresh process (a Keras
 backend is chosen at import)::
 
-    KERAS_BACKEND=jax python -m tests.tfopt.backend_run OUT.npz [NAME ...]
+    KERAS_BACKEND=jax python -m tests.tfopt.backend_run OUT.npz [--saved DIR] [NAME ...]
 
 Every run starts from the same weights and sees the same batches, so the
 backends' final weights can be compared with one another. For each optimizer
@@ -13,7 +13,10 @@ name (``tfopt.available()`` plus the ``SkipNonFinite`` wrapper) the file holds
 ``tensorflow_at_import``: whether importing Keras and tfopt loaded TensorFlow.
 On JAX, ``{name}/stateless/{i}`` (or ``{name}/stateless_error``) holds the
 weights after the same steps in a custom jitted loop that calls
-``optimizer.stateless_apply``, as a JAX user's own training loop does.
+``optimizer.stateless_apply``, as a JAX user's own training loop does. With
+``--saved DIR`` (where TensorFlow's run saved ``{name}.keras`` halfway),
+``{name}/resumed/{i}`` (or ``{name}/resumed_error``) holds the weights after
+loading that file on this backend and training the second half.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from tests.tfopt import cases  # noqa: E402 -- after the check above.
 STEPS = 8
 BATCH = 8
 NAN_BATCH = "skip_nonfinite_nan_batch"
+HALF = STEPS // 2 * BATCH  # The .keras file is saved after this many examples.
 
 
 def _optimizers() -> dict[str, keras.optimizers.Optimizer]:
@@ -107,7 +111,9 @@ def _stateless_jax_loop(
     return [np.asarray(w) for w in state[0]]
 
 
-def main(out: str, names: list[str]) -> None:
+def main(out: str, names: list[str], saved: str | None = None) -> None:
+    """Trains each optimizer; writes the ``.keras`` halfway files to ``saved`` on
+    TensorFlow, and elsewhere resumes from TensorFlow's files found there."""
     results: dict[str, np.ndarray] = {
         "backend": np.array(keras.backend.backend()),
         "tensorflow_at_import": np.array(TENSORFLOW_AT_IMPORT),
@@ -120,7 +126,11 @@ def main(out: str, names: list[str]) -> None:
             model = _model()
             start = model.get_weights()
             model.compile(optimizer=make(), loss="mse")
-            model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+            # In two halves, with a .keras file in between (saved on TensorFlow).
+            model.fit(x[:HALF], y[:HALF], batch_size=BATCH, shuffle=False, verbose=0)
+            if saved and keras.backend.backend() == "tensorflow":
+                model.save(os.path.join(saved, f"{name}.keras"))
+            model.fit(x[HALF:], y[HALF:], batch_size=BATCH, shuffle=False, verbose=0)
             for i, (w0, w1) in enumerate(zip(start, model.get_weights(), strict=True)):
                 results[f"{name}/start/{i}"] = w0
                 results[f"{name}/end/{i}"] = np.asarray(w1)
@@ -129,6 +139,14 @@ def main(out: str, names: list[str]) -> None:
                 results[f"{name}/skipped_steps"] = np.asarray(skipped)
         except Exception:  # Reported per optimizer, in the file.
             results[f"{name}/error"] = np.array(traceback.format_exc(limit=-6))
+        if saved and keras.backend.backend() != "tensorflow":
+            try:  # TensorFlow's halfway file, continued here.
+                model = keras.saving.load_model(os.path.join(saved, f"{name}.keras"))
+                model.fit(x[HALF:], y[HALF:], batch_size=BATCH, shuffle=False, verbose=0)
+                for i, w in enumerate(model.get_weights()):
+                    results[f"{name}/resumed/{i}"] = np.asarray(w)
+            except Exception:
+                results[f"{name}/resumed_error"] = np.array(traceback.format_exc(limit=-6))
         if keras.backend.backend() == "jax":
             try:
                 for i, w in enumerate(_stateless_jax_loop(make(), x, y)):
@@ -140,4 +158,8 @@ def main(out: str, names: list[str]) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    main(sys.argv[1], sys.argv[2:])
+    out, *rest = sys.argv[1:]
+    saved = None
+    if rest[:1] == ["--saved"]:
+        saved, rest = rest[1], rest[2:]
+    main(out, rest, saved)

@@ -9,7 +9,9 @@ agree with TensorFlow's within 1e-5 of the distance TensorFlow's weights moved,
 and importing tfopt on the other backend must not load TensorFlow.
 
 On JAX each optimizer also trains in a custom jitted loop that calls
-``optimizer.stateless_apply``, as a JAX user's own loop does.
+``optimizer.stateless_apply``, as a JAX user's own loop does. TensorFlow's
+run saves a ``.keras`` file halfway; each backend loads it and trains the
+second half, which must end where TensorFlow's uninterrupted run did.
 
 One test per backend, so that under ``pytest -n`` each backend's process runs
 once. The backends come from the ``backends`` extra (``pip install -e
@@ -18,7 +20,6 @@ once. The backends come from the ``backends`` extra (``pip install -e
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import subprocess
@@ -44,20 +45,22 @@ def _load(path: str) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-@functools.cache
-def _tensorflow_run() -> dict[str, np.ndarray]:
-    with tempfile.TemporaryDirectory() as tmp:
-        backend_run.main(os.path.join(tmp, "tensorflow.npz"), [])
-        return _load(os.path.join(tmp, "tensorflow.npz"))
+@pytest.fixture(scope="session")
+def tensorflow_run(tmp_path_factory) -> tuple[dict[str, np.ndarray], str]:
+    """TensorFlow's results, and the folder of its halfway ``.keras`` files."""
+    saved = str(tmp_path_factory.mktemp("saved"))
+    out = os.path.join(saved, "tensorflow.npz")
+    backend_run.main(out, [], saved)
+    return _load(out), saved
 
 
-def _backend_run(backend: str) -> dict[str, np.ndarray]:
+def _backend_run(backend: str, saved: str) -> dict[str, np.ndarray]:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
            "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, f"{backend}.npz")
         process = subprocess.run(
-            [sys.executable, "-m", "tests.tfopt.backend_run", out],
+            [sys.executable, "-m", "tests.tfopt.backend_run", out, "--saved", saved],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
         )  # fmt: skip
         assert process.returncode == 0, process.stderr[-3000:]
@@ -87,30 +90,34 @@ def deviations(reference: dict[str, np.ndarray], run: dict[str, np.ndarray]) -> 
     return result
 
 
-def _stateless(run: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``run`` with the stateless loop's weights (or its error) as each name's result."""
+def _view(run: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
+    """``run`` with its ``kind`` weights (``stateless``, ``resumed``) or error as the result."""
     view = {key: value for key, value in run.items() if "/start/" in key}
     for key, value in run.items():
         name, _, rest = key.partition("/")
-        if rest == "stateless_error":
+        if rest == f"{kind}_error":
             view[f"{name}/error"] = value
-        elif rest.startswith("stateless/"):
+        elif rest.startswith(f"{kind}/"):
             view[f"{name}/end/{rest.split('/')[1]}"] = value
     return view
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_every_optimizer_matches_tensorflow(backend):
+def test_every_optimizer_matches_tensorflow(backend, tensorflow_run):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"the {backend} backend is not installed: pip install -e '.[backends]'")
-    run = _backend_run(backend)
-    for result in (_tensorflow_run(), run):  # The NaN batch was skipped, once, on each.
+    reference, saved = tensorflow_run
+    run = _backend_run(backend, saved)
+    for result in (reference, run):  # The NaN batch was skipped, once, on each.
         assert int(result[f"{backend_run.NAN_BATCH}/skipped_steps"]) == 1
         assert int(result["skip_nonfinite/skipped_steps"]) == 0
     assert not run["tensorflow_at_import"], f"import tfopt loaded TensorFlow on {backend}"
-    found = deviations(_tensorflow_run(), run)
+    found = deviations(reference, run)
+    # TensorFlow's .keras file from halfway, loaded here and trained on.
+    for name, value in deviations(reference, _view(run, "resumed")).items():
+        found[f"{name} (.keras from tensorflow)"] = value
     if backend == "jax":  # A custom jitted loop through optimizer.stateless_apply, too.
-        for name, value in deviations(_tensorflow_run(), _stateless(run)).items():
+        for name, value in deviations(reference, _view(run, "stateless")).items():
             found[f"{name} (stateless_apply)"] = value
     assert {name.split(" ")[0] for name in found} == set(backend_run.names())  # Every name ran.
     failing = {name: value for name, value in found.items()
