@@ -29,9 +29,13 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from tfopt import _sparse
+
+if keras.backend.backend() == "tensorflow":
+    # The kernels are TensorFlow's. On another Keras backend use_fused() is
+    # False before any of them is reached, and TF is never imported.
+    import tensorflow as tf
 
 # TensorFlow registers every kernel used here for these dtypes on CPU and GPU;
 # bfloat16 only on some devices, so bfloat16 variables take the keras.ops path.

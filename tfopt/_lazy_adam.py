@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from tfopt import _fused, _sparse
@@ -134,7 +133,7 @@ class LazyAdam(keras.optimizers.Optimizer):
         m_rows, v_rows = ops.take(m, rows, axis=0), ops.take(v, rows, axis=0)
         # self.assign_sub turns IndexedSlices into scatter_sub.
         self.assign_sub(
-            variable, tf.IndexedSlices(alpha * m_rows / (ops.sqrt(v_rows) + epsilon), rows)
+            variable, _sparse.slices(alpha * m_rows / (ops.sqrt(v_rows) + epsilon), rows)
         )
 
     def get_config(self) -> dict[str, Any]:

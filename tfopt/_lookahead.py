@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from tfopt._registry import register
@@ -110,7 +110,7 @@ class Lookahead(InnerOptimizerMixin, keras.optimizers.Optimizer):
         # first train step. The slow weights start as the variables' values,
         # so create them eagerly: a slot initialized from another variable
         # cannot be lifted out of the traced function (XLA would refuse it).
-        with tf.init_scope():
+        with _init_scope():
             self._slow_weights = [
                 None
                 if self._overwrite_variable_with_gradient(variable)
@@ -147,7 +147,16 @@ class Lookahead(InnerOptimizerMixin, keras.optimizers.Optimizer):
             self.assign(variable, slow)
 
         is_sync_step = ops.equal((self.iterations + 1) % self.sync_period, 0)
-        ops.cond(is_sync_step, synchronize, lambda: None)
+        if keras.backend.backend() == "tensorflow":
+            # Only a sync step reads and writes the weights.
+            ops.cond(is_sync_step, synchronize, lambda: None)
+            return
+        # JAX traces a cond's branches as pure functions, so a write inside
+        # one leaks its tracer (UnexpectedTracerError): select instead.
+        w, w_slow = ops.convert_to_tensor(variable), ops.convert_to_tensor(slow)
+        new_slow = w_slow + slow_step_size * (w - w_slow)
+        self.assign(variable, ops.where(is_sync_step, new_slow, w))
+        self.assign(slow, ops.where(is_sync_step, new_slow, w_slow))
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -169,11 +178,22 @@ class Lookahead(InnerOptimizerMixin, keras.optimizers.Optimizer):
         return cls(optimizer, **config)
 
 
+def _init_scope() -> Any:
+    """TensorFlow's ``init_scope`` (out of the traced step); other backends build eagerly."""
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.init_scope()
+
+
 def _value_of(variable: Any) -> Any:
     """An initializer returning ``variable``'s value when the slot is created."""
 
     def initializer(shape: Any, dtype: Any = None) -> Any:
         del shape
-        return ops.cast(ops.convert_to_tensor(variable), dtype or variable.dtype)
+        # A copy: JAX would otherwise hand the slot the variable's own buffer,
+        # and a jitted step that donates both would donate it twice.
+        return ops.copy(ops.cast(ops.convert_to_tensor(variable), dtype or variable.dtype))
 
     return initializer

@@ -10,17 +10,20 @@ Each function follows ``optax_shampoo/distributed_shampoo.py`` (optax-shampoo
   iteration of Higham, "Functions of Matrices", eq. 7.18), without the LOBPCG
   and padding options.
 
-They use only ``tf.while_loop`` and matmuls, so they run in a ``tf.function``,
-under XLA and on TPUs, which have no float64 ``eigh``.
+They use only ``keras.ops`` (``while_loop`` and matmuls), so they run on every
+Keras backend, in a ``tf.function`` or under ``jax.jit``, under XLA and on
+TPUs, which have no float64 ``eigh``.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 # optax-shampoo's constants (not arguments of distributed_shampoo).
 NEWTON_ITERATIONS = 100
@@ -80,76 +83,82 @@ class BlockLayout:
         """The order of every statistic (``d x d``), block by block, axis by axis."""
         return [d for block in itertools.product(*self.split_sizes) for d in block]
 
-    def partition(self, tensor: tf.Tensor) -> list[tf.Tensor]:
-        blocks = [tf.reshape(tensor, self.transformed_shape)]
+    def partition(self, tensor: Any) -> list[Any]:
+        blocks = [ops.reshape(tensor, self.transformed_shape)]
         for axis, sizes in enumerate(self.split_sizes):
             if len(sizes) > 1:
-                blocks = [piece for b in blocks for piece in tf.split(b, sizes, axis=axis)]
+                cuts = list(itertools.accumulate(sizes))[:-1]  # numpy.split's indices.
+                blocks = [piece for b in blocks for piece in ops.split(b, cuts, axis=axis)]
         return blocks
 
-    def merge(self, blocks: list[tf.Tensor]) -> tf.Tensor:
+    def merge(self, blocks: list[Any]) -> Any:
         for axis in reversed(range(self.rank)):
             n = len(self.split_sizes[axis])
             if n > 1:
-                blocks = [tf.concat(blocks[i : i + n], axis=axis) for i in range(0, len(blocks), n)]
+                blocks = [
+                    ops.concatenate(blocks[i : i + n], axis=axis) for i in range(0, len(blocks), n)
+                ]
         (merged,) = blocks
-        return tf.reshape(merged, self.shape)
+        return ops.reshape(merged, self.shape)
 
 
-def gram(block: tf.Tensor, axis: int) -> tf.Tensor:
+def gram(block: Any, axis: int) -> Any:
     """``G Gᵀ`` with ``G`` the block's slices along ``axis`` as rows (``d x d``)."""
-    others = [i for i in range(block.shape.rank) if i != axis]
-    return tf.tensordot(block, block, axes=(others, others))
+    others = [i for i in range(len(block.shape)) if i != axis]
+    return ops.tensordot(block, block, axes=(others, others))
 
 
-def precondition_block(block: tf.Tensor, roots: Sequence[tf.Tensor]) -> tf.Tensor:
+def precondition_block(block: Any, roots: Sequence[Any]) -> Any:
     """``block ×₀ roots[0] ×₁ roots[1] ...``: contracting axis 0 appends the new axis
     last, so after ``rank`` contractions the axes are back in order."""
     for root in roots:
-        block = tf.tensordot(block, root, axes=[[0], [0]])
+        block = ops.tensordot(block, root, axes=[[0], [0]])
     return block
 
 
-def power_iteration(matrix: tf.Tensor) -> tf.Tensor:
+def power_iteration(matrix: Any) -> Any:
     """The largest eigenvalue of a symmetric PSD matrix, as optax-shampoo estimates it
     (same seed, same stopping rule: |Δλ| <= 1e-6 or 100 iterations)."""
     n = matrix.shape[-1]
-    v0 = tf.constant(
-        np.random.RandomState(POWER_SEED).uniform(-1.0, 1.0, n).astype(matrix.dtype.as_numpy_dtype)
+    dtype = keras.backend.standardize_dtype(matrix.dtype)
+    v0 = ops.convert_to_tensor(
+        np.random.RandomState(POWER_SEED).uniform(-1.0, 1.0, n).astype(dtype)
     )
 
     def condition(i, v, s, run):
         del v, s
-        return tf.logical_and(i < POWER_ITERATIONS, run)
+        return ops.logical_and(i < POWER_ITERATIONS, run)
 
     def body(i, v, s, run):
         del run
-        v = v / tf.norm(v)
-        s_v = tf.linalg.matvec(matrix, v)
-        s_new = tf.reduce_sum(v * s_v)
-        return i + 1, s_v, s_new, tf.abs(s_new - s) > POWER_TOLERANCE
+        v = v / _norm(v)
+        s_v = ops.matmul(matrix, v)
+        s_new = ops.sum(v * s_v)
+        return i + 1, s_v, s_new, ops.abs(s_new - s) > POWER_TOLERANCE
 
-    _, _, s, _ = tf.while_loop(
-        condition, body, (tf.constant(0), v0, tf.zeros([], matrix.dtype), tf.constant(True))
+    _, _, s, _ = ops.while_loop(
+        condition,
+        body,
+        (_int(0), v0, ops.zeros((), dtype), ops.convert_to_tensor(True)),
     )
     return s
 
 
-def _matrix_power(matrix: tf.Tensor, p: int) -> tf.Tensor:
+def _matrix_power(matrix: Any, p: int) -> Any:
     # Binary powering in optax-shampoo's order (power = mat @ power), p static.
-    power = tf.eye(matrix.shape[0], dtype=matrix.dtype)
+    power = ops.eye(matrix.shape[0], dtype=matrix.dtype)
     while p > 0:
         if p % 2 == 1:
-            power = tf.matmul(matrix, power)
+            power = ops.matmul(matrix, power)
         p //= 2
         if p > 0:  # optax squares once more, unused.
-            matrix = tf.matmul(matrix, matrix)
+            matrix = ops.matmul(matrix, matrix)
     return power
 
 
 def matrix_inverse_pth_root(
-    matrix: tf.Tensor, p: int, ridge_epsilon: float, relative_matrix_epsilon: bool
-) -> tuple[tf.Tensor, tf.Tensor]:
+    matrix: Any, p: int, ridge_epsilon: float, relative_matrix_epsilon: bool
+) -> tuple[Any, Any]:
     """``(matrix + eps I)^(-1/p)`` by the coupled Newton iteration, and its error.
 
     ``eps = ridge_epsilon * max(λ_max, 1e-6)`` (``λ_max`` by power iteration)
@@ -159,39 +168,49 @@ def matrix_inverse_pth_root(
     The caller treats ``error >= inverse_failure_threshold`` (or NaN) as a
     failure and keeps its previous root.
     """
-    dtype = matrix.dtype
+    dtype = keras.backend.standardize_dtype(matrix.dtype)
     n = matrix.shape[0]
-    alpha = tf.constant(-1.0 / p, dtype)
-    max_ev = power_iteration(matrix) if relative_matrix_epsilon else tf.constant(1.0, dtype)
-    ridge = ridge_epsilon * tf.maximum(max_ev, tf.constant(1e-6, dtype))
+    alpha = ops.convert_to_tensor(-1.0 / p, dtype)
+    max_ev = power_iteration(matrix) if relative_matrix_epsilon else ops.convert_to_tensor(1.0, dtype)
+    ridge = ridge_epsilon * ops.maximum(max_ev, ops.convert_to_tensor(1e-6, dtype))
     if n == 1:
-        return tf.pow(matrix + ridge, alpha), tf.zeros([], dtype)
+        return ops.power(matrix + ridge, alpha), ops.zeros((), dtype)
 
-    identity = tf.eye(n, dtype=dtype)
+    identity = ops.eye(n, dtype=dtype)
     damped = matrix + ridge * identity
-    z = (1 + p) / (2 * tf.norm(damped))
+    z = (1 + p) / (2 * _norm(damped))
     m0 = damped * z
-    h0 = identity * tf.pow(z, 1.0 / p)
-    error0 = tf.reduce_max(tf.abs(m0 - identity))
+    h0 = identity * ops.power(z, 1.0 / p)
+    error0 = ops.max(ops.abs(m0 - identity))
 
     def condition(i, m, h, old_h, error, ratio):
         del m, h, old_h
-        return tf.logical_and(
+        return ops.logical_and(
             i < NEWTON_ITERATIONS,
-            tf.logical_and(error > NEWTON_TOLERANCE, ratio < MAX_ERROR_RATIO),
+            ops.logical_and(error > NEWTON_TOLERANCE, ratio < MAX_ERROR_RATIO),
         )
 
     def body(i, m, h, old_h, error, ratio):
         del old_h, ratio
         m_i = (1 - alpha) * identity + alpha * m
-        new_m = tf.matmul(_matrix_power(m_i, p), m)
-        new_h = tf.matmul(h, m_i)
-        new_error = tf.reduce_max(tf.abs(new_m - identity))
+        new_m = ops.matmul(_matrix_power(m_i, p), m)
+        new_h = ops.matmul(h, m_i)
+        new_error = ops.max(ops.abs(new_m - identity))
         return i + 1, new_m, new_h, h, new_error, new_error / error
 
-    _, m, h, old_h, _, ratio = tf.while_loop(
-        condition, body, (tf.constant(0), m0, h0, h0, error0, tf.constant(1.0, dtype))
+    _, m, h, old_h, _, ratio = ops.while_loop(
+        condition, body, (_int(0), m0, h0, h0, error0, ops.convert_to_tensor(1.0, dtype))
     )
-    error = tf.reduce_max(tf.abs(m - identity))
-    root = tf.where(ratio < MAX_ERROR_RATIO, h, old_h)
+    error = ops.max(ops.abs(m - identity))
+    root = ops.where(ratio < MAX_ERROR_RATIO, h, old_h)
     return root, error
+
+
+def _norm(x: Any) -> Any:
+    """The Euclidean norm of all of ``x``'s entries (``tf.norm``'s default)."""
+    return ops.sqrt(ops.sum(ops.square(x)))
+
+
+def _int(value: int) -> Any:
+    # A loop counter of a fixed dtype: JAX's while_loop needs the carry's types fixed.
+    return ops.convert_to_tensor(value, "int32")

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
+from tfopt import _sparse
+
 
 class AdamScalars(NamedTuple):
     """One step's scalars, in float32 or wider (see :func:`adam_scalars`)."""
@@ -92,15 +94,8 @@ def update_moments(
     v_now = v if rows is None else ops.take(v, rows, axis=0)
     m_step = ops.multiply(ops.subtract(g, m_now), ops.cast(1 - beta_1, dtype))
     v_step = ops.multiply(ops.subtract(ops.square(g), v_now), ops.cast(1 - beta_2, dtype))
-    optimizer.assign_add(m, _at(rows, m_step))
-    optimizer.assign_add(v, _at(rows, v_step))
-
-
-def _at(rows: Any | None, values: Any) -> Any:
-    if rows is None:
-        return values
-    # Only sparse (IndexedSlices) gradients carry rows, and only TensorFlow
-    # makes them; Keras' TF optimizer turns these slices into a scatter-add.
-    import tensorflow as tf
-
-    return tf.IndexedSlices(values, rows)
+    if rows is not None:
+        # Keras' TF optimizer turns these slices into a scatter-add.
+        m_step, v_step = _sparse.slices(m_step, rows), _sparse.slices(v_step, rows)
+    optimizer.assign_add(m, m_step)
+    optimizer.assign_add(v, v_step)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from tfopt import _sparse
@@ -17,7 +16,6 @@ from tfopt._matrix_functions import (
     precondition_block,
 )
 from tfopt._registry import register
-from tfopt._sharded_preconditioner import sharded_map
 from tfopt._validation import (
     check_bool,
     check_int,
@@ -98,7 +96,10 @@ class Shampoo(keras.optimizers.Optimizer):
     roots of about ``1/N`` of the statistics (balanced by ``n**3``) and the
     roots are shared with one all-reduce per refresh
     (``tfopt._sharded_preconditioner``; ``split_preconditioner_work=False``
-    makes every replica compute all of them). The split lives in an override
+    makes every replica compute all of them). Only there: on the JAX and
+    PyTorch backends (``keras.distribution`` included) there is no
+    ``tf.distribute`` replica context, and every device computes all of its
+    roots. The split lives in an override
     of Keras' ``_backend_update_step`` hook, declared in the class attribute
     ``replica_local_hooks`` (the convention by which an optimizer tells a
     distribution layer such as ``strategies.fit`` that an override is right
@@ -276,10 +277,10 @@ class Shampoo(keras.optimizers.Optimizer):
 
     # --- The three phases of a step ------------------------------------------
 
-    def _gradient(self, gradient: Any, index: int) -> tf.Tensor:
+    def _gradient(self, gradient: Any, index: int) -> Any:
         return ops.cast(_sparse.densify(gradient), self._momentums[index].dtype)
 
-    def _update_statistics(self, index: int, g: tf.Tensor) -> list[tf.Tensor]:
+    def _update_statistics(self, index: int, g: Any) -> list[Any]:
         """S_i = beta_2 S_i + (1 - beta_2) G_(i) G_(i)ᵀ; returns the new values."""
         layout = self._layouts[index]
         if layout is None:
@@ -293,53 +294,53 @@ class Shampoo(keras.optimizers.Optimizer):
             new.append(value)
         return new
 
-    def _root_fn(self, index: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    def _root_fn(self, index: int) -> Callable[[Any], Any]:
         """The inverse root of one statistic; NaNs where it failed (the caller keeps the old)."""
         p = 2 * self._layouts[index].rank
 
-        def root(statistic: tf.Tensor) -> tf.Tensor:
+        def root(statistic: Any) -> Any:
             value, error = matrix_inverse_pth_root(
                 statistic, p, self.matrix_epsilon, self.relative_matrix_epsilon
             )
-            failed = tf.logical_or(tf.math.is_nan(error), error >= self.inverse_failure_threshold)
-            return tf.where(failed, tf.constant(float("nan"), value.dtype), value)
+            failed = ops.logical_or(ops.isnan(error), error >= self.inverse_failure_threshold)
+            return ops.where(failed, ops.full_like(value, float("nan")), value)
 
         return root
 
-    def _refresh(self) -> tf.Tensor:
-        return tf.equal(self.iterations % self.precondition_frequency, 0)
+    def _refresh(self) -> Any:
+        return ops.equal(self.iterations % self.precondition_frequency, 0)
 
-    def _assign_roots(self, roots: list[Any], new_values: list[tf.Tensor]) -> list[tf.Tensor]:
+    def _assign_roots(self, roots: list[Any], new_values: list[Any]) -> list[Any]:
         out = []
         for root, value in zip(roots, new_values, strict=True):
-            value = tf.where(tf.reduce_all(tf.math.is_finite(value)), value, root)
+            value = ops.where(ops.all(ops.isfinite(value)), value, ops.convert_to_tensor(root))
             self.assign(root, value)
             out.append(value)
         return out
 
-    def _apply(self, index: int, g: tf.Tensor, variable: Any, learning_rate: Any,
-               roots: list[tf.Tensor]) -> None:  # fmt: skip
+    def _apply(self, index: int, g: Any, variable: Any, learning_rate: Any,
+               roots: list[Any]) -> None:  # fmt: skip
         """Grafting, preconditioning, momentum and the step."""
         dtype = g.dtype
         lr = ops.cast(learning_rate, dtype)
-        beta_1 = tf.constant(self.beta_1, dtype)
+        beta_1 = ops.convert_to_tensor(self.beta_1, dtype)
         # u = graft(g)
         if self.graft_type == "sgd":
             graft = g
         elif self.graft_type == "sqrt_n":
-            graft = tf.ones_like(g) * tf.sign(g)
+            graft = ops.ones_like(g) * ops.sign(g)
         else:
             scaled = g
             if self.graft_type == "rmsprop_normalized":
-                scaled = g / (tf.norm(g) + 1e-16)
+                scaled = g / (_norm(g) + 1e-16)
             diagonal = self._diagonals[index]
             if self.graft_type == "adagrad":
-                new_diagonal = diagonal + tf.square(scaled)
+                new_diagonal = diagonal + ops.square(scaled)
             else:
                 w2 = 1.0 if self.beta_2 == 1.0 else 1.0 - self.beta_2
-                new_diagonal = self.beta_2 * diagonal + w2 * tf.square(scaled)
+                new_diagonal = self.beta_2 * diagonal + w2 * ops.square(scaled)
             self.assign(diagonal, new_diagonal)
-            graft = scaled / (tf.sqrt(new_diagonal) + self.diagonal_epsilon)
+            graft = scaled / (ops.sqrt(new_diagonal) + self.diagonal_epsilon)
         # p = G ×_1 P_1 ... ×_k P_k;  s = p * ||u|| / (||p|| + 1e-16)
         layout = self._layouts[index]
         if layout is None:
@@ -351,16 +352,16 @@ class Shampoo(keras.optimizers.Optimizer):
                 precondition_block(block, roots[b * k : (b + 1) * k])
                 for b, block in enumerate(blocks)
             ])  # fmt: skip
-        shampoo = preconditioned * (tf.norm(graft) / (tf.norm(preconditioned) + 1e-16))
+        shampoo = preconditioned * (_norm(graft) / (_norm(preconditioned) + 1e-16))
         # m = beta_1 m + s;  d = beta_1 d + u
         momentum, graft_momentum = self._momentums[index], self._graft_momentums[index]
         new_momentum = momentum * beta_1 + shampoo
         new_graft_momentum = graft_momentum * beta_1 + graft
         run_shampoo = self.iterations >= self.start_preconditioning_step
-        step_momentum = tf.where(run_shampoo, new_momentum, new_graft_momentum)
+        step_momentum = ops.where(run_shampoo, new_momentum, new_graft_momentum)
         update = step_momentum
         if self.nesterov:
-            update = tf.where(run_shampoo, shampoo, graft) + beta_1 * step_momentum
+            update = ops.where(run_shampoo, shampoo, graft) + beta_1 * step_momentum
         self.assign(momentum, new_momentum)
         self.assign(graft_momentum, new_graft_momentum)
         self.assign_sub(variable, ops.cast(lr * update, variable.dtype))
@@ -374,10 +375,10 @@ class Shampoo(keras.optimizers.Optimizer):
         roots = self._roots[index]
         if statistics:
             root = self._root_fn(index)
-            new_values = tf.cond(
+            new_values = ops.cond(
                 self._refresh(),
                 lambda: [root(s) for s in statistics],
-                lambda: [tf.convert_to_tensor(r) for r in roots],
+                lambda: [ops.convert_to_tensor(r) for r in roots],
             )
             roots = self._assign_roots(roots, list(new_values))
         self._apply(index, g, variable, learning_rate, roots)
@@ -386,6 +387,14 @@ class Shampoo(keras.optimizers.Optimizer):
 
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
                              learning_rate: Any) -> None:  # fmt: skip
+        if keras.backend.backend() != "tensorflow":
+            # No tf.distribute replica context: every device computes all of the roots.
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return
+        import tensorflow as tf
+
+        from tfopt._sharded_preconditioner import sharded_map
+
         context = tf.distribute.get_replica_context()
         # Gradient accumulation runs this step inside a cond, where Mirrored and
         # MultiWorkerMirrored forbid the split's merge_call (keras-team/keras#20582):
@@ -461,3 +470,8 @@ class Shampoo(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _norm(x: Any) -> Any:
+    """The Euclidean norm of all of ``x``'s entries (``tf.norm``'s default)."""
+    return ops.sqrt(ops.sum(ops.square(x)))

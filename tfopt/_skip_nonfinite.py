@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from tfopt import _sparse
 from tfopt._validation import check_no_options, check_optimizer
 from tfopt._wrapper import InnerOptimizerMixin
 
@@ -47,7 +47,10 @@ class SkipNonFinite(InnerOptimizerMixin, keras.optimizers.Optimizer):
     because a ``cond`` in a replica may not hold a branch that calls
     ``merge_call``; elsewhere it runs in each replica, which all take the same
     branch. Clipping, weight decay, EMA and loss scaling belong to the inner
-    optimizer.
+    optimizer. On the JAX and PyTorch backends there is no replica context:
+    a step (under ``keras.distribution`` too) holds the whole gradient, whose
+    own L1 norm decides; a jitted JAX step (``stateless_apply``) returns either
+    the inner step's new values or the old ones, as ``LossScaleOptimizer`` does.
 
     Args:
       optimizer: the optimizer to protect, any ``keras.optimizers.Optimizer``
@@ -90,6 +93,15 @@ class SkipNonFinite(InnerOptimizerMixin, keras.optimizers.Optimizer):
         if not self.built:
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
+        if keras.backend.backend() != "tensorflow":
+            # Eager here (a jitted JAX step calls stateless_apply): decide in Python.
+            if bool(ops.convert_to_numpy(self._finite(grads))):
+                self.inner_optimizer.apply(grads, trainable_variables)
+            else:
+                self._count_skip()
+            return
+        import tensorflow as tf
+
         # Deciding one branch for all replicas needs the replica context; this
         # wrapper, like LossScaleOptimizer, is where that belongs, not update_step.
         replica_context = tf.distribute.get_replica_context()
@@ -125,14 +137,49 @@ class SkipNonFinite(InnerOptimizerMixin, keras.optimizers.Optimizer):
         # replica the gradients of the replica that runs `cross_replica`.
         replica_context.merge_call(cross_replica, args=(finite, grads, trainable_variables))
 
-    def _finite_on_all_replicas(self, grads: list[Any], replica_context: Any) -> Any:
+    def stateless_apply(
+        self, optimizer_variables: list[Any], grads: list[Any], trainable_variables: list[Any]
+    ) -> tuple[list[Any], list[Any]]:
+        if keras.backend.backend() == "tensorflow":
+            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        # As LossScaleOptimizer: each branch returns new values, since a jitted
+        # JAX cond cannot write variables.
+        own, inner = (optimizer_variables[: len(self._variables)],
+                      optimizer_variables[len(self._variables):])  # fmt: skip
+
+        def step() -> tuple[list[Any], list[Any]]:
+            new_trainable, new_inner = self.inner_optimizer.stateless_apply(
+                inner, grads, trainable_variables
+            )
+            return list(new_trainable), list(own) + list(new_inner)
+
+        def skip() -> tuple[list[Any], list[Any]]:
+            mapping = list(zip(self._variables, own, strict=True))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                self._count_skip()
+            counted = [scope.get_current_value(v) for v in self._variables]
+            return list(trainable_variables), counted + list(inner)
+
+        return ops.cond(self._finite(grads), step, skip)
+
+    @staticmethod
+    def _l1(grads: list[Any]) -> Any:
+        """The float32 L1 norm of this replica's gradients (sparse ones by their values)."""
         l1 = ops.zeros((), dtype="float32")
         for grad in grads:
             if grad is None:
                 continue
-            values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
+            values = grad.values if _sparse.is_sparse(grad) else grad
             l1 = l1 + ops.sum(ops.abs(ops.cast(values, "float32")))
-        return ops.isfinite(replica_context.all_reduce(tf.distribute.ReduceOp.SUM, l1))
+        return l1
+
+    def _finite(self, grads: list[Any]) -> Any:
+        return ops.isfinite(self._l1(grads))
+
+    def _finite_on_all_replicas(self, grads: list[Any], replica_context: Any) -> Any:
+        import tensorflow as tf
+
+        return ops.isfinite(replica_context.all_reduce(tf.distribute.ReduceOp.SUM, self._l1(grads)))
 
     def _count_skip(self) -> None:
         self._skipped_steps.assign_add(1)

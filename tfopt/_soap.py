@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from tfopt import _sparse
@@ -267,9 +266,9 @@ class SOAP(keras.optimizers.Optimizer):
             # ops of a step that is dispatch-bound on small layers).
             left, right = bases
             if left is not None:
-                x = tf.linalg.matmul(left, x, transpose_a=not back)
+                x = ops.matmul(left if back else _t(left), x)
             if right is not None:
-                x = tf.linalg.matmul(x, right, transpose_b=back)
+                x = ops.matmul(x, _t(right) if back else right)
             return x
         for q in bases:
             if q is None:
@@ -282,7 +281,7 @@ class SOAP(keras.optimizers.Optimizer):
     def _gram(g: Any, axis: int) -> Any:
         """``g`` contracted with itself over every dimension but ``axis``."""
         if len(g.shape) == 2:
-            return tf.linalg.matmul(g, g, transpose_a=axis == 1, transpose_b=axis == 0)
+            return ops.matmul(_t(g), g) if axis == 1 else ops.matmul(g, _t(g))
         others = [i for i in range(len(g.shape)) if i != axis]
         return ops.tensordot(g, g, axes=(others, others))
 
@@ -315,19 +314,26 @@ class SOAP(keras.optimizers.Optimizer):
             for axis, s in enumerate(statistics)
         ]
 
-        def initialize() -> None:  # Step 1: statistics and eigenbasis; w does not move.
-            for s, q, new in zip(statistics, bases, new_statistics, strict=True):
-                if s is None:
-                    continue
-                self.assign(s, new)
+        # Both branches return the new values, written after the cond: JAX
+        # traces a cond's branches as pure functions (a write inside one would
+        # leak its tracer). Only the preconditioned dimensions have a statistic.
+        axes = [axis for axis, stat in enumerate(statistics) if stat is not None]
+        current_w = ops.cast(variable, dtype)
+        current_bases = [ops.convert_to_tensor(bases[axis]) for axis in axes]
+
+        def initialize() -> tuple[Any, ...]:  # Step 1: statistics and eigenbasis; w does not move.
+            new_bases = []
+            for axis in axes:
+                new = new_statistics[axis]
                 n = new.shape[0]
                 _, vectors = ops.eigh(new + 1e-30 * ops.eye(n, dtype=dtype))
-                self.assign(q, ops.flip(vectors, axis=1))  # Descending eigenvalues.
+                new_bases.append(ops.flip(vectors, axis=1))  # Descending eigenvalues.
+            return current_w, ops.convert_to_tensor(m), ops.convert_to_tensor(v), new_bases
 
-        def step() -> None:
+        def step() -> tuple[Any, ...]:
             s = ops.cast(self.iterations, dtype)  # The reference's 1-based step, minus 1.
             lr = ops.cast(learning_rate, dtype)
-            q = [None if b is None else b.value for b in bases]
+            q = [None if b is None else ops.convert_to_tensor(b) for b in bases]
             beta_1, beta_2 = self.beta_1, self.beta_2
             # m, v: m + (1 - beta_1) (g - m), as the reference's lerp.
             new_m = m + (1 - beta_1) * (g - m)
@@ -337,7 +343,6 @@ class SOAP(keras.optimizers.Optimizer):
             else:
                 g_rotated, m_rotated = self._project(g_merged, q), self._project(m_merged, q)
             new_v = v + (1 - beta_2) * (ops.square(g_rotated) - v)
-            self.assign(m, new_m)
             denominator = ops.sqrt(new_v) + self.epsilon
             u = self._project(m_rotated / denominator, q, back=True)
             if self.normalize_grads:
@@ -347,31 +352,33 @@ class SOAP(keras.optimizers.Optimizer):
                 bias_1 = 1 - ops.power(ops.convert_to_tensor(beta_1, dtype), s)
                 bias_2 = 1 - ops.power(ops.convert_to_tensor(beta_2, dtype), s)
                 step_size = lr * ops.sqrt(bias_2) / bias_1
-            w = ops.cast(variable, dtype) - step_size * ops.reshape(u, variable.shape)
+            w = current_w - step_size * ops.reshape(u, variable.shape)
             if self._decays[index]:
                 w = w * (1 - lr * ops.convert_to_tensor(self.weight_decay, dtype))
-            self.assign(variable, ops.cast(w, variable.dtype))
-            for stat, new in zip(statistics, new_statistics, strict=True):
-                if stat is not None:
-                    self.assign(stat, new)
 
-            def refresh() -> None:
-                second_moment = new_v
-                for axis, (b, new) in enumerate(zip(bases, new_statistics, strict=True)):
-                    if b is None:
-                        continue
-                    basis, order = self.refresh_eigenbasis(new, b.value)
+            def refresh() -> tuple[Any, Any]:
+                second_moment, new_bases = new_v, []
+                for axis in axes:
+                    basis, order = self.refresh_eigenbasis(new_statistics[axis], q[axis])
                     second_moment = ops.take(second_moment, order, axis=axis)
-                    self.assign(b, basis)
-                self.assign(v, second_moment)
+                    new_bases.append(basis)
+                return second_moment, new_bases
 
-            if any(b is not None for b in bases):
-                refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
-                ops.cond(refreshing, refresh, lambda: self.assign(v, new_v))
-            else:
-                self.assign(v, new_v)
+            if not axes:
+                return w, new_m, new_v, []
+            refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
+            new_v, new_bases = ops.cond(refreshing, refresh, lambda: (new_v, current_bases))
+            return w, new_m, new_v, new_bases
 
-        ops.cond(ops.equal(self.iterations, 0), initialize, step)
+        new_w, new_m, new_v, new_bases = ops.cond(
+            ops.equal(self.iterations, 0), initialize, step
+        )
+        self.assign(variable, ops.cast(new_w, variable.dtype))
+        self.assign(m, new_m)
+        self.assign(v, new_v)
+        for axis, basis in zip(axes, new_bases, strict=True):
+            self.assign(statistics[axis], new_statistics[axis])
+            self.assign(bases[axis], basis)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -391,3 +398,7 @@ class SOAP(keras.optimizers.Optimizer):
         )
         return config
 
+
+def _t(matrix: Any) -> Any:
+    """The transpose of the last two dimensions."""
+    return ops.swapaxes(matrix, -1, -2)

@@ -11,14 +11,23 @@ such slices as they are, but any rule that squares or otherwise transforms
 
 from __future__ import annotations
 
+import sys
 from typing import Any
-
-import tensorflow as tf
 
 
 def is_sparse(gradient: Any) -> bool:
     """Whether ``gradient`` is a ``tf.IndexedSlices``."""
-    return isinstance(gradient, tf.IndexedSlices)
+    # Only TensorFlow makes IndexedSlices: where it is not loaded (another
+    # Keras backend), every gradient is dense, and TF stays unimported.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(gradient, tf.IndexedSlices)
+
+
+def slices(values: Any, indices: Any) -> Any:
+    """``tf.IndexedSlices(values, indices)``: rows of a variable, for ``assign*``."""
+    import tensorflow as tf  # Sparse gradients, hence rows, exist only on TensorFlow.
+
+    return tf.IndexedSlices(values, indices)
 
 
 def sum_duplicates(gradient: Any) -> Any:
@@ -29,6 +38,8 @@ def sum_duplicates(gradient: Any) -> Any:
     """
     if not is_sparse(gradient):
         return gradient
+    import tensorflow as tf  # Loaded already: is_sparse said so.
+
     unique_indices, positions = tf.unique(gradient.indices)
     values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(unique_indices)[0])
     return tf.IndexedSlices(values, unique_indices, gradient.dense_shape)
@@ -42,4 +53,6 @@ def densify(gradient: Any) -> Any:
     """
     if not is_sparse(gradient):
         return gradient
+    import tensorflow as tf  # Loaded already: is_sparse said so.
+
     return tf.convert_to_tensor(gradient)
