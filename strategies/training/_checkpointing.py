@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import keras
@@ -336,7 +337,8 @@ def _error_text(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     line = _first_line(getattr(error, "message", None) or error)
-    # tf.io: "<temporary path>; File too large".
+    # tf.io: "<temporary path>; File too large"; eager ops add " [Op:SaveV2]".
+    line = re.sub(r"\s*\[Op:\w+\]$", "", line)
     head, sep, tail = line.partition("; ")
     return tail if sep and tail and ("/" in head or "\\" in head) else line
 
