@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+import strategies
+
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "curves.png"
 
@@ -46,11 +48,15 @@ def jsonable(value: Any) -> Any:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
+    """The old file or the new one; a failed write raises `strategies.CheckpointWriteError`."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with tf.io.gfile.GFile(tmp, "wb") as f:
             f.write(data)
         tf.io.gfile.rename(tmp, path, overwrite=True)
+    except (OSError, tf.errors.OpError) as error:
+        kept = path if tf.io.gfile.exists(path) else None
+        raise strategies.CheckpointWriteError(path, error, kept=kept) from None
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)

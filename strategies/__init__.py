@@ -35,6 +35,7 @@ from typing import Any
 # Public name -> the module that defines it; the name's first use imports it.
 _PUBLIC = {
     "CheckpointMismatchError": "strategies.training._checkpointing",
+    "CheckpointWriteError": "strategies.training._checkpointing",
     "Preempted": "strategies.training._preemption",
     "StrategyConfig": "strategies.building._config",
     "StrategyError": "strategies.building._errors",

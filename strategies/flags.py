@@ -66,12 +66,18 @@ _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "float32", list(_config.MIXED_PRECISION),
     "Keras global dtype policy that strategies.build sets (mixed_bfloat16 suits TPUs, mixed_float16 GPUs).",
 )  # fmt: skip
+_ALLOW_PUBLIC_ADDRESSES = flags.DEFINE_boolean(
+    "allow_public_addresses", False,
+    "Accept a cluster with public IP addresses. TF's gRPC servers have no authentication: anyone who "
+    "reaches a task can run code in it. Only behind a firewall that admits the cluster alone.",
+)  # fmt: skip
 
 HOLDERS: dict[str, flags.FlagHolder] = {
     h.name: h
     for h in (
         _STRATEGY, _DEVICE, _NUM_GPUS, _VIRTUAL_CPUS, _ALL_REDUCE, _WORKER_HOSTS, _PS_HOSTS, _CHIEF_HOST,
         _TASK_TYPE, _TASK_INDEX, _CLUSTER_TIMEOUT, _PS_SHARDS, _TPU, _TPU_ZONE, _GCP_PROJECT, _MIXED_PRECISION,
+        _ALLOW_PUBLIC_ADDRESSES,
     )
 }  # fmt: skip
 
@@ -195,6 +201,13 @@ def _parse(name: str, value: Any) -> Any:
         raise invalid(name, value, f"a valid --{name} value ({_first_line(e)})") from None
 
 
+def _is_boolean(name: str) -> bool:
+    for candidate in (name, name[2:] if name.startswith("no") else None):
+        if candidate in HOLDERS and isinstance(flags.FLAGS[candidate], flags.BooleanFlag):
+            return True
+    return False
+
+
 def _our_args(argv: Sequence[str]) -> dict[str, str]:
     """Picks ``--name=value`` / ``--name value`` pairs of our flags out of ``argv``."""
     found: dict[str, str] = {}
@@ -208,6 +221,11 @@ def _our_args(argv: Sequence[str]) -> dict[str, str]:
         if not isinstance(arg, str) or not arg.startswith("-") or arg == "-":
             continue
         name, eq, value = arg.lstrip("-").partition("=")
+        if not eq and _is_boolean(name):
+            # --allow_public_addresses, --noallow_public_addresses: as absl reads them.
+            name, value = (name, "true") if name in HOLDERS else (name[2:], "false")
+            found[name] = value
+            continue
         if name not in HOLDERS:
             _reject_misspelling(arg, name)
             continue

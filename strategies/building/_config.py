@@ -8,6 +8,7 @@ scripts, and an error can name the flag the user typed.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import numbers
 import re
@@ -85,6 +86,11 @@ class StrategyConfig:
         tpu_zone: GCP zone of a named TPU.
         gcp_project: GCP project of a named TPU.
         mixed_precision: Keras global dtype policy that `build` sets.
+        allow_public_addresses: accept a cluster (host fields, ``TF_CONFIG`` or
+            Slurm) with a public IP address. TensorFlow's gRPC servers have no
+            authentication: anyone who reaches a task's port can run code in it
+            (TensorFlow's SECURITY.md). Set it only behind a firewall that admits
+            the cluster's own machines alone. Hostnames are not checked.
 
     Example:
 
@@ -110,6 +116,7 @@ class StrategyConfig:
     tpu_zone: str | None = None
     gcp_project: str | None = None
     mixed_precision: str = "float32"
+    allow_public_addresses: bool = False
 
     def __post_init__(self) -> None:
         for key in ("worker_hosts", "ps_hosts"):
@@ -173,6 +180,8 @@ def _check_types(c: StrategyConfig) -> None:
             raise invalid(key, getattr(c, key), "an integer or None")
     if not isinstance(c.cluster_timeout, float):
         raise invalid("cluster_timeout", c.cluster_timeout, "a number of seconds")
+    if not isinstance(c.allow_public_addresses, bool):
+        raise invalid("allow_public_addresses", c.allow_public_addresses, "True or False")
 
 
 def _check_values(c: StrategyConfig) -> None:
@@ -216,6 +225,46 @@ def check_address(key: str, address: str) -> None:
     match = _ADDRESS.match(address)
     if not match or not 1 <= int(match["port"]) <= 65535:
         raise invalid(key, address, "a 'host:port' address with a port in 1..65535", "e.g. 10.0.0.2:2222")
+
+
+def public_ip(address: str) -> str | None:
+    """The IP literal of a ``host:port`` if it is a public (globally routable) one, else None.
+
+    Private (10/8, 172.16/12, 192.168/16, fc00::/7), loopback, link-local and
+    shared (100.64/10) addresses are not public. A hostname is not resolved
+    here: it may name a private machine or a public one, and only the network
+    knows (docs/guarantees.md, guarantee 10).
+    """
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # A hostname.
+    return host if ip.is_global else None
+
+
+def check_private(addresses: Mapping[str, str], allow_public: bool) -> None:
+    """Refuses, in one line naming the key, the first ``{key: address}`` with a public IP address.
+
+    TensorFlow's gRPC servers (every task of a multi-worker or
+    parameter-server job) listen on every interface and authenticate no one:
+    whoever reaches the port can run arbitrary ops, so code, in the job.
+    TensorFlow's SECURITY.md, "Running a TensorFlow server": the server "is not
+    built for use in an untrusted network", has no authorization protocol and
+    sends messages unencrypted. ``allow_public`` (``--allow_public_addresses``)
+    accepts them.
+    """
+    if allow_public:
+        return
+    for key, address in addresses.items():
+        if public_ip(address) is not None:
+            raise StrategyError(
+                f"`{key}` is the public IP address {address!r}: TensorFlow's gRPC servers have no "
+                "authentication, so anyone who can reach it could run code in this job. Use private "
+                "addresses (e.g. 10.x.x.x) or hostnames on a private network, or, behind a firewall "
+                "that admits only the cluster, pass allow_public_addresses=True "
+                f"(--allow_public_addresses). Received: {key}={address!r}."
+            )
 
 
 def _check_device(device: str) -> None:

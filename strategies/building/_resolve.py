@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from strategies import cluster as cluster_lib
-from strategies.building._config import StrategyConfig
+from strategies.building._config import StrategyConfig, check_private
 from strategies.building._errors import StrategyError
 
 if TYPE_CHECKING:
@@ -32,6 +32,21 @@ class Cluster:
     def task(self) -> tuple[str, int]:
         return self.task_type, self.task_index
 
+    def addresses(self) -> dict[str, str]:
+        """Every task's address, keyed as the user wrote it (``worker_hosts[1]``, ``TF_CONFIG[...]``)."""
+        flag_keys = {"chief": "chief_host", "worker": "worker_hosts", "ps": "ps_hosts"}
+        named = {}
+        for job, addresses in self.spec.items():
+            for i, address in enumerate(addresses):
+                if self.source == "flags":
+                    key = flag_keys[job] if job == "chief" else f"{flag_keys[job]}[{i}]"
+                elif self.source == "TF_CONFIG":
+                    key = f"TF_CONFIG['cluster']['{job}'][{i}]"
+                else:
+                    key = f"{self.source} {job} {i}"
+                named[key] = address
+        return named
+
     def resolver(self, num_gpus: int = 0) -> tf.distribute.cluster_resolver.ClusterResolver:
         """A resolver equivalent to ``TFConfigClusterResolver``, without touching ``os.environ``."""
         import tensorflow as tf
@@ -52,7 +67,13 @@ def resolve(config: StrategyConfig, environ: Mapping[str, str] | None = None) ->
     them; ``TF_CONFIG`` wins over Slurm because schedulers that set it (Vertex,
     `launch.local_cluster`) describe the TensorFlow job exactly.
     """
-    environ = os.environ if environ is None else environ
+    cluster = _find(config, os.environ if environ is None else environ)
+    if cluster is not None:
+        check_private(cluster.addresses(), config.allow_public_addresses)
+    return cluster
+
+
+def _find(config: StrategyConfig, environ: Mapping[str, str]) -> Cluster | None:
     if config.has_cluster_hosts:
         spec: dict[str, list[str]] = {}
         if config.chief_host:

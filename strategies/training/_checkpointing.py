@@ -30,6 +30,11 @@ SIGKILLs writers for real):
   trained, and refuses a mismatch in one sentence naming both sides. Keras
   would restore optimizer variables by position and only warn ("Skipping
   variable loading for optimizer..."), or fail half-way with a shape error.
+* A write that fails (a full disk, a file-size limit, a lost bucket) raises
+  `CheckpointWriteError`, one line naming the path and the error, after
+  removing what it left half-written (``ckpt-N_temp/``, the temporary
+  ``model.keras``); the previous checkpoint stays the newest, so a restart
+  resumes from it (tests/strategies/test_checkpoint_write_errors.py).
 * `load_model` reads ``.keras`` files with ``safe_mode=True``: no code stored
   in a file (a ``Lambda``'s bytecode) runs.
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import keras
@@ -55,6 +61,29 @@ _SIGNATURE_KEY = "signature/.ATTRIBUTES/VARIABLE_VALUE"
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint in ``model_dir`` does not fit the model and optimizer being trained."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint, ``model.keras`` or ``summary.json`` failed; nothing half-written is left.
+
+    ``filename`` is the path that could not be written; ``str()`` is one line
+    naming it, the error, and what is still there to resume from.
+    """
+
+    def __init__(self, path: str, error: BaseException, kept: str | None = None) -> None:
+        detail = _error_text(error)
+        errno = getattr(error, "errno", None)
+        super().__init__(errno, detail, path)
+        kept_text = ("" if not kept else "; the previous file is unchanged" if kept == path
+                     else f"; the previous one, {kept}, is intact")
+        self.message = f"could not write {path}: {detail}{kept_text}."
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# What a failed write raises: an OSError from Python, an OpError from tf.io/SaveV2.
+WRITE_ERRORS = (OSError, tf.errors.OpError)
 
 
 class Checkpointer:
@@ -141,7 +170,16 @@ class Checkpointer:
         self._epoch.assign(state.epoch)
         self._step_in_epoch.assign(state.step_in_epoch)
         self._global_step.assign(state.global_step)
-        path = self._manager.save(checkpoint_number=state.global_step)
+        try:
+            path = self._manager.save(checkpoint_number=state.global_step)
+        except WRITE_ERRORS as error:
+            # SaveV2 writes into ``<prefix>_temp/`` and renames it at the end:
+            # a failure leaves that directory; the ``checkpoint`` file still
+            # names the previous checkpoint.
+            for partial in tf.io.gfile.glob(os.path.join(self._write_dir, "*_temp")):
+                tf.io.gfile.rmtree(partial)
+            prefix = os.path.join(self._write_dir, f"ckpt-{state.global_step}")
+            raise CheckpointWriteError(prefix, error, kept=self.latest() if self.chief else None) from None
         if not self.chief:
             _remove_private_dir(self._write_dir)
             return None
@@ -215,11 +253,17 @@ def save_model(model: keras.Model, strategy: tf.distribute.Strategy,
         # (atomic on a local or NFS file system; a copy on GCS).
         temp = os.path.join(os.fspath(model_dir), f".{os.getpid()}.tmp.{filename}")
         tf.io.gfile.makedirs(os.fspath(model_dir))
-        model.save(temp)
-        if "://" in path:
-            tf.io.gfile.rename(temp, path, overwrite=True)
-        else:
-            os.replace(temp, path)
+        try:
+            model.save(temp)
+            if "://" in path:
+                tf.io.gfile.rename(temp, path, overwrite=True)
+            else:
+                os.replace(temp, path)
+        except WRITE_ERRORS as error:
+            if tf.io.gfile.exists(temp):
+                tf.io.gfile.remove(temp)
+            kept = path if tf.io.gfile.exists(path) else None
+            raise CheckpointWriteError(path, error, kept=kept) from None
         return path
     temp_dir = os.path.join(os.fspath(model_dir), _TEMP_SUBDIR,
                             "_".join(map(str, _roles.task(strategy) or ("local", 0))))
@@ -287,6 +331,17 @@ def _first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | N
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def _error_text(error: BaseException) -> str:
+    """"File too large", not the temporary path TF or Python prefixes it with."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    line = _first_line(getattr(error, "message", None) or error)
+    # tf.io: "<temporary path>; File too large"; eager ops add " [Op:SaveV2]".
+    line = re.sub(r"\s*\[Op:\w+\]$", "", line)
+    head, sep, tail = line.partition("; ")
+    return tail if sep and tail and ("/" in head or "\\" in head) else line
 
 
 def _remove_private_dir(path: str) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from typing import Any
 
 import keras
@@ -155,5 +156,24 @@ def write_summary(model_dir: str, model: keras.Model, strategy: tf.distribute.St
         "train": {k: float(v) for k, v in last.items() if not k.startswith("val_")},
         "validation": {k[4:]: float(v) for k, v in last.items() if k.startswith("val_")},
     }
-    with tf.io.gfile.GFile(os.path.join(model_dir, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_atomically(os.path.join(model_dir, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes ``data`` beside ``path``, then renames it over ``path``: the old file or the new one.
+
+    Raises:
+        CheckpointWriteError: the write failed; the temporary file is removed
+            and ``path`` is as it was.
+    """
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with tf.io.gfile.GFile(temp, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(temp, path, overwrite=True)
+    except _checkpointing.WRITE_ERRORS as error:
+        kept = path if tf.io.gfile.exists(path) else None
+        raise _checkpointing.CheckpointWriteError(path, error, kept=kept) from None
+    finally:
+        if tf.io.gfile.exists(temp):
+            tf.io.gfile.remove(temp)

@@ -113,6 +113,7 @@ BAD_INPUTS = [
     ("kwargs", dict(cluster_timeout=0), "cluster_timeout"),
     ("kwargs", dict(cluster_timeout=float("nan")), "cluster_timeout"),
     ("kwargs", dict(cluster_timeout="soon"), "cluster_timeout"),
+    ("kwargs", dict(allow_public_addresses="yes"), "allow_public_addresses"),
     ("kwargs", dict(strategy="tpu", tpu="My TPU!"), "tpu"),
     ("kwargs", dict(strategy="tpu", tpu="grpc://10.0.0.2"), "tpu"),
     ("kwargs", dict(strategy="tpu", tpu="local", tpu_zone="us-central2-b"), "tpu_zone"),

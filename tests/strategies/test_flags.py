@@ -41,6 +41,8 @@ PLATFORM_FLAGS = {
     "parameter_server": dict(strategy="parameter_server", chief_host="10.0.0.1:2222",
                              worker_hosts="10.0.0.2:2222", ps_hosts="10.0.0.3:2222",
                              task_type="ps", task_index="0", ps_shards="4"),
+    "public_cluster": dict(strategy="multi_worker_mirrored", worker_hosts="34.1.2.3:2222,34.1.2.4:2222",
+                           task_type="worker", task_index="0", allow_public_addresses="true"),
     "tpu_vm": dict(strategy="tpu", tpu="local", mixed_precision="mixed_bfloat16"),
     "tpu_named": dict(strategy="tpu", tpu="my-tpu", tpu_zone="us-central2-b", gcp_project="my-project"),
 }  # fmt: skip
