@@ -24,7 +24,7 @@ from tfopt._lazy_adam import LazyAdam
 from tfopt._shampoo import Shampoo
 from tfopt._soap import SOAP
 # isort: on
-from tfopt._sharded_preconditioner import assign_owners, matrix_cost
+from tfopt._sharding_plan import assign_owners, matrix_cost
 from tfopt._skip_nonfinite import SkipNonFinite, SkippedSteps
 
 __all__ = [
