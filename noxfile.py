@@ -3,18 +3,20 @@
     nox -s fast                 # the fast suite on every supported Python present
     nox -s fast-3.13            # one of them
     nox -s colab                # Colab's install cell + 01_quickstart.ipynb on the newest Python
-    nox -s fast_tf_min          # the fast suite on the oldest TensorFlow setup.cfg admits (2.20)
+    nox -s fast_tf_min          # the fast suite on the newest Python with the oldest TensorFlow (2.20)
     nox -s set_repo -- you/fork # point the notebooks' Colab badges and install cells at a fork
 
-`make test` runs the full suite on its default interpreter, then `nox -s fast`
-on the lowest and highest supported Pythons that are not that default, then
-`nox -s colab`, then `nox -s fast_tf_min`. The supported Pythons are read from
-setup.cfg's classifiers and the TensorFlow range from its install_requires, the
-one place each is written (tests pin python_requires, the Makefile, the docs and
-launch.tpu_vm to them).
+`make test` runs the full suite on its default interpreter (the lowest
+supported Python, with the newest TensorFlow), then the opposite corners:
+`nox -s fast_tf_min` (the newest Python, the oldest TensorFlow) and
+`nox -s colab` (the newest Python, the newest TensorFlow, through Colab's
+install cell). `make test-matrix` adds the fast suite on every supported
+Python. The supported Pythons are read from setup.cfg's classifiers and the
+TensorFlow range from its install_requires, the one place each is written
+(tests pin python_requires, the Makefile, the docs and launch.tpu_vm to them).
 
 A supported interpreter that is missing is skipped by nox, and nox prints it
-as skipped, never as a success; `make test` prints the matrix at the end.
+as skipped, never as a success; `make test` prints the sessions at the end.
 """
 
 from __future__ import annotations
@@ -94,9 +96,12 @@ def tensorflow_min_pins() -> list[str]:
     return [f"{name}=={oldest}.*" for name in _requirements.TENSORFLOW_PACKAGES]
 
 
-@nox.session(python=PYTHONS[0])
+@nox.session(python=PYTHONS[-1])
 def fast_tf_min(session: nox.Session) -> None:
-    """The fast suite on the oldest TensorFlow (and its TensorBoard) that setup.cfg's range admits.
+    """The fast suite on the newest Python with the oldest TensorFlow (and its TensorBoard) of setup.cfg's range.
+
+    The opposite corner from `make test`'s full suite (the lowest Python, the
+    newest TensorFlow), so that one session covers both ends it leaves out.
 
     One resolve of ``.[test]`` with the pins added, so pip picks the Keras and
     the rest that setup.cfg allows together with that TensorFlow; the
