@@ -3,7 +3,8 @@
 The worker and ps servers run in this process (``tf.distribute.Server``), as
 TensorFlow's own in-process parameter-server tests do, and this process is the
 coordinator; one worker, so that the run is comparable step for step with one
-device. Writes ``OUT/<case>.npz`` (final weights) and ``OUT/<case>.json``.
+device. Each case trains one epoch, then resumes from its checkpoint for the
+second. Writes ``OUT/<case>.npz`` (final weights) and ``OUT/<case>.json``.
 A subprocess, because a parameter-server coordinator reconfigures this
 process's eager context for good.
 """
@@ -49,8 +50,12 @@ def main(out_dir: str) -> None:
     strategy = strategies.build("parameter_server", chief_host=spec["chief"][0], worker_hosts=spec["worker"],
                                 ps_hosts=spec["ps"], task_type="chief", task_index=0, cluster_timeout=30)
     for case, (data, steps) in CASES.items():
+        run_dir = os.path.join(out_dir, f"{case}-run")
+        # Stopped after epoch 1 and resumed: the Dataset is read on from the step the run stands at.
+        strategies.fit(model_fn, data(), strategy=strategy, epochs=1, steps_per_epoch=steps, verbose=0,
+                       model_dir=run_dir)
         history = strategies.fit(model_fn, data(), strategy=strategy, epochs=EPOCHS, steps_per_epoch=steps,
-                                 verbose=0)
+                                 verbose=0, model_dir=run_dir)
         np.savez(os.path.join(out_dir, f"{case}.npz"), *history.model.get_weights())
         with open(os.path.join(out_dir, f"{case}.json"), "w") as f:
             json.dump({"loss": history.history["loss"],
