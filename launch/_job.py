@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -144,16 +144,7 @@ def run(
     except ValueError as e:
         raise _console.UsageError(str(e)) from None
 
-    def model_fn() -> keras.Model:
-        model = _models.build_model(job.model, data.input_shape, data.num_classes)
-        model.compile(
-            optimizer=_optimizers.make(job.optimizer, job.hyperparameters(lr)),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            steps_per_execution=job.steps_per_execution,
-        )
-        return model
-
+    model_fn = _model_fn(job, data, lr)
     keras.utils.set_random_seed(job.seed)
     # Seeded too, and saved in checkpoints (strategies.training._resume), for code that draws from it.
     tf.random.set_global_generator(tf.random.Generator.from_seed(job.seed))
@@ -177,6 +168,49 @@ def run(
         title = f"{data.name} / {job.model} / {job.optimizer}"
         _outputs.plot_curves(model_dir, history.history, title)
     return summary
+
+
+def _model_fn(job: Job, data: _data.ImageDataset, lr: Any) -> Callable[[], keras.Model]:
+    """The job's one model function: `strategies.fit` and the evaluator build the same model."""
+
+    def model_fn() -> keras.Model:
+        model = _models.build_model(job.model, data.input_shape, data.num_classes)
+        model.compile(
+            optimizer=_optimizers.make(job.optimizer, job.hyperparameters(lr)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            steps_per_execution=job.steps_per_execution,
+        )
+        return model
+
+    return model_fn
+
+
+def evaluate(job: Job, *, timeout: float) -> list[dict[str, Any]]:
+    """The side-car evaluator's share of ``job``: evaluates each checkpoint in ``job.model_dir`` once.
+
+    Runs under TensorFlow's default strategy, on the test split with the
+    job's batch size, and stops after the checkpoint at the job's last step
+    (``epochs`` x steps per epoch, as the training tasks compute it), or when
+    ``summary.json`` says the run is over (`strategies.evaluate_checkpoints`).
+
+    Raises:
+      UsageError: no ``model_dir``: the evaluator cannot guess the cluster's.
+    """
+    if not job.model_dir:
+        raise _console.UsageError(
+            "--model_dir is required for the evaluator task: it evaluates the checkpoints the training "
+            "tasks write there; give them all the same --model_dir. Received: model_dir=None."
+        )
+    data = _data.prepare(job.dataset, job.data_dir)
+    strategy = tf.distribute.get_strategy()
+    steps = job.steps_per_epoch or _input.steps_per_epoch(
+        data, "train", job.batch_size, drop_remainder=_input.drops_remainder(strategy))
+    eval_input = _input.make_input(data, "test", training=False, global_batch_size=job.batch_size,
+                                   strategy=strategy, seed=job.seed)
+    lr = _schedules.build_schedule(job.lr_schedule, job.learning_rate, steps * job.epochs, job.warmup_steps)
+    return strategies.evaluate_checkpoints(_model_fn(job, data, lr), eval_input, job.model_dir,
+                                           final_step=steps * job.epochs, timeout=timeout)
 
 
 def _summarize(

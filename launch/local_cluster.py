@@ -2,6 +2,14 @@ r"""Run every task of a TensorFlow cluster as a local process on 127.0.0.1.
 
     python -m launch.local_cluster --workers=2 -- python -m launch.train --strategy=multi_worker_mirrored
     python -m launch.local_cluster --workers=2 --ps=1 --chief -- python -m launch.train --strategy=parameter_server
+    python -m launch.local_cluster --workers=2 --evaluator -- python -m launch.train --model_dir=/tmp/run
+
+With ``--evaluator``, one more process runs the same command as the side-car
+evaluator: its ``TF_CONFIG`` names the cluster and ``{"type": "evaluator",
+"index": 0}``, absent from the cluster, as Vertex AI writes it. It joins no
+collective and has no port; the cluster is done when it has exited too (it
+stops after the run's last checkpoint). It failing never stops training: it
+is reported, or restarted alone under ``--max_restarts``.
 
 Each task gets free ports and its own ``TF_CONFIG``; its output (stdout and
 stderr) is printed line by line behind its role, e.g. ``[worker 1] ...``.
@@ -113,6 +121,7 @@ class LocalCluster:
         workers: number of worker tasks.
         ps: number of parameter-server tasks.
         chief: whether to add a chief task.
+        evaluator: whether to add a side-car evaluator task (outside the cluster).
         timeout: seconds before every task is killed (None: no limit).
         env: extra environment for every task (``TF_CONFIG`` is set per task).
         output: where the prefixed lines go; None keeps them only in `Task.lines`.
@@ -130,7 +139,7 @@ class LocalCluster:
     def __init__(self, command: Sequence[str], *, workers: int, ps: int = 0, chief: bool = False,
                  timeout: float | None = None, env: Mapping[str, str] | None = None,
                  output: TextIO | None = sys.stdout, cwd: str | None = None,
-                 max_restarts: int = 0) -> None:
+                 max_restarts: int = 0, evaluator: bool = False) -> None:
         check_shape(workers, ps, chief)
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
             raise ValueError(f"--max_restarts must be 0 or more. Received: max_restarts={max_restarts!r}.")
@@ -143,6 +152,8 @@ class LocalCluster:
         self.spec = strategies_cluster.local_cluster(workers=workers, ps=ps, chief=chief)
         self.tasks = [Task(job, i, address) for job, addresses in self.spec.items()
                       for i, address in enumerate(addresses)]
+        if evaluator:
+            self.tasks.append(Task("evaluator", 0, ""))  # No server, so no address.
         self.timeout = timeout
         self._env = dict(env or {})
         self._output = output
@@ -200,7 +211,7 @@ class LocalCluster:
 
     def needed(self, task: Task) -> bool:
         """Whether this task failing must stop the cluster."""
-        return not (self.parameter_server and task.type == "worker")
+        return task.type != "evaluator" and not (self.parameter_server and task.type == "worker")
 
     def wait(self) -> Result:
         """Blocks until the cluster is done (see the module doc), then stops every task."""
@@ -234,8 +245,9 @@ class LocalCluster:
                                 task.name)
                         return self._finish(code if code > 0 else 1,
                                             f"{task.name} failed with exit code {code}", task.name)
-                    self._say(f"[local_cluster] {task.name} exited with code {code}; "
-                              "the coordinator re-runs its steps on the other workers.")
+                    self._say(f"[local_cluster] {task.name} exited with code {code}; " + (
+                        "training goes on without it." if task.type == "evaluator" else
+                        "the coordinator re-runs its steps on the other workers."))
                 if self._done():
                     return self._finish(0, "every task finished", None)
                 if deadline is not None and time.monotonic() > deadline:
@@ -276,10 +288,14 @@ class LocalCluster:
             time.sleep(_POLL_SECONDS)
 
     def _done(self) -> bool:
+        # The evaluator ends by itself after the last checkpoint; a failed one was reported.
+        evaluators = [t for t in self.tasks if t.type == "evaluator"]
+        if any(t.process is not None and t.process.poll() is None for t in evaluators):
+            return False
         if self.parameter_server:
             chief = next(t for t in self.tasks if t.type == "chief")
             return chief.process is not None and chief.process.poll() == 0
-        return all(t.process is not None and t.process.poll() == 0 for t in self.tasks)
+        return all(t.process is not None and t.process.poll() == 0 for t in self.tasks if t not in evaluators)
 
     def _finish(self, code: int, reason: str, failed: str | None) -> Result:
         self.stop()
@@ -343,10 +359,10 @@ def check_shape(workers: int, ps: int, chief: bool) -> None:
 def run_cluster(command: Sequence[str], *, workers: int, ps: int = 0, chief: bool = False,
                 timeout: float | None = None, env: Mapping[str, str] | None = None,
                 output: TextIO | None = sys.stdout, cwd: str | None = None,
-                max_restarts: int = 0) -> Result:
+                max_restarts: int = 0, evaluator: bool = False) -> Result:
     """Runs ``command`` as every task of a local cluster and returns how it ended."""
     with LocalCluster(command, workers=workers, ps=ps, chief=chief, timeout=timeout, env=env,
-                      output=output, cwd=cwd, max_restarts=max_restarts) as local:
+                      output=output, cwd=cwd, max_restarts=max_restarts, evaluator=evaluator) as local:
         return local.wait()
 
 
@@ -373,6 +389,9 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
 _WORKERS = flags.DEFINE_integer("workers", 2, "Number of worker tasks (at least 1).")
 _PS = flags.DEFINE_integer("ps", 0, "Number of parameter-server tasks (needs --chief).")
 _CHIEF = flags.DEFINE_boolean("chief", False, "Add a chief task (the coordinator under --ps).")
+_EVALUATOR = flags.DEFINE_boolean(
+    "evaluator", False, "Add a side-car evaluator task (TF_CONFIG task type 'evaluator', outside the "
+    "cluster): it evaluates each new checkpoint in the command's --model_dir.")
 _TIMEOUT = flags.DEFINE_float("timeout", 0.0, "Seconds before every task is killed; 0: no limit.",
                               lower_bound=0.0)
 _MAX_RESTARTS = flags.DEFINE_integer(
@@ -398,7 +417,8 @@ def main(argv: Sequence[str]) -> int:
     # SIGTERM (e.g. from a scheduler) stops the cluster like Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_terminated)
     local = LocalCluster(command, workers=_WORKERS.value, ps=_PS.value, chief=_CHIEF.value,
-                         timeout=_TIMEOUT.value or None, max_restarts=_MAX_RESTARTS.value)
+                         timeout=_TIMEOUT.value or None, max_restarts=_MAX_RESTARTS.value,
+                         evaluator=_EVALUATOR.value)
     try:
         local.start()
         return local.wait().returncode

@@ -8,6 +8,11 @@ With no flags it trains a small CNN on the UCI digits, offline, and writes
     python -m launch.local_cluster --workers=2 -- python -m launch.train --strategy=multi_worker_mirrored
     python -m launch.train --strategy=tpu --tpu=local --dataset=cifar10 --model=resnet_small
 
+A task whose role is ``evaluator`` (``TF_CONFIG``, Vertex's ``CLUSTER_SPEC``,
+JobSet, or ``--task_type=evaluator``) trains nothing: it evaluates each new
+checkpoint in ``--model_dir`` once (``eval.jsonl``, ``logs/eval``) and exits
+after the run's last one (`strategies.evaluate_checkpoints`).
+
 A user error (a bad flag value or combination, missing data) prints one line,
 ``launch.train: error: ...``, to stderr and exits with status 2. A SIGTERM
 (a preemption notice) saves a checkpoint at a step every worker agrees on,
@@ -88,6 +93,11 @@ _DETERMINISTIC = flags.DEFINE_boolean(
     "on GPUs too (CPU kernels here are deterministic already). Costs speed; see docs/reliability.md.",
 )
 
+_EVALUATOR_TIMEOUT = flags.DEFINE_float(
+    "evaluator_timeout", 3600.0, "Evaluator task only: seconds to wait for a new checkpoint in "
+    "--model_dir before giving up (the run's last checkpoint ends it sooner).", lower_bound=1.0,
+)  # fmt: skip
+
 strategy_flags.register_number_validators(sys.modules[__name__])
 strategy_flags.register_number_validators(_flags)
 
@@ -121,6 +131,13 @@ def _check_model_dir_is_shared(model_dir: str | None, strategy: tf.distribute.St
 def train() -> dict[str, Any]:
     """Runs the job the flags describe; returns its summary ({} on a server task)."""
     config = strategy_flags.config_from_flags()
+    if strategies.task_role(config) == "evaluator":
+        # A side-car evaluator: follows --model_dir's checkpoints, joins no cluster.
+        records = _job.evaluate(job_from_flags(), timeout=_EVALUATOR_TIMEOUT.value)
+        last = records[-1] if records else None
+        print(f"{PROG}: evaluator done: {len(records)} checkpoint(s) evaluated"
+              + (f", the last at step {last['step']}: {last['metrics']}" if last else "") + ".")
+        return {}
     if strategies.is_server_task(config):
         # A parameter-server worker/ps runs no Python training code of its own.
         strategies.serve_forever(config)
@@ -181,6 +198,9 @@ def main(argv: Sequence[str]) -> None:
         )
     except PermissionError as e:
         _console.fail(PROG, f"cannot write {e.filename!r}: {e.strerror}; choose another --model_dir.")
+    except TimeoutError as e:  # The evaluator saw no new checkpoint for --evaluator_timeout.
+        print(f"{PROG}: error: {_console.one_line(e)}", file=sys.stderr)
+        sys.exit(_console.EXIT_FAILED)
 
 
 def run(argv: list[str] | None = None, main_fn: Callable[[Sequence[str]], None] = main) -> None:

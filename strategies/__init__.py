@@ -43,6 +43,7 @@ _PUBLIC = {
     "build": "strategies.building._factory",
     "describe": "strategies.building._factory",
     "detect": "strategies.building._detect",
+    "evaluate_checkpoints": "strategies.training._evaluator",
     "fit": "strategies.training._fit",
     "is_server_task": "strategies.building._factory",
     "load_model": "strategies.training._checkpointing",

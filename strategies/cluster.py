@@ -19,7 +19,9 @@ from strategies.building._config import check_address
 from strategies.building._errors import StrategyError, invalid
 
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
-_SINGLE_TASK_JOBS = ("chief", "evaluator")  # TensorFlow allows at most one of each.
+# Older AI Platform runtimes and SageMaker name the chief `master`; read as `chief`.
+CHIEF_ALIAS = "master"
+_SINGLE_TASK_JOBS = ("chief", "master", "evaluator")  # TensorFlow allows at most one of each.
 
 
 def tf_config(
@@ -77,6 +79,10 @@ def validate(tf_config: str | Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         The parsed ``TF_CONFIG`` as a dict.
 
+    A task of type ``evaluator`` may be absent from ``cluster``, as Vertex AI
+    and TensorFlow's side-car evaluation write it: the evaluator joins no
+    cluster. ``master`` is accepted as the chief's old name (not both).
+
     Raises:
         StrategyError: On malformed JSON, an unknown task type, a bad or
             duplicate address, or a task index out of range; the message names
@@ -101,7 +107,7 @@ def validate(tf_config: str | Mapping[str, Any]) -> dict[str, Any]:
     seen: dict[str, str] = {}
     for job, addresses in cluster.items():
         key = f"TF_CONFIG['cluster'][{job!r}]"
-        if job not in TASK_TYPES:
+        if job not in (*TASK_TYPES, CHIEF_ALIAS):
             raise _bad("TF_CONFIG['cluster']", job, f"keyed by task types {list(TASK_TYPES)}", "rename that job")
         if not isinstance(addresses, list) or not addresses:
             raise _bad(key, addresses, "a non-empty list of 'host:port' strings")
@@ -115,12 +121,22 @@ def validate(tf_config: str | Mapping[str, Any]) -> dict[str, Any]:
             if address in seen:
                 raise _bad(item, address, "an address no other task uses", f"{seen[address]} has it too")
             seen[address] = item
+    if "chief" in cluster and CHIEF_ALIAS in cluster:
+        raise _bad("TF_CONFIG['cluster']", sorted(cluster), "one of 'chief' and 'master' (the same role)")
     task = parsed.get("task")
     if not isinstance(task, Mapping):
         raise _bad("TF_CONFIG['task']", task, 'a mapping such as {"type": "worker", "index": 0}')
     task_type, index = task.get("type"), task.get("index")
+    if task_type == "evaluator" and task_type not in cluster:
+        # The side-car evaluator: outside the cluster, so any index names it.
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise _bad("TF_CONFIG['task']['index']", index, "a non-negative integer for the evaluator")
+        return dict(parsed)
     if task_type not in cluster:
-        raise _bad("TF_CONFIG['task']['type']", task_type, f"one of the cluster's jobs {list(cluster)}")
+        raise _bad(
+            "TF_CONFIG['task']['type']", task_type,
+            f"one of the cluster's jobs {list(cluster)}, or 'evaluator' (a side-car evaluator)",
+        )  # fmt: skip
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[task_type]):
         raise _bad(
             "TF_CONFIG['task']['index']", index,
@@ -131,6 +147,8 @@ def validate(tf_config: str | Mapping[str, Any]) -> dict[str, Any]:
 
 def is_chief(cluster: Mapping[str, Sequence[str]], task_type: str, task_index: int) -> bool:
     """Whether a task is the chief: the ``chief`` task, else worker 0 when there is none."""
+    if task_type == "evaluator":
+        return False
     if "chief" in cluster:
         return task_type == "chief"
     return task_type == "worker" and task_index == 0

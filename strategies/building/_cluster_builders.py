@@ -86,12 +86,11 @@ def _require_cluster(config: StrategyConfig, name: str, hint: str) -> _resolve.C
 
 
 def _cluster_key_error(found: _resolve.Cluster, job: str, expected: str, fix: str) -> StrategyError:
-    key = {"flags": f"{job}_hosts" if job != "chief" else "chief_host"}.get(
-        found.source, f"{found.source}['cluster'][{job!r}]"
-    )
+    key = {"flags": f"{job}_hosts" if job != "chief" else "chief_host", "JobSet": "TFOPT_JOBSET_REPLICAS",
+           "Slurm": "SLURM_STEP_NUM_TASKS"}.get(found.source, f"{found.source}['cluster'][{job!r}]")
     return invalid(key, found.spec.get(job), expected, fix)
 
 
 def _task_error(found: _resolve.Cluster, expected: str) -> StrategyError:
-    key = "task_type" if found.source == "flags" else f"{found.source}['task']['type']"
+    key = {"flags": "task_type", "JobSet": "REPLICATED_JOB_NAME"}.get(found.source, f"{found.source}['task']['type']")
     return invalid(key, found.task_type, expected)

@@ -25,8 +25,8 @@ ALL_REDUCE = {
     "multi_worker_mirrored": ("auto", "ring", "nccl"),
 }
 ALL_REDUCE_CHOICES = ("auto", "nccl", "hierarchical_copy", "reduce_to_one", "ring")
-# Task types that flags can describe; TF_CONFIG may also name an `evaluator`.
-FLAG_TASK_TYPES = ("chief", "worker", "ps")
+# Task types that flags can describe; an `evaluator` watches the cluster from outside it.
+FLAG_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 _HOST_KEYS = ("chief_host", "worker_hosts", "ps_hosts")
 _CLUSTER_STRATEGIES = ("auto", "multi_worker_mirrored", "parameter_server")
 # Which strategies read each optional field; a built-in strategy given a field
@@ -75,7 +75,8 @@ class StrategyConfig:
         worker_hosts: ``host:port`` of every worker, in task order.
         ps_hosts: ``host:port`` of every parameter server (`parameter_server`).
         chief_host: ``host:port`` of the chief (required by `parameter_server`).
-        task_type: This process's role: ``chief``, ``worker`` or ``ps``.
+        task_type: This process's role: ``chief``, ``worker``, ``ps``, or
+            ``evaluator`` (a side-car evaluator, which has no host of its own).
         task_index: This process's index within ``task_type``.
         cluster_timeout: Seconds to wait for every peer to be reachable.
         ps_shards: `parameter_server`: 0 shards each variable with
@@ -331,10 +332,12 @@ def _check_cluster(c: StrategyConfig) -> None:
     if c.strategy == "multi_worker_mirrored" and not c.worker_hosts:
         raise invalid("worker_hosts", c.worker_hosts, "at least one 'host:port' for multi-worker training")
     tasks = {"chief": (c.chief_host,) if c.chief_host else (), "worker": c.worker_hosts, "ps": c.ps_hosts}
-    if not tasks[c.task_type]:
+    if c.task_type == "evaluator":
+        pass  # Outside the cluster: no host of its own, and any index names it.
+    elif not tasks[c.task_type]:
         jobs = [job for job, hosts in tasks.items() if hosts]
-        raise invalid("task_type", c.task_type, f"{one_of(jobs)}, the roles given hosts")
-    if c.task_index >= len(tasks[c.task_type]):
+        raise invalid("task_type", c.task_type, f"{one_of([*jobs, 'evaluator'])}, the roles given hosts")
+    elif c.task_index >= len(tasks[c.task_type]):
         raise invalid(
             "task_index", c.task_index,
             f"below {len(tasks[c.task_type])}, the number of {c.task_type} hosts",

@@ -21,10 +21,12 @@ def detect(config: StrategyConfig | None = None, environ: Mapping[str, str] | No
     The order, and why:
 
     1. A TPU: if one is attached, the user rented it to use it.
-    2. A cluster (host flags, ``TF_CONFIG`` or Slurm): a scheduler or the user
-       said this process is one of several, and training alone would
-       silently diverge from its peers. With ``ps`` tasks it is
-       `parameter_server`, otherwise `multi_worker_mirrored`.
+    2. A cluster (host flags, ``TF_CONFIG``, Vertex's ``CLUSTER_SPEC``, JobSet
+       or Slurm, in that order: `strategies.building._resolve.resolve`): a
+       scheduler or the user said this process is one of several, and training
+       alone would silently diverge from its peers. With ``ps`` tasks it is
+       `parameter_server`, otherwise `multi_worker_mirrored`. A side-car
+       ``evaluator`` task joins neither: it gets `default`.
     3. More than one GPU: `mirrored` over all of them.
     4. Otherwise `default`: TensorFlow's default strategy, which places ops on
        the one GPU if there is one, else on the CPU. That is the device
@@ -46,6 +48,8 @@ def detect(config: StrategyConfig | None = None, environ: Mapping[str, str] | No
     if tpu is not None:
         return "tpu", tpu
     found = _resolve.resolve(config, environ)
+    if found is not None and found.is_evaluator:
+        return "default", f"{found.source} says this task is the side-car evaluator, which joins no cluster"
     if found is not None:
         jobs = ", ".join(f"{len(v)} {k}" for k, v in found.spec.items())
         if "ps" in found.spec:

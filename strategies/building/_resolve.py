@@ -1,13 +1,16 @@
-"""Where this process's cluster comes from: host flags, ``TF_CONFIG`` or Slurm."""
+"""Where this process's cluster comes from: host flags, ``TF_CONFIG``, ``CLUSTER_SPEC``, JobSet or Slurm."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from absl import logging
 
 from strategies import cluster as cluster_lib
+from strategies.building import _engines
 from strategies.building._config import StrategyConfig, check_private
 from strategies.building._errors import StrategyError
 
@@ -17,16 +20,26 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class Cluster:
-    """A resolved cluster and this process's place in it."""
+    """A resolved cluster and this process's place in it.
+
+    ``spec`` never lists an evaluator: a side-car evaluator (``task_type`` is
+    ``"evaluator"``) joins no cluster, starts no server and runs no collective.
+    A ``master`` is listed as ``chief``.
+    """
 
     spec: dict[str, list[str]]
     task_type: str
     task_index: int
-    source: str  # "flags", "TF_CONFIG" or "Slurm", for messages and logs.
+    # "flags", "TF_CONFIG", "CLUSTER_SPEC", "JobSet" or "Slurm", for messages and logs.
+    source: str
 
     @property
     def is_chief(self) -> bool:
         return cluster_lib.is_chief(self.spec, self.task_type, self.task_index)
+
+    @property
+    def is_evaluator(self) -> bool:
+        return self.task_type == "evaluator"
 
     @property
     def task(self) -> tuple[str, int]:
@@ -42,6 +55,9 @@ class Cluster:
                     key = flag_keys[job] if job == "chief" else f"{flag_keys[job]}[{i}]"
                 elif self.source == "TF_CONFIG":
                     key = f"TF_CONFIG['cluster']['{job}'][{i}]"
+                elif self.source == "CLUSTER_SPEC":
+                    pool = {role: pool for pool, role in _engines.VERTEX_POOLS.items()}[job]
+                    key = f"CLUSTER_SPEC['cluster']['{pool}'][{i}]"
                 else:
                     key = f"{self.source} {job} {i}"
                 named[key] = address
@@ -61,11 +77,15 @@ class Cluster:
 
 
 def resolve(config: StrategyConfig, environ: Mapping[str, str] | None = None) -> Cluster | None:
-    """Returns the cluster from, in order, host fields, ``TF_CONFIG``, Slurm; else None.
+    """Returns the cluster from, in order, host fields, ``TF_CONFIG``, ``CLUSTER_SPEC``, JobSet, Slurm; else None.
 
     Explicit flags win over the environment because a user who typed them meant
-    them; ``TF_CONFIG`` wins over Slurm because schedulers that set it (Vertex,
-    `launch.local_cluster`) describe the TensorFlow job exactly.
+    them. ``TF_CONFIG`` comes next because the engines that set it (Vertex,
+    TFJob, `launch.local_cluster`) describe the TensorFlow job exactly; Vertex's
+    ``CLUSTER_SPEC`` says the same with pool names, for a container that drops
+    ``TF_CONFIG``. JobSet's variables (`strategies.building._engines`) are set
+    by a manifest written for this project, so they come before Slurm, whose
+    ``SLURM_*`` variables only count tasks.
     """
     cluster = _find(config, os.environ if environ is None else environ)
     if cluster is not None:
@@ -85,12 +105,27 @@ def _find(config: StrategyConfig, environ: Mapping[str, str]) -> Cluster | None:
         return Cluster(spec, config.task_type, config.task_index, "flags")
     raw = environ.get("TF_CONFIG", "").strip()
     if raw and raw != "{}":
-        parsed = cluster_lib.validate(raw)
-        spec = {job: list(addrs) for job, addrs in parsed["cluster"].items()}
-        return Cluster(spec, parsed["task"]["type"], parsed["task"]["index"], "TF_CONFIG")
+        return _from_tf_config(cluster_lib.validate(raw), "TF_CONFIG")
+    raw = environ.get("CLUSTER_SPEC", "").strip()
+    if raw and raw != "{}":
+        return _from_tf_config(_engines.from_cluster_spec(raw), "CLUSTER_SPEC")
+    if _engines.jobset_active(environ):
+        return _from_tf_config(_engines.from_jobset(environ), "JobSet")
     if slurm_num_tasks(environ) > 1:
         return _from_slurm(environ)
     return None
+
+
+def _from_tf_config(parsed: dict[str, Any], source: str) -> Cluster:
+    """A validated ``TF_CONFIG``-shaped dict as a `Cluster`: ``master`` read as ``chief``, no evaluator."""
+    spec = {job: list(addrs) for job, addrs in parsed["cluster"].items() if job != "evaluator"}
+    task_type = parsed["task"]["type"]
+    if cluster_lib.CHIEF_ALIAS in spec:
+        logging.info("%s names the chief 'master' (older AI Platform runtimes, SageMaker); "
+                     "reading it as 'chief'", source)
+        spec["chief"] = spec.pop(cluster_lib.CHIEF_ALIAS)
+        task_type = "chief" if task_type == cluster_lib.CHIEF_ALIAS else task_type
+    return Cluster(spec, task_type, parsed["task"]["index"], source)
 
 
 def slurm_num_tasks(environ: Mapping[str, str]) -> int:

@@ -136,7 +136,7 @@ BAD_INPUTS = [
     ("tf_config", "{not json", "TF_CONFIG"),
     ("tf_config", "[]", "TF_CONFIG"),
     ("tf_config", {"cluster": {}}, "TF_CONFIG['cluster']"),
-    ("tf_config", {"cluster": {"master": ["h:1"]}, "task": {"type": "master", "index": 0}},
+    ("tf_config", {"cluster": {"boss": ["h:1"]}, "task": {"type": "boss", "index": 0}},
      "TF_CONFIG['cluster']"),
     ("tf_config", {"cluster": {"worker": "h:1"}, "task": {"type": "worker", "index": 0}},
      "TF_CONFIG['cluster']['worker']"),

@@ -1,0 +1,86 @@
+"""`strategies.evaluate_checkpoints` on the checkpoints a single-process `fit` wrote.
+
+The multi-process side (an evaluator task beside a multi-worker job, through
+launch.local_cluster) is in tests/launch/test_evaluator_cluster.py.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import strategies
+
+BATCH, STEPS, EPOCHS = 8, 3, 2
+
+
+def _model_fn():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse", metrics=["mae"])
+    return model
+
+
+def _dataset(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(BATCH * STEPS, 3)).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((x, np.sin(x.sum(1, keepdims=True)))).batch(BATCH)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    history = strategies.fit(_model_fn, _dataset(), strategy=tf.distribute.get_strategy(), epochs=EPOCHS,
+                             model_dir=model_dir, verbose=0)
+    return model_dir, history.model
+
+
+def test_evaluates_the_final_checkpoint_once_and_stops(run_dir):
+    model_dir, trained = run_dir
+    records = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30)
+    # The run is over: its newest checkpoint is the last one (summary.json says so).
+    assert [r["step"] for r in records] == [STEPS * EPOCHS]
+    assert records[0]["epoch"] == EPOCHS
+    expected = trained.evaluate(_dataset(seed=1), verbose=0, return_dict=True)
+    for name, value in expected.items():
+        assert records[0]["metrics"][name] == pytest.approx(value, rel=1e-6), name
+    with open(os.path.join(model_dir, "eval.jsonl")) as f:
+        assert [json.loads(line) for line in f] == records
+    # TensorBoard scalars at the checkpoint's step, beside fit's own logs.
+    events = event_accumulator.EventAccumulator(os.path.join(model_dir, "logs", "eval"),
+                                                size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"evaluation_loss_vs_iterations", "evaluation_mae_vs_iterations"} <= set(events.Tags()["tensors"])
+    assert [e.step for e in events.Tensors("evaluation_mae_vs_iterations")] == [STEPS * EPOCHS]
+    # A restarted evaluator finds the run finished and evaluates nothing again.
+    assert strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30) == []
+
+
+def test_stops_at_final_step_and_times_out_without_checkpoints(tmp_path, run_dir):
+    model_dir, _ = run_dir
+    # final_step alone ends it (a fresh log, so nothing counts as evaluated).
+    fresh = tmp_path / "copy"
+    tf.io.gfile.makedirs(str(fresh / "checkpoints"))
+    for name in tf.io.gfile.listdir(os.path.join(model_dir, "checkpoints")):
+        tf.io.gfile.copy(os.path.join(model_dir, "checkpoints", name), str(fresh / "checkpoints" / name))
+    records = strategies.evaluate_checkpoints(_model_fn, _dataset(), str(fresh), final_step=STEPS * EPOCHS,
+                                              timeout=30)
+    assert [r["step"] for r in records] == [STEPS * EPOCHS]
+    with pytest.raises(TimeoutError, match="No new checkpoint .* for 1 s"):
+        strategies.evaluate_checkpoints(_model_fn, _dataset(), str(tmp_path / "empty"), timeout=1,
+                                        poll_interval=0.2)
+
+
+@pytest.mark.parametrize("kwargs, received", [
+    ({"model_dir": None}, "model_dir=None"),
+    ({"steps": 0}, "steps=0"),
+    ({"timeout": float("nan")}, "timeout=nan"),
+], ids=["no-model-dir", "zero-steps", "nan-timeout"])
+def test_bad_arguments_name_the_value(kwargs, received):
+    arguments = {"model_dir": "/tmp/unused", **kwargs}
+    with pytest.raises(ValueError, match=received):
+        strategies.evaluate_checkpoints(_model_fn, _dataset(), **arguments)
