@@ -1,11 +1,11 @@
 """The flags `launch.vertex` and `launch.kubernetes` share, and the `ClusterJob` they make.
 
 The cluster's shape is given with `launch.local_cluster`'s own flags
-(``--workers``, ``--ps``, ``--chief``, ``--max_restarts``, ``--timeout``), which
+(``--workers``, ``--ps``, ``--chief``, ``--evaluator``, ``--max_restarts``,
+``--timeout``), which
 this module adopts rather than defines again: one job, one set of names,
 whether it runs on 127.0.0.1 or on an engine; ``--name``, ``--project`` and
-``--execute`` are `launch._cloud_flags`'. Added here: ``--evaluator``,
-``--image``, per-role ``--machine_type`` and ``--accelerator``, and
+``--execute`` are `launch._cloud_flags`'. Added here: ``--image``, per-role ``--machine_type`` and ``--accelerator``, and
 ``--rehearse``.
 """
 
@@ -24,9 +24,6 @@ DEFAULT_NAME = "tfopt-train"
 NAME = _cloud_flags.NAME
 EXECUTE = _cloud_flags.EXECUTE
 PROJECT = _cloud_flags.PROJECT
-EVALUATOR = flags.DEFINE_boolean(
-    "evaluator", False, "Add a side-car evaluator: it evaluates each checkpoint the job writes to the "
-    "command's --model_dir, which must then be given.")
 IMAGE = flags.DEFINE_string("image", None, "Container image every replica runs (with --package_uri on "
                             "Vertex: the prebuilt training image that installs the package).")
 MACHINE_TYPE = flags.DEFINE_list(
@@ -46,7 +43,7 @@ def job_from_flags(command: Sequence[str], **fields: object) -> _cluster_job.Clu
     """The checked job these flags describe; ValueError names a bad value in one sentence."""
     return _cluster_job.make_job(
         name=DEFAULT_NAME if NAME.value is None else NAME.value, command=command, chief=local_cluster._CHIEF.value,
-        workers=local_cluster._WORKERS.value, ps=local_cluster._PS.value, evaluator=EVALUATOR.value,
+        workers=local_cluster._WORKERS.value, ps=local_cluster._PS.value, evaluator=local_cluster._EVALUATOR.value,
         machine_type=MACHINE_TYPE.value, accelerator=ACCELERATOR.value, image=IMAGE.value,
         max_restarts=local_cluster._MAX_RESTARTS.value, **fields)
 

@@ -19,7 +19,8 @@ Two things differ from the engine, on purpose, and each is said in one line:
 
 When it stops (as `launch.local_cluster`): a multi-worker job when every
 replica, the evaluator included, has exited; a parameter-server job when the
-chief and the evaluator have.
+chief and the evaluator have. Unlike `launch.local_cluster`, a rehearsal
+fails when its evaluator did.
 """
 
 from __future__ import annotations
@@ -75,11 +76,6 @@ class EngineCluster(local_cluster.LocalCluster):
         return {**base, **self._env, "PYTHONUNBUFFERED": "1",
                 **self._environment((task.type, task.index), self.addresses)}
 
-    def _done(self) -> bool:
-        # The side-car evaluator exits after the final checkpoint: wait for it too.
-        evaluators = [t for t in self.tasks if t.type == "evaluator"]
-        return super()._done() and all(t.process is not None and t.process.poll() == 0
-                                       for t in evaluators)
 
 
 def local_command(command: Sequence[str], say: Callable[[str], None] = lambda line: None) -> list[str]:
@@ -111,7 +107,16 @@ def rehearse(job: _cluster_job.ClusterJob, tasks: Sequence[tuple[str, int]], env
                        output=output, max_restarts=job.max_restarts) as cluster:
         say("replicas: " + ", ".join(f"{kind} {index} on {cluster.addresses[kind][index]}"
                                      for kind, index in tasks))
-        return cluster.wait()
+        result = cluster.wait()
+    # LocalCluster lets training finish without a failed evaluator; a rehearsal
+    # proves the evaluator too.
+    failed = [t for t in cluster.tasks if t.type == "evaluator" and t.process is not None
+              and t.process.returncode not in (0, None)]
+    if result.returncode == 0 and failed:
+        code = failed[0].process.returncode
+        return local_cluster.Result(code if code > 0 else 1, f"{failed[0].name} "
+                                    f"{local_cluster.how_it_died(code)}", failed[0].name, result.output)
+    return result
 
 
 def run(prog: str, job: _cluster_job.ClusterJob, tasks: Sequence[tuple[str, int]], environment: Environment,
