@@ -56,6 +56,9 @@ from absl import flags
 
 from launch import _cluster_flags, _cluster_job, _console, _rehearsal
 
+# The job's shape, name, image and --execute/--rehearse: shared with the other launchers.
+flags.adopt_module_key_flags(_cluster_flags)
+
 PROG = "launch.kubernetes"
 KINDS = ("jobset", "tfjob")
 CONTAINER = "tensorflow"  # TFJob finds the TensorFlow container by this name.

@@ -50,6 +50,9 @@ from absl import flags
 
 from launch import _cluster_flags, _cluster_job, _console, _rehearsal
 
+# The job's shape, name, image and --execute/--rehearse: shared with the other launchers.
+flags.adopt_module_key_flags(_cluster_flags)
+
 PROG = "launch.vertex"
 # Vertex's worker pools, in their fixed order, and the TF_CONFIG task type of each.
 POOLS = ("chief", "worker", "ps", "evaluator")
