@@ -26,6 +26,7 @@ fails when its evaluator did.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -103,6 +104,9 @@ def rehearse(job: _cluster_job.ClusterJob, tasks: Sequence[tuple[str, int]], env
             print(f"[rehearsal] {line}", file=output, flush=True)
 
     command = local_command(job.command, say)
+    if shutil.which(command[0]) is None:
+        raise ValueError(f"Cannot rehearse {command[0]!r}: no such executable here (check the path and its "
+                         "execute permission).")
     with EngineCluster(command, tasks, environment, strip=strip, timeout=timeout, env=env,
                        output=output, max_restarts=job.max_restarts) as cluster:
         say("replicas: " + ", ".join(f"{kind} {index} on {cluster.addresses[kind][index]}"
@@ -122,7 +126,10 @@ def rehearse(job: _cluster_job.ClusterJob, tasks: Sequence[tuple[str, int]], env
 def run(prog: str, job: _cluster_job.ClusterJob, tasks: Sequence[tuple[str, int]], environment: Environment,
         *, timeout: float | None, strip: Sequence[str] = ()) -> int:
     """`rehearse` for a launcher's ``--rehearse``: its exit code, with one closing line."""
-    result = rehearse(job, tasks, environment, timeout=timeout, strip=strip)
+    try:
+        result = rehearse(job, tasks, environment, timeout=timeout, strip=strip)
+    except OSError as error:  # The command exists but cannot be executed.
+        raise ValueError(f"Cannot rehearse {job.command[0]!r}: {error.strerror}.") from None
     print(f"{prog}: rehearsal {'passed' if result.returncode == 0 else 'failed'}: {result.reason}.",
           flush=True)
     return result.returncode

@@ -97,14 +97,17 @@ def _trained(model_dir: str) -> tuple[float, list[dict]]:
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("engine, mix, strategy", [
-    ("vertex", "mwms-evaluator", "multi_worker_mirrored"),
-    ("jobset", "ps-evaluator", "parameter_server"),
-])
-def test_rehearsed_job_trains_to_095_with_its_evaluator(engine, mix, strategy, digits_dir, tmp_path):
+@pytest.mark.parametrize("engine, shape, strategy", [
+    # Vertex puts the first of the 2 workers in pool 0, as its chief.
+    ("vertex", {"chief": False, "workers": 2}, "multi_worker_mirrored"),
+    # The fewest processes a parameter-server job has: chief, worker, ps (and the evaluator).
+    ("jobset", {"chief": True, "workers": 1, "ps": 1}, "parameter_server"),
+], ids=["vertex-mwms-evaluator", "jobset-ps-evaluator"])
+def test_rehearsed_job_trains_to_095_with_its_evaluator(engine, shape, strategy, digits_dir, tmp_path):
     model_dir = str(tmp_path / "run")
-    job = _cluster_jobs.job(mix, command=(*TRAIN, f"--strategy={strategy}", f"--data_dir={digits_dir}",
-                                          f"--model_dir={model_dir}"))
+    job = _cluster_job.make_job(
+        name="digits", image=_cluster_jobs.IMAGE, evaluator=True, **shape,
+        command=(*TRAIN, f"--strategy={strategy}", f"--data_dir={digits_dir}", f"--model_dir={model_dir}"))
     _rehearse(engine, job, timeout=400)
     accuracy, evaluations = _trained(model_dir)
     assert accuracy >= 0.95
