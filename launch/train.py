@@ -199,7 +199,8 @@ def main(argv: Sequence[str]) -> None:
     except PermissionError as e:
         _console.fail(PROG, f"cannot write {e.filename!r}: {e.strerror}; choose another --model_dir.")
     except TimeoutError as e:  # The evaluator saw no new checkpoint for --evaluator_timeout.
-        print(f"{PROG}: error: {_console.one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {_console.one_line(e)} (--evaluator_timeout={_EVALUATOR_TIMEOUT.value:g})",
+              file=sys.stderr)
         sys.exit(_console.EXIT_FAILED)
 
 

@@ -46,7 +46,8 @@ _WORKER_HOSTS = flags.DEFINE_list("worker_hosts", [], "Comma-separated host:port
 _PS_HOSTS = flags.DEFINE_list("ps_hosts", [], "parameter_server: comma-separated host:port of every ps task.")
 _CHIEF_HOST = flags.DEFINE_string("chief_host", None, "host:port of the chief (required by parameter_server).")
 _TASK_TYPE = flags.DEFINE_enum(
-    "task_type", None, list(_config.FLAG_TASK_TYPES), "This process's role in the cluster given by the *_hosts flags."
+    "task_type", None, list(_config.FLAG_TASK_TYPES),
+    "This process's role in the cluster given by the *_hosts flags; 'evaluator' watches it from outside.",
 )
 _TASK_INDEX = flags.DEFINE_integer(
     "task_index", None, "This process's index within --task_type.", lower_bound=0

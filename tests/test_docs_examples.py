@@ -37,6 +37,7 @@ NOT_RUN = {
     ("docs/strategies/platforms.md", 1, "tpu"),  # Colab TPU: `!pip install`, then build("tpu")
     ("docs/strategies/fit.md", 2, "cluster"),  # TensorFlow's multi-worker tutorial, 2 workers
     ("docs/strategies/fit.md", 3, "cluster"),  # the same under parameter servers
+    ("docs/strategies/fit.md", 4, "cluster"),  # the side-car evaluator beside fit and serve_forever
 }
 
 

@@ -82,6 +82,12 @@ def _require_cluster(config: StrategyConfig, name: str, hint: str) -> _resolve.C
     found = _resolve.resolve(config)
     if found is None:
         raise StrategyError(f"`strategy`={name!r} {_NO_CLUSTER}; {hint}. Received: strategy={name!r}.")
+    if found.is_evaluator:
+        raise StrategyError(
+            f"This process is the side-car evaluator (from {found.source}), which joins no cluster; run "
+            "strategies.evaluate_checkpoints in it instead of build (strategies.task_role(config) == "
+            "'evaluator' tells launch code which). Received: task_type='evaluator'."
+        )
     return found
 
 

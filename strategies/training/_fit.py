@@ -75,7 +75,8 @@ def fit(
         strategy: any ``tf.distribute.Strategy``, e.g. from ``strategies.build``.
         epochs: the epoch to stop after (as Keras: the total, resumed epochs included).
         steps_per_epoch: batches per epoch; None means one pass over ``data``.
-            Required under parameter servers, whose data must repeat.
+            Required under parameter servers with a ``dataset_fn``, whose
+            data must repeat.
         validation_data: same conventions as ``data``; evaluated after each epoch.
         callbacks: Keras callbacks, run on every worker.
         model_dir: where logs, checkpoints and the final model go; None writes nothing.
@@ -207,7 +208,7 @@ def _check_arguments(model_fn: Any, data: Any, strategy: Any, epochs: Any, steps
     if verbose not in ("auto", 0, 1, 2):
         raise ValueError(f"`verbose` must be 'auto', 0, 1 or 2. Received: verbose={verbose!r}.")
     if _roles.kind(strategy) == _roles.PARAMETER_SERVER:
-        _ps_training.check_arguments(steps_per_epoch, steps_per_execution)
+        _ps_training.check_arguments(data, steps_per_epoch, steps_per_execution)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

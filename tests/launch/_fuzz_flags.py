@@ -253,6 +253,17 @@ def fuzz_train(root: str, max_examples: int) -> dict[str, Any]:
         return real_run(job, strategy, callbacks=[*callbacks, cap()], verbose=verbose)
 
     _job.run = capped_run
+    real_evaluate = _job.evaluate
+
+    def capped_evaluate(job: Any, *, timeout: float) -> Any:
+        # An evaluator task (--task_type=evaluator) waits for checkpoints that no
+        # example writes: a few seconds of waiting shows it runs, like the step cap.
+        try:
+            return real_evaluate(job, timeout=min(timeout, 3.0))
+        except TimeoutError:
+            raise SystemExit(CAPPED) from None
+
+    _job.evaluate = capped_evaluate
     table = program_flags(("launch.train", "strategies.flags"))
     report = _Report()
     base = [_fill(a, values) for a in BASE_TRAIN]

@@ -266,3 +266,26 @@ def test_max_restarts_flag_is_parsed_and_bounded():
     proc = subprocess.run([sys.executable, "-m", "launch.local_cluster", "--max_restarts=-1", "--", "true"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and "max_restarts" in proc.stderr, proc.stderr
+
+
+def test_evaluator_task_is_outside_the_cluster_waited_for_and_never_stops_training():
+    # The evaluator's TF_CONFIG is Vertex's: task type `evaluator`, absent from the cluster.
+    out = io.StringIO()
+    result = local_cluster.run_cluster(
+        _program("cluster = json.loads(os.environ['TF_CONFIG'])['cluster']\n"
+                 "print('I am', name, 'in', sorted(cluster))\n"
+                 "if name == 'evaluator0':\n"
+                 "    time.sleep(1.0)\n"  # Outlives the workers: the cluster waits for it.
+                 "    print('evaluated')"),
+        workers=2, evaluator=True, timeout=30, output=out)
+    assert result.returncode == 0, result.reason
+    lines = out.getvalue().splitlines()
+    assert "[evaluator 0] I am evaluator0 in ['worker']" in lines
+    assert "[evaluator 0] evaluated" in lines
+    # A failed evaluator is reported; the workers finish and the cluster succeeds.
+    out = io.StringIO()
+    result = local_cluster.run_cluster(
+        _program("if name == 'evaluator0': sys.exit(1)\ntime.sleep(0.5)"),
+        workers=2, evaluator=True, timeout=30, output=out)
+    assert result.returncode == 0, result.reason
+    assert "[local_cluster] evaluator 0 exited with code 1; training goes on without it." in out.getvalue()

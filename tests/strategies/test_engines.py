@@ -223,3 +223,11 @@ def test_evaluator_from_host_flags():
     assert strategies.task_role(config, {}) == "evaluator"
     assert strategies.detect(config, {})[0] == "default"
     assert not strategies.is_server_task(config, {})
+
+
+@pytest.mark.parametrize("name", ["multi_worker_mirrored", "parameter_server"])
+def test_building_a_cluster_strategy_on_the_evaluator_points_to_evaluate_checkpoints(name, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", _tf_config(_PS if name == "parameter_server" else _MWM, "evaluator", 0)[
+        "TF_CONFIG"])
+    with pytest.raises(StrategyError, match="side-car evaluator.*evaluate_checkpoints"):
+        strategies.build(name)

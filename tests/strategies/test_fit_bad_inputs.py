@@ -109,3 +109,17 @@ def test_a_shuffled_dataset_is_not_read_ahead():
 
     assert not _fit_checks._peekable(data)
     assert _fit_checks._peekable(tf.data.Dataset.range(10).batch(5))
+
+
+@pytest.mark.parametrize("data, steps_per_epoch, received", [
+    (_dataset(32), 5, "steps_per_epoch=5"),  # 4 batches, read from their start each epoch.
+    (_dataset(32).filter(lambda x, y: True), None, "steps_per_epoch=None"),  # Unknown length.
+    (lambda context: _dataset(32).repeat(), None, "steps_per_epoch=None"),
+], ids=["dataset-shorter-than-epoch", "dataset-of-unknown-length", "dataset-fn-without-steps"])
+def test_parameter_server_refuses_data_it_cannot_schedule(data, steps_per_epoch, received):
+    # The check strategies.fit runs under ParameterServerStrategy, before the coordinator starts.
+    from strategies.training import _ps_training
+
+    with pytest.raises(ValueError, match=received) as error:
+        _ps_training.check_arguments(data, steps_per_epoch, None)
+    assert "\n" not in str(error.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -130,3 +131,23 @@ def test_multi_worker_run_killed_after_an_epochs_last_step_finishes_its_plan(tmp
     # The step-4 checkpoint is the epoch-end one, taken after the epoch's logs: it was
     # not written before the kill, so the run resumed from step 2 of epoch 0.
     assert any("at epoch 1, step 2" in line for line in result.output["worker 0"]), _tail(result)
+
+
+def test_parameter_server_trains_from_a_dataset_like_one_device(tmp_path):
+    # One process: in-process worker and ps servers, this program the coordinator.
+    from tests.strategies import ps_dataset_program as program
+
+    result = subprocess.run([sys.executable, "-m", "tests.strategies.ps_dataset_program", str(tmp_path)],
+                            cwd=ROOT, env={**os.environ, **_env()}, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for case, (data, steps) in program.CASES.items():
+        reference = strategies.fit(program.model_fn, data(), strategy=tf.distribute.get_strategy(),
+                                   epochs=program.EPOCHS, steps_per_epoch=steps, verbose=0)
+        found = _read(tmp_path, f"{case}.json")
+        assert found["iterations"] == program.EPOCHS * (steps or program.BATCHES), case
+        np.testing.assert_allclose(found["loss"], reference.history["loss"], rtol=1e-5, err_msg=case)
+        with np.load(os.path.join(tmp_path, f"{case}.npz")) as saved:
+            weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        for expected, got in zip(reference.model.get_weights(), weights, strict=True):
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=case)
