@@ -176,12 +176,19 @@ class LocalCluster:
             self._watch(task)
         return self
 
+    def task_environment(self, task: Task) -> dict[str, str]:
+        """The whole environment of ``task``'s process: this one's, ``env``, and its ``TF_CONFIG``.
+
+        `launch._rehearsal` overrides it to inject what an engine (Vertex,
+        TFJob, JobSet) would set instead.
+        """
+        return {**os.environ, **self._env, "PYTHONUNBUFFERED": "1",
+                "TF_CONFIG": json.dumps({"cluster": self.spec,
+                                         "task": {"type": task.type, "index": task.index}})}
+
     def _spawn(self, task: Task) -> None:
-        env = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1",
-               "TF_CONFIG": json.dumps({"cluster": self.spec,
-                                        "task": {"type": task.type, "index": task.index}})}
         task.process = subprocess.Popen(
-            self.command, env=env, cwd=self._cwd, stdin=subprocess.DEVNULL,
+            self.command, env=self.task_environment(task), cwd=self._cwd, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_child_setup)
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from launch import _console
+from launch import _cloud_flags, _console
 from launch import _requirements as _requirements_lib
 
 PROG = "launch.tpu_vm"
@@ -52,9 +52,11 @@ DEFAULT_PYTHON = "3.11"
 # Every host installs into and trains from this venv, never the image's python3.
 VENV = "~/tfopt-venv"
 
-_NAME = flags.DEFINE_string("name", None, "TPU VM name (lowercase letters, digits, '-').")
+# --name, --project and --execute are shared with launch.vertex and launch.kubernetes.
+flags.adopt_module_key_flags(_cloud_flags)
+_NAME = _cloud_flags.NAME
 _ZONE = flags.DEFINE_string("zone", None, "GCP zone, e.g. us-central2-b.")
-_PROJECT = flags.DEFINE_string("project", None, "GCP project (default: gcloud's configured one).")
+_PROJECT = _cloud_flags.PROJECT
 _ACCELERATOR = flags.DEFINE_string("accelerator_type", "v4-8", "TPU type, e.g. v4-8, v5litepod-8, v4-32.")
 _RUNTIME = flags.DEFINE_string(
     "runtime_version", "tpu-ubuntu2204-base", "TPU VM image; tensorflow-tpu is pip-installed on it."
@@ -71,7 +73,7 @@ _SOURCE = flags.DEFINE_string(
 _STEPS = flags.DEFINE_multi_enum(
     "steps", ["package", "create", "copy", "install", "train"], list(STEPS), "Steps to print or run, in order."
 )
-_EXECUTE = flags.DEFINE_bool("execute", False, "Run the commands instead of printing them.")
+_EXECUTE = _cloud_flags.EXECUTE
 
 
 def tpu_requirements() -> list[str]:

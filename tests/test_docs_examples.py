@@ -142,7 +142,8 @@ def test_how_many_blocks_run():
 
 # --- Shell commands: their flags must exist ---------------------------------
 
-CONSOLE_SCRIPTS = {"tfopt-train": "launch.train", "tfopt-local-cluster": "launch.local_cluster"}
+CONSOLE_SCRIPTS = {"tfopt-train": "launch.train", "tfopt-local-cluster": "launch.local_cluster",
+                   "tfopt-vertex": "launch.vertex", "tfopt-kubernetes": "launch.kubernetes"}
 
 
 def _accepted_flags(module_name: str) -> set[str]:

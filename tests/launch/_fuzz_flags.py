@@ -1,7 +1,8 @@
-"""Property-based bad-input fuzzing of ``launch.train`` and ``launch.local_cluster`` flags.
+"""Property-based bad-input fuzzing of the flags of ``launch.train``, ``launch.local_cluster``,
+``launch.vertex`` and ``launch.kubernetes``.
 
 Run as ``python -m tests.launch._fuzz_flags PROGRAM ROOT EXAMPLES`` (PROGRAM is
-``train`` or ``local_cluster``); prints one JSON report on stdout. The pytest
+``train``, ``local_cluster``, ``vertex`` or ``kubernetes``); prints one JSON report on stdout. The pytest
 side is ``test_fuzz_inputs.py``; ``make fuzz`` runs a longer profile.
 
 The flags are not listed here: they are read from absl's registry (every
@@ -324,6 +325,45 @@ def fuzz_local_cluster(root: str, max_examples: int) -> dict[str, Any]:
     return _fuzz(run, table, root, max_examples, report, "local_cluster:", extra=commands)
 
 
+def fuzz_cluster_launcher(program: str, root: str, max_examples: int) -> dict[str, Any]:
+    """``launch.vertex`` or ``launch.kubernetes`` examples, in this process (they import no TensorFlow).
+
+    ``--execute`` reaches a spy, never Vertex or kubectl: a run that submits
+    counts as one that went ahead. ``--rehearse`` runs the drawn command for
+    real on 127.0.0.1 (``true``, ``false``...), bounded by the base ``--timeout``.
+    """
+    import importlib
+
+    from absl import app, flags
+
+    module = importlib.import_module(f"launch.{program}")
+    if program == "vertex":
+        module.submit = lambda job: "projects/spy/locations/spy/customJobs/0"
+    else:
+        module.apply = lambda text: 0
+    table = program_flags((f"launch.{program}",))
+    Path(root, "file").write_text("not a directory\n")
+    os.chmod(f"{root}/file", 0o644)
+    report = _Report()
+    commands = st.sampled_from([["true"], ["false"], [f"{root}/file"], ["/nonexistent/x"], [],
+                                ["python3", "-c", "pass", f"--model_dir={root}/run"]])
+
+    def run(pairs: list[tuple[str, str]], command: list[str]) -> dict[str, Any]:
+        argv = tuple(["--timeout=5", "--image=gcr.io/p/trainer:1"]
+                     + [f"--{name}={_fill(value, {'root': root, 'port0': '1', 'port1': '2'})}"
+                        for name, value in pairs] + (["--", *command] if command else []))
+        if argv in report.cache:
+            return report.cache[argv]
+        flags.FLAGS.unparse_flags()
+        result = capture(lambda: app.run(module.main, argv=[module.PROG, *argv],
+                                         flags_parser=module._parse_flags), 60)  # fmt: skip
+        report.cache[argv] = result
+        report.slowest = sorted([*report.slowest, (result["seconds"], list(argv))])[-5:]
+        return result
+
+    return _fuzz(run, table, root, max_examples, report, f"{module.PROG}: error:", extra=commands)
+
+
 def capture(call: Any, timeout: int) -> dict[str, Any]:
     """Runs ``call()`` as a program: its exit status and everything written to fd 2."""
     import tempfile
@@ -414,9 +454,12 @@ def main() -> None:
         signal.signal(signal.SIGALRM, driver._on_alarm)
         os.chdir(root)
         report = fuzz_train(root, max_examples)
-    else:
+    elif program == "local_cluster":
         signal.signal(signal.SIGALRM, driver._on_alarm)
         report = fuzz_local_cluster(root, max_examples)
+    else:
+        signal.signal(signal.SIGALRM, driver._on_alarm)
+        report = fuzz_cluster_launcher(program, root, max_examples)
     json.dump(report, out)
     out.close()
 

@@ -47,10 +47,12 @@ def _console_scripts() -> dict[str, str]:
 
 
 def test_entry_points_are_found():
-    assert {"launch.train", "launch.local_cluster", "launch.tpu_vm", "launch.bench.fit",
-            "launch.bench.optimizers"} <= set(_entry_point_modules())
+    assert {"launch.train", "launch.local_cluster", "launch.tpu_vm", "launch.vertex", "launch.kubernetes",
+            "launch.bench.fit", "launch.bench.optimizers"} <= set(_entry_point_modules())
     assert _console_scripts() == {"tfopt-train": "launch.train:run",
-                                  "tfopt-local-cluster": "launch.local_cluster:run"}
+                                  "tfopt-local-cluster": "launch.local_cluster:run",
+                                  "tfopt-vertex": "launch.vertex:run",
+                                  "tfopt-kubernetes": "launch.kubernetes:run"}
 
 
 def test_every_entry_point_imports_into_one_process():

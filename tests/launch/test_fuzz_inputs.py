@@ -1,4 +1,4 @@
-"""Hypothesis over every flag of launch.train and launch.local_cluster (see ``_fuzz_flags``).
+"""Hypothesis over every flag of launch.train, local_cluster, vertex and kubernetes (see ``_fuzz_flags``).
 
 Each program's examples run in one subprocess (``python -m
 tests.launch._fuzz_flags``), which reads the flags from absl's registry,
@@ -9,7 +9,9 @@ existing file in ``--model_dir``. The report names the shrunk failing example.
 
 ``make test`` runs 2,000 examples in all: 800 of ``launch.train`` (each that
 gets past its flags costs up to a second: data, strategy, model, optimizer,
-checkpoint restore) and 1,200 of ``launch.local_cluster`` (milliseconds). Of
+checkpoint restore), 1,200 of ``launch.local_cluster`` (milliseconds) and 300
+each of ``launch.vertex`` and ``launch.kubernetes`` (milliseconds; those
+with ``--rehearse`` start the drawn command as processes). Of
 the ``launch.train`` runs that reach training, the first FUZZ_FULL_RUNS=8
 take their 2 steps and later ones stop when training begins, everything
 built. ``make fuzz`` runs FUZZ_EXAMPLES (20,000) of each, every run that
@@ -28,7 +30,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 _LONG = os.environ.get("FUZZ_EXAMPLES")
-EXAMPLES = {"train": int(_LONG or 800), "local_cluster": int(_LONG or 1200)}
+EXAMPLES = {"train": int(_LONG or 800), "local_cluster": int(_LONG or 1200), "vertex": int(_LONG or 300),
+            "kubernetes": int(_LONG or 300)}
 FULL_RUNS = int(os.environ.get("FUZZ_FULL_RUNS", "8"))
 assert sum(EXAMPLES.values()) >= 2000
 
@@ -50,6 +53,9 @@ def _fuzz(program: str, root: Path) -> dict:
 @pytest.mark.parametrize(("program", "must_cover"), [
     ("train", {"seed", "learning_rate", "weight_decay", "data_dir", "model_dir", "strategy", "worker_hosts"}),
     ("local_cluster", {"workers", "ps", "chief", "timeout"}),
+    ("vertex", {"workers", "ps", "chief", "evaluator", "image", "machine_type", "accelerator", "execute",
+                "rehearse", "package_uri", "region"}),
+    ("kubernetes", {"workers", "ps", "chief", "evaluator", "image", "kind", "namespace", "execute", "rehearse"}),
 ])  # fmt: skip
 def test_every_example_trains_or_exits_2_in_one_line(tmp_path, program, must_cover):
     report = _fuzz(program, tmp_path)

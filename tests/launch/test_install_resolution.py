@@ -7,6 +7,8 @@ new ``python -m venv`` of the interpreter the command targets:
   default ``--python`` (3.11; 3.13 is covered by the Colab cell, which installs
   the same requirement set);
 * setup.cfg's ``gpu`` extra (with install_requires) on the default Python;
+* setup.cfg's ``cloud`` extra (with install_requires) beside each TensorFlow
+  minor of the range, on the default Python;
 * the Colab quickstart's install cell as it runs on a TPU runtime (the cell is
   executed with `subprocess.run` captured), on Colab's Python, 3.13.
 
@@ -178,6 +180,15 @@ def test_gpu_extra_resolves(fresh_venv) -> None:
     resolved = resolve(fresh_venv(tpu_vm.DEFAULT_PYTHON), requirements)
     assert resolved["tensorflow"].rsplit(".", 1)[0] in _requirements.tensorflow_minors()
     assert any(name.startswith("nvidia-") for name in resolved)  # [and-cuda] brought CUDA.
+
+
+@pytest.mark.parametrize("minor", _requirements.tensorflow_minors())
+def test_cloud_extra_resolves_beside_each_tensorflow(fresh_venv, minor) -> None:
+    # launch.vertex/launch.kubernetes's SDKs share protobuf and grpcio with TensorFlow.
+    requirements = _requirements.install_requires() + _requirements.extra("cloud") + [f"tensorflow=={minor}.*"]
+    resolved = resolve(fresh_venv(tpu_vm.DEFAULT_PYTHON), requirements)
+    assert resolved["tensorflow"].startswith(f"{minor}.")
+    assert {"google-cloud-aiplatform", "kubernetes-validate", "kubeflow-training", "protobuf"} <= set(resolved)
 
 
 def test_colab_tpu_cell_resolves_on_colabs_python(fresh_venv) -> None:
