@@ -42,7 +42,7 @@ python:
 $(STAMP): setup.cfg pyproject.toml
 	$(check_python)test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,docs,backends]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs,backends,cloud]'
 	touch $(STAMP)
 
 train: $(STAMP)
