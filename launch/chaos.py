@@ -72,8 +72,6 @@ _HANG = flags.DEFINE_boolean(
 _HEARTBEAT = flags.DEFINE_float(
     "job_heartbeat_timeout", 0.0, "Passed to the job as --heartbeat_timeout (0: TensorFlow's default).",
     lower_bound=0.0)
-_COLLECTIVE = flags.DEFINE_float(
-    "job_collective_timeout", 0.0, "Passed to the job as --collective_timeout (0: none).", lower_bound=0.0)
 _WORK_DIR = flags.DEFINE_string("work_dir", None, "Where runs go (default: a new temporary directory).")
 _DATA_DIR = flags.DEFINE_string("digits_dir", None, "TFDS data_dir for the digits (default: under work_dir).")
 # --workers (2) and --timeout (seconds per job; 0: 900) are launch.local_cluster's own flags.
@@ -177,8 +175,6 @@ def train_args(model_dir: str, data_dir: str, strategy: str) -> list[str]:
             f"--checkpoint_every_steps={_EVERY.value}", f"--seed={_SEED.value}", f"--model_dir={model_dir}",
             "--cluster_timeout=120",
             *([f"--heartbeat_timeout={_HEARTBEAT.value:g}"] if _HEARTBEAT.value and strategy != "parameter_server"
-              else []),
-            *([f"--collective_timeout={_COLLECTIVE.value:g}"] if _COLLECTIVE.value and strategy != "parameter_server"
               else [])]  # fmt: skip
 
 

@@ -175,18 +175,15 @@ def main(argv: Sequence[str]) -> None:
         # Not an error: the checkpoint is saved; 143 tells a scheduler to restart the job.
         print(f"{PROG}: {e}", file=sys.stderr)
         sys.exit(_console.EXIT_PREEMPTED)
-    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
         # A hung or dead peer (docs/reliability.md). Exit 1, not 2: a restart
         # (local_cluster --max_restarts) resumes from the newest checkpoint.
         lost = strategies_cluster.lost_tasks(e.message)
-        if lost:
-            why = f"lost {', '.join(lost)} of the cluster: no heartbeat for --heartbeat_timeout seconds"
-        elif isinstance(e, tf.errors.DeadlineExceededError) and "ollective" in e.message:
-            why = "an all-reduce did not complete within --collective_timeout seconds: a peer is silent"
-        else:
+        if not lost:
             raise
-        print(f"{PROG}: error: {why} (hung or dead); this step failed. Restart the job to resume "
-              "from the newest checkpoint.", file=sys.stderr)
+        print(f"{PROG}: error: lost {', '.join(lost)} of the cluster: no heartbeat for --heartbeat_timeout "
+              "seconds (hung or dead); this step failed. Restart the job to resume from the newest "
+              "checkpoint.", file=sys.stderr)
         sys.exit(_console.EXIT_FAILED)
     except tf.errors.DataLossError as e:  # A record file that streams in corrupt, mid-training.
         _console.fail(PROG,

@@ -32,8 +32,7 @@ def multi_worker_mirrored(config: StrategyConfig) -> tf.distribute.Strategy:
     options = tf.distribute.experimental.CommunicationOptions(
         implementation={"auto": implementation.AUTO, "ring": implementation.RING, "nccl": implementation.NCCL}[
             config.all_reduce
-        ],
-        timeout_seconds=config.collective_timeout or None,
+        ]
     )
     if config.heartbeat_timeout:
         # How long a hung peer (alive, silent) blocks a collective before the step fails.

@@ -45,7 +45,6 @@ _USED_BY = {
     "ps_hosts": ("auto", "parameter_server"),
     "ps_shards": ("auto", "parameter_server"),
     "heartbeat_timeout": ("auto", "multi_worker_mirrored"),
-    "collective_timeout": ("auto", "multi_worker_mirrored"),
     "tpu": ("auto", "tpu"),
     "tpu_zone": ("auto", "tpu"),
     "gcp_project": ("auto", "tpu"),
@@ -87,13 +86,8 @@ class StrategyConfig:
             and aborts every collective, so that a hung peer (a stopped VM, a
             partitioned network) fails the step instead of blocking it
             forever. 0 keeps TensorFlow's default (10 s). It does not cover a
-            hung *leader* (the chief, else worker 0), which hosts the service:
-            see ``collective_timeout``.
-        collective_timeout: `multi_worker_mirrored`: seconds after which one
-            collective (an all-reduce) that has not completed fails with
-            ``DeadlineExceededError`` (``CommunicationOptions.timeout_seconds``).
-            The only bound on a hung leader. 0 = none. Keep it above the
-            slowest legitimate wait (first-step tracing, a checkpoint write).
+            hung *leader* (the chief, else worker 0), which hosts the service
+            (docs/reliability.md).
         ps_shards: `parameter_server`: 0 shards each variable with
             ``MinSizePartitioner(256 KiB, max_shards=#ps)``; N > 0 with
             ``FixedShardsPartitioner(N)``.
@@ -128,7 +122,6 @@ class StrategyConfig:
     task_index: int | None = None
     cluster_timeout: float = 120.0
     heartbeat_timeout: float = 0.0
-    collective_timeout: float = 0.0
     ps_shards: int = 0
     tpu: str | None = None
     tpu_zone: str | None = None
@@ -139,7 +132,7 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         for key in ("worker_hosts", "ps_hosts"):
             object.__setattr__(self, key, _as_hosts(key, getattr(self, key)))
-        for key in ("cluster_timeout", "heartbeat_timeout", "collective_timeout"):
+        for key in ("cluster_timeout", "heartbeat_timeout"):
             value = getattr(self, key)
             if isinstance(value, numbers.Real) and not isinstance(value, bool):
                 object.__setattr__(self, key, float(value))
@@ -196,7 +189,7 @@ def _check_types(c: StrategyConfig) -> None:
     for key in ("num_gpus", "task_index"):
         if getattr(c, key) is not None and not is_int(getattr(c, key)):
             raise invalid(key, getattr(c, key), "an integer or None")
-    for key in ("cluster_timeout", "heartbeat_timeout", "collective_timeout"):
+    for key in ("cluster_timeout", "heartbeat_timeout"):
         if not isinstance(getattr(c, key), float):
             raise invalid(key, getattr(c, key), "a number of seconds")
     if not isinstance(c.allow_public_addresses, bool):
@@ -232,9 +225,6 @@ def _check_values(c: StrategyConfig) -> None:
     if not (math.isfinite(c.heartbeat_timeout) and (c.heartbeat_timeout == 0 or 1 <= c.heartbeat_timeout <= MAX_HEARTBEAT_TIMEOUT)):
         raise invalid("heartbeat_timeout", c.heartbeat_timeout,
                       f"0 (TensorFlow's default) or 1 to {MAX_HEARTBEAT_TIMEOUT:g} seconds")
-    if not (math.isfinite(c.collective_timeout) and 0 <= c.collective_timeout <= MAX_HEARTBEAT_TIMEOUT):
-        raise invalid("collective_timeout", c.collective_timeout,
-                      f"0 (none) or up to {MAX_HEARTBEAT_TIMEOUT:g} seconds")
     if c.ps_shards < 0:
         raise invalid("ps_shards", c.ps_shards, "0 (size-based sharding) or a positive shard count")
     for key in ("worker_hosts", "ps_hosts"):

@@ -116,7 +116,6 @@ BAD_INPUTS = [
     ("kwargs", dict(allow_public_addresses="yes"), "allow_public_addresses"),
     ("kwargs", dict(strategy="multi_worker_mirrored", heartbeat_timeout=0.5), "heartbeat_timeout"),
     ("kwargs", dict(strategy="multi_worker_mirrored", heartbeat_timeout=float("nan")), "heartbeat_timeout"),
-    ("kwargs", dict(strategy="multi_worker_mirrored", collective_timeout=-1), "collective_timeout"),
     ("kwargs", dict(strategy="mirrored", heartbeat_timeout=5), "heartbeat_timeout"),
     ("kwargs", dict(strategy="tpu", tpu="My TPU!"), "tpu"),
     ("kwargs", dict(strategy="tpu", tpu="grpc://10.0.0.2"), "tpu"),

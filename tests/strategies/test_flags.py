@@ -38,7 +38,7 @@ PLATFORM_FLAGS = {
     "virtual_cpus": dict(strategy="mirrored", virtual_cpus="2", all_reduce="reduce_to_one"),
     "multi_worker": dict(strategy="multi_worker_mirrored", worker_hosts="10.0.0.1:2222,10.0.0.2:2222",
                          task_type="worker", task_index="1", all_reduce="ring", cluster_timeout="30",
-                         heartbeat_timeout="5", collective_timeout="60"),
+                         heartbeat_timeout="5"),
     "parameter_server": dict(strategy="parameter_server", chief_host="10.0.0.1:2222",
                              worker_hosts="10.0.0.2:2222", ps_hosts="10.0.0.3:2222",
                              task_type="ps", task_index="0", ps_shards="4"),
