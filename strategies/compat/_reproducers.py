@@ -423,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in REPRODUCERS:
         results.setdefault(r.name, "not run")
     print(table(results))
+    if args.report:  # Written now too, so that a suite cut short still leaves the table.
+        with open(args.report, "w") as f:
+            f.write(report(results, "(running)" if args.suite else None))
     suite = _suite() if args.suite else None
     if suite is not None:
         print(suite)
