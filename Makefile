@@ -28,7 +28,7 @@ NOX    := $(BIN)/python -m nox --no-color
 CORNERS = fast_tf_min colab
 
 .PHONY: train test test-fast test-cluster test-matrix python lint docs bench bench-fit bench-optimizers \
-        device-check set-repo clean fuzz
+        device-check set-repo clean fuzz test-upstream
 
 # One line, naming the supported versions, when PYTHON is missing or unsupported.
 python_version = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
@@ -102,3 +102,16 @@ clean:
 FUZZ_EXAMPLES ?= 20000
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_FULL_RUNS=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/launch/test_fuzz_inputs.py
+
+# Early warning from upstream (docs/upstream.md): a throwaway venv with today's
+# keras-nightly and tf-nightly runs the reproducer of every workaround in
+# strategies/compat (is the upstream bug still there?), then the fast suite,
+# and writes both results to docs/upstream.md. Not part of `make test`.
+UPSTREAM_VENV := .venv-upstream
+test-upstream:
+	$(check_python)test -x $(UPSTREAM_VENV)/bin/python || $(PYTHON) -m venv $(UPSTREAM_VENV)
+	$(UPSTREAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(UPSTREAM_VENV)/bin/python -m pip install --quiet --upgrade --pre tf-nightly keras-nightly
+	$(UPSTREAM_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(UPSTREAM_VENV)/bin/python -m pip install --quiet $$($(UPSTREAM_VENV)/bin/python -m strategies.compat._reproducers --requirements)
+	$(UPSTREAM_VENV)/bin/python -m strategies.compat._reproducers --report=docs/upstream.md --suite

@@ -2,6 +2,8 @@ r"""A chaos soak: SIGKILL tasks of a training job at seeded moments, check that 
 
     python -m launch.chaos                       # 2-worker MWMS, 300 steps, 5 kills, then a PS job
     python -m launch.chaos --epochs=2 --steps_per_epoch=10 --kills=2 --noparameter_server   # a short one
+    python -m launch.chaos --kill=ps          # a parameter-server job, killing its ps task (or --kill=chief)
+    python -m launch.chaos --hang --noparameter_server --job_heartbeat_timeout=3   # SIGSTOP: hung peers
 
 For the multi-worker (MultiWorkerMirrored) job it runs, on 127.0.0.1:
 
@@ -18,7 +20,13 @@ task, how, the checkpoint it resumed from, steps redone), then the totals
 (kills, restarts, steps redone, time lost against the reference, final max
 |dw|). The parameter-server job (``--parameter_server``) gets worker kills only, and is
 checked for the exact step count: its updates are asynchronous, so equality
-with a reference is not defined.
+with a reference is not defined; its final eval accuracy is reported beside an
+uninterrupted PS run's. ``--kill=ps`` and ``--kill=chief`` soak only a
+parameter-server job, killing its ps task or its chief (which restarts every
+task, resuming from the newest checkpoint). ``--hang`` SIGSTOPs the victim
+instead and never resumes it, so that the job's heartbeat (``--heartbeat_timeout``,
+see docs/reliability.md) must fail the step; the table then says how long
+that took.
 
 Exit status: 0 when every check holds, 1 when one fails (the table says which).
 """
@@ -54,6 +62,16 @@ _KILLS = flags.DEFINE_integer("kills", 5, "SIGKILLs to deliver (one inside a che
 _SEED = flags.DEFINE_integer("chaos_seed", 0, "Seeds the kill schedule (and the job's --seed).", lower_bound=0)
 _PS = flags.DEFINE_boolean("parameter_server", True,
                            "Also soak a parameter-server job (worker kills, step count only).")
+_KILL = flags.DEFINE_enum(
+    "kill", "worker", ["worker", "ps", "chief"],
+    "Which task type to kill. worker: the multi-worker job, then (with --parameter_server) a PS job's "
+    "workers; ps or chief: a parameter-server job's ps task or its chief (coordinator) only.")
+_HANG = flags.DEFINE_boolean(
+    "hang", False, "SIGSTOP the victim instead of SIGKILL, and never resume it (a hung peer); "
+                   "the multi-worker job only (--kill=worker, no PS job).")
+_HEARTBEAT = flags.DEFINE_float(
+    "job_heartbeat_timeout", 0.0, "Passed to the job as --heartbeat_timeout (0: TensorFlow's default).",
+    lower_bound=0.0)
 _WORK_DIR = flags.DEFINE_string("work_dir", None, "Where runs go (default: a new temporary directory).")
 _DATA_DIR = flags.DEFINE_string("digits_dir", None, "TFDS data_dir for the digits (default: under work_dir).")
 # --workers (2) and --timeout (seconds per job; 0: 900) are launch.local_cluster's own flags.
@@ -92,6 +110,8 @@ class Kill:
     step: int | None = None  # The victim's cluster was at this step when killed.
     resumed_from: int | None = None  # The newest committed checkpoint then.
     at_seconds: float | None = None
+    hang: bool = False  # SIGSTOP, never resumed.
+    detected_after: float | None = None  # Seconds from the signal to local_cluster's restart.
 
     @property
     def redone(self) -> int | None:
@@ -110,6 +130,8 @@ class Report:
     reference_seconds: float | None
     max_abs_dw: float | None
     failures: list[str]
+    accuracy: float | None = None  # Final eval accuracy (asynchronous jobs).
+    reference_accuracy: float | None = None
 
     def table(self) -> str:
         rows = [f"{self.name}: {self.planned_steps} planned steps",
@@ -118,6 +140,9 @@ class Report:
         for i, kill in enumerate(self.kills, 1):
             how = ("SIGKILL inside a checkpoint write" if kill.in_write
                    else "SIGKILL after an epoch's last step" if kill.at_epoch_end else "SIGKILL")
+            if kill.hang:
+                how = "SIGSTOP, never resumed" + ("" if kill.detected_after is None
+                                                  else f"; step failed after {kill.detected_after:.1f} s")
             rows.append(f"| {i} | {_s(kill.step)} | {kill.victim} | {how} | {_s(kill.resumed_from)} | "
                         f"{_s(kill.redone)} |")
         known = [k.redone for k in self.kills if k.redone is not None]
@@ -127,9 +152,17 @@ class Report:
                  "|---|---|---|---|---|---|",
                  f"| {sum(k.step is not None for k in self.kills)} | {self.restarts} | {redone} | "
                  f"{'n/a' if lost is None else f'{lost:.1f} s'} | {_s(self.steps)} | "
-                 f"{'n/a (asynchronous)' if self.max_abs_dw is None else f'{self.max_abs_dw:g}'} |"]  # fmt: skip
+                 f"{self._outcome()} |"]  # fmt: skip
         rows.append("result: " + ("OK" if not self.failures else "FAILED: " + "; ".join(self.failures)))
         return "\n".join(rows)
+
+
+    def _outcome(self) -> str:
+        if self.max_abs_dw is not None:
+            return f"{self.max_abs_dw:g}"
+        if self.accuracy is None or self.reference_accuracy is None:
+            return "n/a (asynchronous)"
+        return f"n/a (asynchronous); eval accuracy {self.accuracy:.4f}, uninterrupted {self.reference_accuracy:.4f}"
 
 
 def _s(value: Any) -> str:
@@ -140,7 +173,9 @@ def train_args(model_dir: str, data_dir: str, strategy: str) -> list[str]:
     return [f"--strategy={strategy}", "--model=mlp", "--dataset=digits", f"--data_dir={data_dir}",
             "--batch_size=32", f"--epochs={_SHARED.epochs}", f"--steps_per_epoch={_SHARED.steps_per_epoch}",
             f"--checkpoint_every_steps={_EVERY.value}", f"--seed={_SEED.value}", f"--model_dir={model_dir}",
-            "--cluster_timeout=120"]  # fmt: skip
+            "--cluster_timeout=120",
+            *([f"--heartbeat_timeout={_HEARTBEAT.value:g}"] if _HEARTBEAT.value and strategy != "parameter_server"
+              else [])]  # fmt: skip
 
 
 def _newest_checkpoint(model_dir: str) -> int:
@@ -189,13 +224,18 @@ def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
     kills_n = _KILLS.value
     low = min(_EVERY.value + 2, planned - 1)
     targets = _kill_steps(rng, low, planned, _SHARED.steps_per_epoch, kills_n)
-    # The PS chief is not killed. The in-write kill is not the epoch-end one, so that both land.
+    # The in-write kill is not the epoch-end one, so that both land; a PS job (whose chief
+    # writes) and a hang get none.
     plain = [i for i, t in enumerate(targets) if t % _SHARED.steps_per_epoch] or list(range(len(targets)))
-    in_write = rng.choice(plain) if not ps else -1
-    victims = [f"worker {i}" for i in range(_WORKERS.value)]
+    in_write = rng.choice(plain) if not ps and not _HANG.value else -1
+    victims = {"worker": [f"worker {i}" for i in range(_WORKERS.value)], "ps": ["ps 0"],
+               "chief": ["chief 0"]}[_KILL.value if ps else "worker"]  # fmt: skip
     kills = [Kill(t, "worker 0" if i == in_write else rng.choice(victims), i == in_write,
-                  at_epoch_end=t % _SHARED.steps_per_epoch == 0)
+                  at_epoch_end=t % _SHARED.steps_per_epoch == 0, hang=_HANG.value and not ps)
              for i, t in enumerate(targets)]  # fmt: skip
+    # A lost PS worker's steps are re-run by the coordinator, which is not restarted;
+    # a lost ps or chief restarts every task, which resume from the newest checkpoint.
+    resumes = not ps or _KILL.value != "worker"
     command = [sys.executable, "-m", "launch._chaos_task", progress, *train_args(model_dir, data_dir, strategy)]
     cluster = local_cluster.LocalCluster(
         command, workers=_WORKERS.value, ps=1 if ps else 0, chief=ps, timeout=_timeout(),
@@ -221,20 +261,24 @@ def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
             task = next(t for t in cluster.tasks if t.name == kill.victim)
             # A parameter-server coordinator is not restarted for a worker: it re-runs
             # the lost worker's steps elsewhere, so "resumed from" does not apply.
-            kill.step, kill.resumed_from = _progress(progress), None if ps else _newest_checkpoint(model_dir)
+            kill.step, kill.resumed_from = _progress(progress), _newest_checkpoint(model_dir) if resumes else None
             kill.at_seconds = time.monotonic() - start
             restarts, victim_pid = sum(cluster.restarts.values()), task.pid
             if task.process is not None:
-                local_cluster._signal_group(task.process, signal.SIGKILL)
+                # A stopped task is SIGKILLed by local_cluster's restart (and by its stop()).
+                local_cluster._signal_group(task.process, signal.SIGSTOP if kill.hang else signal.SIGKILL)
             # Wait for local_cluster to restart it (and, for MWMS, every task), so
             # that no old process reports progress after the files are cleared.
-            while waiter.is_alive() and (sum(cluster.restarts.values()) == restarts or task.pid == victim_pid):
+            while waiter.is_alive() and sum(cluster.restarts.values()) == restarts:
+                time.sleep(_POLL)
+            kill.detected_after = time.monotonic() - start - kill.at_seconds
+            while waiter.is_alive() and task.pid == victim_pid:
                 time.sleep(_POLL)
             for path in glob.glob(os.path.join(progress, "*")):  # The restarted tasks report afresh.
                 os.remove(path)
         waiter.join(timeout=_timeout())
     finally:
-        cluster.stop()
+        cluster.stop()  # SIGTERM, then SIGKILL: a stopped task too.
     seconds = time.monotonic() - start
     outcome = result.get("r")
     failures = []
@@ -246,18 +290,25 @@ def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
         failures.append(f"{steps} steps, planned {planned}")
     lines = "\n".join(f"[{t.name}] {line}" for t in cluster.tasks for line in list(t.lines)[-15:])
     report = Report(name, planned, kills, returncode, sum(cluster.restarts.values()), steps, seconds,
-                    reference_seconds, None, failures)  # fmt: skip
+                    reference_seconds, None, failures, accuracy=_final(model_dir, "accuracy"))  # fmt: skip
     return report, lines
 
 
 def _final_steps(model_dir: str) -> int | None:
+    steps = _final(model_dir, "steps")
+    return None if steps is None else int(steps)
+
+
+def _final(model_dir: str, key: str) -> float | None:
+    """``steps``, or the eval ``accuracy``, from the run's summary.json (None without one)."""
     import json
 
     path = os.path.join(model_dir, "summary.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return int(json.load(f)["steps"])
+        summary = json.load(f)
+    return summary["steps"] if key == "steps" else summary["eval"].get(key)
 
 
 def max_abs_difference(model_dir: str, reference_dir: str) -> float:
@@ -275,18 +326,38 @@ def max_abs_difference(model_dir: str, reference_dir: str) -> float:
                for x, y in pairs)  # fmt: skip
 
 
-def run_chaos(work: str, data_dir: str) -> list[Report]:
-    """The MWMS soak against its reference, then (with --ps) the PS soak."""
-    reports = []
-    reference_dir = os.path.join(work, "mwms-reference")
+def _reference(name: str, strategy: str, work: str, data_dir: str, *, ps: bool) -> tuple[str, float]:
+    """Runs the job uninterrupted; returns its model_dir and wall time."""
+    reference_dir = os.path.join(work, f"{name}-reference")
     start = time.monotonic()
     reference = local_cluster.run_cluster(
-        [sys.executable, "-m", "launch.train", *train_args(reference_dir, data_dir, "multi_worker_mirrored")],
-        workers=_WORKERS.value, timeout=_timeout(), output=None, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
-    reference_seconds = time.monotonic() - start
+        [sys.executable, "-m", "launch.train", *train_args(reference_dir, data_dir, strategy)],
+        workers=_WORKERS.value, ps=1 if ps else 0, chief=ps, timeout=_timeout(), output=None,
+        env={"TF_CPP_MIN_LOG_LEVEL": "2"})  # fmt: skip
     if reference.returncode != 0:
         raise RuntimeError(f"the reference run failed: {reference.reason}\n" +
                            "\n".join(line for lines in reference.output.values() for line in lines[-10:]))
+    return reference_dir, time.monotonic() - start
+
+
+def run_chaos(work: str, data_dir: str) -> list[Report]:
+    """The MWMS soak against its reference (--kill=worker), then the PS soak against its own."""
+    reports = []
+    if _KILL.value == "worker":
+        reports.append(_mwms_chaos(work, data_dir))
+    if _KILL.value != "worker" or (_PS.value and not _HANG.value):
+        reference_dir, reference_seconds = _reference("ps", "parameter_server", work, data_dir, ps=True)
+        report, lines = _soak("ps", "parameter_server", work, data_dir, ps=True,
+                              reference_seconds=reference_seconds)  # fmt: skip
+        report.reference_accuracy = _final(reference_dir, "accuracy")
+        if report.failures:
+            print(lines, file=sys.stderr)
+        reports.append(report)
+    return reports
+
+
+def _mwms_chaos(work: str, data_dir: str) -> Report:
+    reference_dir, reference_seconds = _reference("mwms", "multi_worker_mirrored", work, data_dir, ps=False)
     report, lines = _soak("mwms", "multi_worker_mirrored", work, data_dir, ps=False,
                           reference_seconds=reference_seconds)  # fmt: skip
     if report.steps is not None:
@@ -295,20 +366,14 @@ def run_chaos(work: str, data_dir: str) -> list[Report]:
             report.failures.append(f"final max |dw| = {report.max_abs_dw:g}, not 0")
     if report.failures:
         print(lines, file=sys.stderr)
-    reports.append(report)
-    if _PS.value:
-        report, lines = _soak("ps", "parameter_server", work, data_dir, ps=True, reference_seconds=None)
-        if report.failures:
-            print(lines, file=sys.stderr)
-        reports.append(report)
-    return reports
+    return report
 
 
 def main(argv: Sequence[str]) -> int:
     _console.check_no_positional(PROG, argv)
     work = _WORK_DIR.value or tempfile.mkdtemp(prefix="chaos-")
     os.makedirs(work, exist_ok=True)
-    for name in ("mwms-chaos", "mwms-progress", "ps-chaos", "ps-progress", "mwms-reference"):
+    for name in ("mwms-chaos", "mwms-progress", "ps-chaos", "ps-progress", "mwms-reference", "ps-reference"):
         shutil.rmtree(os.path.join(work, name), ignore_errors=True)
     data_dir = _DATA_DIR.value or os.path.join(work, "data")
     from launch import _data

@@ -244,7 +244,7 @@ class LocalCluster:
                                 f"{done} restart(s), the most --max_restarts={self.max_restarts} allows",
                                 task.name)
                         return self._finish(code if code > 0 else 1,
-                                            f"{task.name} failed with exit code {code}", task.name)
+                                            f"{task.name} failed with exit code {code}{_said(task)}", task.name)
                     self._say(f"[local_cluster] {task.name} exited with code {code}; " + (
                         "training goes on without it." if task.type == "evaluator" else
                         "the coordinator re-runs its steps on the other workers."))
@@ -328,6 +328,16 @@ class LocalCluster:
     @property
     def pids(self) -> list[int]:
         return [t.pid for t in self.tasks if t.pid is not None]
+
+
+def _said(task: Task) -> str:
+    """``: <its error line>`` when the task's last line is a launcher's one-line error, else ``""``.
+
+    The line says why (e.g. which peer stopped sending heartbeats), which the
+    exit code alone does not.
+    """
+    last = next((line for line in reversed(task.lines) if line.strip()), "")
+    return f": {last.strip()}" if ": error: " in last else ""
 
 
 def how_it_died(code: int) -> str:

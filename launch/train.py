@@ -34,6 +34,7 @@ from absl import flags, logging
 
 import strategies
 from launch import _console, _data, _flags, _job, _models, _optimizers, _outputs, _paths, _schedules
+from strategies import cluster as strategies_cluster
 from strategies import flags as strategy_flags
 
 _D = _job.Job()  # The flags' defaults are the default job's.
@@ -191,6 +192,16 @@ def main(argv: Sequence[str]) -> None:
         # Not an error: the checkpoint is saved; 143 tells a scheduler to restart the job.
         print(f"{PROG}: {e}", file=sys.stderr)
         sys.exit(_console.EXIT_PREEMPTED)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+        # A hung or dead peer (docs/reliability.md). Exit 1, not 2: a restart
+        # (local_cluster --max_restarts) resumes from the newest checkpoint.
+        lost = strategies_cluster.lost_tasks(e.message)
+        if not lost:
+            raise
+        print(f"{PROG}: error: lost {', '.join(lost)} of the cluster: no heartbeat for --heartbeat_timeout "
+              "seconds (hung or dead); this step failed. Restart the job to resume from the newest "
+              "checkpoint.", file=sys.stderr)
+        sys.exit(_console.EXIT_FAILED)
     except tf.errors.DataLossError as e:  # A record file that streams in corrupt, mid-training.
         _console.fail(PROG,
             f"corrupt data in --data_dir={_DATA_DIR.value or _data.default_data_dir()} for "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import socket
 import threading
 import time
@@ -157,6 +158,24 @@ def is_chief(cluster: Mapping[str, Sequence[str]], task_type: str, task_index: i
 def task_name(task_type: str, task_index: int) -> str:
     """The name a message uses for a task, e.g. ``"worker 1"``."""
     return f"{task_type} {task_index}"
+
+
+_TASK_DEVICE = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
+def lost_tasks(message: str) -> list[str]:
+    """The tasks a TensorFlow error says stopped sending heartbeats, e.g. ``["worker 1"]``.
+
+    MultiWorkerMirrored's coordination service aborts every collective when a
+    task misses its heartbeats for ``--heartbeat_timeout`` seconds (a hung or
+    dead peer), with an error that lists them after "The following tasks are
+    unhealthy" (TF 2.20-2.21 wording). An empty list when it names none.
+    """
+    _, found, rest = message.partition("unhealthy")
+    if not found:
+        return []
+    names = [task_name(job, int(index)) for job, index in _TASK_DEVICE.findall(rest.split("\n\n")[0])]
+    return list(dict.fromkeys(names))
 
 
 def free_ports(n: int) -> list[int]:

@@ -55,6 +55,11 @@ _TASK_INDEX = flags.DEFINE_integer(
 _CLUSTER_TIMEOUT = flags.DEFINE_float(
     "cluster_timeout", 120.0, "Seconds to wait for every peer (or a grpc:// TPU) before failing with its name."
 )
+_HEARTBEAT_TIMEOUT = flags.DEFINE_float(
+    "heartbeat_timeout", 0.0,
+    "multi_worker_mirrored: seconds without a heartbeat before a task counts as lost and the step "
+    "fails (a hung peer); 0: TensorFlow's default, 10 s. See docs/reliability.md.",
+)  # fmt: skip
 _PS_SHARDS = flags.DEFINE_integer(
     "ps_shards", 0,
     "parameter_server: 0 = shard variables by size (>=256 KiB a shard, at most one per ps); N = N shards each.",
@@ -77,7 +82,7 @@ HOLDERS: dict[str, flags.FlagHolder] = {
     h.name: h
     for h in (
         _STRATEGY, _DEVICE, _NUM_GPUS, _VIRTUAL_CPUS, _ALL_REDUCE, _WORKER_HOSTS, _PS_HOSTS, _CHIEF_HOST,
-        _TASK_TYPE, _TASK_INDEX, _CLUSTER_TIMEOUT, _PS_SHARDS, _TPU, _TPU_ZONE, _GCP_PROJECT, _MIXED_PRECISION,
+        _TASK_TYPE, _TASK_INDEX, _CLUSTER_TIMEOUT, _HEARTBEAT_TIMEOUT, _PS_SHARDS, _TPU, _TPU_ZONE, _GCP_PROJECT, _MIXED_PRECISION,
         _ALLOW_PUBLIC_ADDRESSES,
     )
 }  # fmt: skip
@@ -86,7 +91,7 @@ HOLDERS: dict[str, flags.FlagHolder] = {
 _GROUPS = {
     "device": ("strategy", "device", "num_gpus", "virtual_cpus", "all_reduce"),
     "cluster": ("strategy", "worker_hosts", "ps_hosts", "chief_host", "task_type", "task_index",
-                "ps_shards", "cluster_timeout"),
+                "ps_shards", "cluster_timeout", "heartbeat_timeout"),
     "tpu": ("strategy", "tpu", "tpu_zone", "gcp_project"),
 }  # fmt: skip
 

@@ -34,6 +34,11 @@ def multi_worker_mirrored(config: StrategyConfig) -> tf.distribute.Strategy:
             config.all_reduce
         ]
     )
+    if config.heartbeat_timeout:
+        # How long a hung peer (alive, silent) blocks a collective before the step fails.
+        from strategies.compat import _tf_internals  # Lazily: it loads Keras.
+
+        _tf_internals.configure_heartbeat(found.spec, found.task_type, config.heartbeat_timeout)
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=found.resolver(gpus), communication_options=options)
     except RuntimeError as e:

@@ -27,6 +27,8 @@ ALL_REDUCE = {
 ALL_REDUCE_CHOICES = ("auto", "nccl", "hierarchical_copy", "reduce_to_one", "ring")
 # Task types that flags can describe; an `evaluator` watches the cluster from outside it.
 FLAG_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
+# The coordination service takes milliseconds in an int32 (and beats twice per timeout).
+MAX_HEARTBEAT_TIMEOUT = 86_400.0
 _HOST_KEYS = ("chief_host", "worker_hosts", "ps_hosts")
 _CLUSTER_STRATEGIES = ("auto", "multi_worker_mirrored", "parameter_server")
 # Which strategies read each optional field; a built-in strategy given a field
@@ -42,6 +44,7 @@ _USED_BY = {
     "task_index": _CLUSTER_STRATEGIES,
     "ps_hosts": ("auto", "parameter_server"),
     "ps_shards": ("auto", "parameter_server"),
+    "heartbeat_timeout": ("auto", "multi_worker_mirrored"),
     "tpu": ("auto", "tpu"),
     "tpu_zone": ("auto", "tpu"),
     "gcp_project": ("auto", "tpu"),
@@ -79,6 +82,13 @@ class StrategyConfig:
             ``evaluator`` (a side-car evaluator, which has no host of its own).
         task_index: This process's index within ``task_type``.
         cluster_timeout: Seconds to wait for every peer to be reachable.
+        heartbeat_timeout: `multi_worker_mirrored`: seconds without a heartbeat
+            after which TensorFlow's coordination service declares a task lost
+            and aborts every collective, so that a hung peer (a stopped VM, a
+            partitioned network) fails the step instead of blocking it
+            forever. 0 keeps TensorFlow's default (10 s). It does not cover a
+            hung *leader* (the chief, else worker 0), which hosts the service
+            (docs/reliability.md).
         ps_shards: `parameter_server`: 0 shards each variable with
             ``MinSizePartitioner(256 KiB, max_shards=#ps)``; N > 0 with
             ``FixedShardsPartitioner(N)``.
@@ -112,6 +122,7 @@ class StrategyConfig:
     task_type: str | None = None
     task_index: int | None = None
     cluster_timeout: float = 120.0
+    heartbeat_timeout: float = 0.0
     ps_shards: int = 0
     tpu: str | None = None
     tpu_zone: str | None = None
@@ -122,10 +133,10 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         for key in ("worker_hosts", "ps_hosts"):
             object.__setattr__(self, key, _as_hosts(key, getattr(self, key)))
-        if isinstance(self.cluster_timeout, numbers.Real) and not isinstance(
-            self.cluster_timeout, bool
-        ):
-            object.__setattr__(self, "cluster_timeout", float(self.cluster_timeout))
+        for key in ("cluster_timeout", "heartbeat_timeout"):
+            value = getattr(self, key)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                object.__setattr__(self, key, float(value))
         _check_types(self)
         _check_values(self)
         _check_used(self)
@@ -179,8 +190,9 @@ def _check_types(c: StrategyConfig) -> None:
     for key in ("num_gpus", "task_index"):
         if getattr(c, key) is not None and not is_int(getattr(c, key)):
             raise invalid(key, getattr(c, key), "an integer or None")
-    if not isinstance(c.cluster_timeout, float):
-        raise invalid("cluster_timeout", c.cluster_timeout, "a number of seconds")
+    for key in ("cluster_timeout", "heartbeat_timeout"):
+        if not isinstance(getattr(c, key), float):
+            raise invalid(key, getattr(c, key), "a number of seconds")
     if not isinstance(c.allow_public_addresses, bool):
         raise invalid("allow_public_addresses", c.allow_public_addresses, "True or False")
 
@@ -211,6 +223,9 @@ def _check_values(c: StrategyConfig) -> None:
         raise invalid("task_type", c.task_type, one_of(FLAG_TASK_TYPES))
     if not (math.isfinite(c.cluster_timeout) and c.cluster_timeout > 0):
         raise invalid("cluster_timeout", c.cluster_timeout, "a positive, finite number of seconds")
+    if not (math.isfinite(c.heartbeat_timeout) and (c.heartbeat_timeout == 0 or 1 <= c.heartbeat_timeout <= MAX_HEARTBEAT_TIMEOUT)):
+        raise invalid("heartbeat_timeout", c.heartbeat_timeout,
+                      f"0 (TensorFlow's default) or 1 to {MAX_HEARTBEAT_TIMEOUT:g} seconds")
     if c.ps_shards < 0:
         raise invalid("ps_shards", c.ps_shards, "0 (size-based sharding) or a positive shard count")
     for key in ("worker_hosts", "ps_hosts"):

@@ -1,6 +1,6 @@
 """The private TensorFlow APIs that `strategies.training` reads, each behind a version check.
 
-TensorFlow offers no public API for these three needs:
+TensorFlow offers no public API for these four needs:
 
 * **The global ``tf.random.Generator``, only if the program made one.**
   ``tf.random.get_global_generator()`` creates one (from fresh entropy) when
@@ -10,6 +10,10 @@ TensorFlow offers no public API for these three needs:
   workers share: the preemption protocol agrees on a stop step through it
   (`strategies.training._preemption`). ``tf.distribute`` uses it internally
   (``PreemptionCheckpointHandler``) but exposes only the whole handler.
+* **The coordination service's heartbeat timeout.** MultiWorkerMirrored
+  configures the service itself, with TensorFlow's default timeout (10 s),
+  unless one is configured already; `configure_heartbeat` configures it first,
+  the same way but with the user's timeout (``--heartbeat_timeout``).
 * **The ops of a dataset's graph**, to tell whether reading one batch of it
   ahead (the input checks, `strategies.training._fit_checks`) would move a
   stateful op (a random shuffle) that training then sees in another state.
@@ -54,6 +58,34 @@ def _context():  # Returns a tensorflow.python.eager.context.Context.
     from tensorflow.python.eager import context
 
     return context.context()
+
+
+def configure_heartbeat(cluster_spec: dict[str, list[str]], task_type: str, seconds: float) -> None:
+    """Configures the coordination service MultiWorkerMirrored uses, with a heartbeat timeout.
+
+    What ``CollectiveAllReduceExtended._initialize_multi_worker`` does (TF
+    2.20/2.21: a standalone service led by the chief, else worker 0, that
+    coordinates the chief and worker jobs), plus ``heartbeat_timeout_in_ms``.
+    MultiWorkerMirroredStrategy then finds the service configured and keeps it.
+    Call it before the strategy is built (before TensorFlow initializes).
+    """
+    _keras_compat.check_versions("the coordination service's heartbeat timeout "
+                                 "(tensorflow.python.eager.context, no public API)")
+    from tensorflow.python.distribute import collective_all_reduce_strategy, multi_worker_util
+    from tensorflow.python.eager import context
+
+    spec = tf.train.ClusterSpec(cluster_spec)
+    jobs = ["chief", "worker"]
+    if task_type not in jobs or context.context().coordination_service is not None:
+        return
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        heartbeat_timeout_in_ms=int(seconds * 1000),
+        # The proto module MultiWorkerMirrored itself uses (it moved between TF versions).
+        coordinated_jobs=[collective_all_reduce_strategy.coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+                          for job in jobs if job in spec.jobs],
+    )
 
 
 def dataset_ops(dataset: tf.data.Dataset) -> set[str] | None:

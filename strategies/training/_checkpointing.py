@@ -141,6 +141,11 @@ class Checkpointer:
         try:
             status = self._restorable.restore(path)
             status.assert_existing_objects_matched()
+            # Every object of this part matched. The checkpoint's other values
+            # (``resume.*``: the generator, history, metrics) are read by the next
+            # line; without this, TF would log each of them as "could not be found
+            # in the restored object" although nothing is dropped (_resume.ResumeState.restore).
+            status.expect_partial()
             self.resume_state.restore(path)
         except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
             # A checkpoint without a signature (or one Keras still cannot load).

@@ -43,8 +43,15 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from strategies.compat import _tf_internals
+from strategies.compat import _keras_compat, _tf_internals
 from strategies.training import _data
+
+# The checkpoint key prefix of the generator's state (``ResumeState.tf_random_generator``).
+GENERATOR_KEY = "resume/tf_random_generator/"
+
+
+class GeneratorMismatchError(ValueError):
+    """The checkpoint holds a global tf.random.Generator's state and this program has none."""
 
 
 class ResumeState(tf.Module):
@@ -66,7 +73,22 @@ class ResumeState(tf.Module):
             self.tf_random_generator = generator
 
     def restore(self, path: str) -> None:
-        """Restores what ``path`` holds of this state; a part it lacks keeps its value."""
+        """Restores what ``path`` holds of this state; a part it lacks keeps its value.
+
+        Lenient on purpose in one direction: a checkpoint written before a part
+        existed (or by a program without a global generator) restores, and that
+        part keeps its fresh value. The other direction drops state, so it is
+        refused: the checkpoint holds TensorFlow's global generator and this
+        program made none before ``fit`` (or made it after `ResumeState`).
+        """
+        reader = _keras_compat.checkpoint_reader(path)  # ram:// too.
+        if not hasattr(self, "tf_random_generator") and any(
+                key.startswith(GENERATOR_KEY) for key in reader.get_variable_to_shape_map()):
+            raise GeneratorMismatchError(
+                "it holds the state of TensorFlow's global tf.random.Generator, but this program "
+                "made none before strategies.fit, so that state would be dropped and random draws "
+                "would differ from the uninterrupted run (call tf.random.set_global_generator(...) "
+                "before fit, as the run that wrote it did)")
         tf.train.Checkpoint(resume=self).restore(path).expect_partial()
 
     def record_history(self, epochs: list[int], history: dict[str, list[float]]) -> None:

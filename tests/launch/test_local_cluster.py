@@ -176,6 +176,16 @@ def test_cli_propagates_the_first_failure():
     assert "[local_cluster] worker 0 failed with exit code 7" in out
 
 
+def test_a_failed_task_s_one_line_error_is_the_reason():
+    # E.g. launch.train naming a hung peer: the exit code alone does not say which.
+    launcher = _cli("--workers=1", "--timeout=60", "--", *_program(
+        "print('train: error: lost worker 1 of the cluster', file=sys.stderr, flush=True); sys.exit(1)"))
+    out, _ = launcher.communicate(timeout=30)
+    assert launcher.returncode == 1
+    assert ("[local_cluster] worker 0 failed with exit code 1: train: error: lost worker 1 of the "
+            "cluster; stopped every task.") in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--workers=0", "--", "true"], "--workers must be at least 1. Received: workers=0."),
     (["--workers=1", "--ps=1", "--", "true"], "needs a coordinator: add --chief"),
