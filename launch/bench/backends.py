@@ -2,7 +2,7 @@ r"""tfopt's step time against the Keras built-in, on JAX and PyTorch: ``python -
 
 For each optimizer whose rule Keras also ships (Adam, SGD with momentum,
 Adagrad, LAMB), on one fp32 variable of ``--size`` parameters (default 16M,
-M = 2**20), under each ``--backends`` entry, it times one ``optimizer``
+M = 2**20; ``--params``), under each ``--backends`` entry, it times one ``optimizer``
 step the way that backend runs it:
 
 * JAX: ``optimizer.stateless_apply`` in ``jax.jit``, the variables' buffers
@@ -10,14 +10,15 @@ step the way that backend runs it:
 * PyTorch: ``optimizer.apply`` (eager, under ``torch.no_grad``).
 
 A Keras backend is chosen at import, so each backend runs in its own
-process. Rounds are interleaved: each round times ``--steps`` steps of the
-tfopt optimizer, then of Keras', so that both see the same machine load; the
-ratio is of the two medians over ``--rounds`` rounds (< 1: tfopt is faster).
+process. Rounds are interleaved: each round times ``--round_steps`` steps of
+the tfopt optimizer, then of Keras', so that both see the same machine load;
+the ratio is of the two medians over ``--backend_rounds`` rounds (< 1: tfopt
+is faster).
 It prints a Markdown table and writes it, with every number and the machine,
 to ``--output_dir`` (``backends.md``, ``backends.json``)::
 
     python -m launch.bench.backends
-    python -m launch.bench.backends --backends=jax --size=1M --rounds=3
+    python -m launch.bench.backends --backends=jax --params=1M --backend_rounds=3
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 from absl import flags
 
-from launch import _console, _provenance
+from launch import _console, _flags, _provenance
 
 PROG = "launch.bench.backends"
 BACKENDS = ("jax", "torch")
@@ -46,19 +47,23 @@ PAIRS: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
     "lamb": ({}, "Lamb", {}),
 }
 
+# Names no other launch module defines: every entry point imports into one
+# process (tests/launch/test_entry_points.py).
 _BACKENDS = flags.DEFINE_list("backends", list(BACKENDS), f"Keras backends to time: {BACKENDS}.")
-_SIZE = flags.DEFINE_string("size", "16M", "Parameters of the variable: a count, K or M suffix.")
-_ROUNDS = flags.DEFINE_integer("rounds", 7, "Interleaved rounds (tfopt, then Keras).", lower_bound=1)
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per optimizer per round.", lower_bound=1)
-_OPTIMIZERS = flags.DEFINE_list("optimizers", list(PAIRS), f"Pairs to time, of {list(PAIRS)}.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/bench_backends", "Where the report goes.")
+_PARAMS = flags.DEFINE_string("params", "16M", "Parameters of the variable: a count, K or M suffix.")
+_ROUNDS = flags.DEFINE_integer("backend_rounds", 7, "Interleaved rounds (tfopt, then Keras).",
+                               lower_bound=1)  # fmt: skip
+_STEPS = flags.DEFINE_integer("round_steps", 5, "Timed steps per optimizer per round.", lower_bound=1)
+_PAIRS = flags.DEFINE_list("pairs", list(PAIRS), f"Optimizers to time, of {list(PAIRS)}.")
+_OUTPUT_DIR = _flags.OUTPUT_DIR
+_DEFAULT_OUTPUT_DIR = "runs/bench_backends"
 _TIMEOUT_S = 1800  # One backend's process, every pair: about 2 minutes here at 16M.
 
 
 def _size(text: str) -> int:
     digits, suffix = (text[:-1], text[-1].upper()) if text[-1:].upper() in "KM" else (text, "")
     if not digits.isdigit() or int(digits) == 0:
-        raise _console.UsageError(f"--size takes a count such as 16M or 1000. Received: {text!r}.")
+        raise _console.UsageError(f"--params takes a count such as 16M or 1000. Received: {text!r}.")
     return int(digits) << {"": 0, "K": 10, "M": 20}[suffix]
 
 
@@ -139,23 +144,24 @@ def _child(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str]) -> None:
     _console.check_no_positional(PROG, argv)
     try:
-        n = _size(_SIZE.value)
+        n = _size(_PARAMS.value)
         for backend in _BACKENDS.value:
             if backend not in BACKENDS:
                 raise _console.UsageError(f"--backends takes {BACKENDS}. Received: {backend!r}.")
-        for name in _OPTIMIZERS.value:
+        for name in _PAIRS.value:
             if name not in PAIRS:
-                raise _console.UsageError(f"--optimizers takes {list(PAIRS)}. Received: {name!r}.")
+                raise _console.UsageError(f"--pairs takes {list(PAIRS)}. Received: {name!r}.")
     except _console.UsageError as e:
         _console.fail(PROG, e)
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    output_dir = _flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR)
+    os.makedirs(output_dir, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for backend in _BACKENDS.value:
-        out = os.path.join(_OUTPUT_DIR.value, f"{backend}.json")
+        out = os.path.join(output_dir, f"{backend}.json")
         env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
                "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}  # fmt: skip
         subprocess.run([sys.executable, "-m", "launch.bench.backends", "--child", out,
-                        ",".join(_OPTIMIZERS.value), str(n), str(_ROUNDS.value), str(_STEPS.value)],
+                        ",".join(_PAIRS.value), str(n), str(_ROUNDS.value), str(_STEPS.value)],
                        env=env, check=True, timeout=_TIMEOUT_S)  # fmt: skip
         with open(out) as f:
             rows += json.load(f)
@@ -165,9 +171,9 @@ def main(argv: Sequence[str]) -> None:
                                              jax=_provenance.version("jax"),
                                              torch=_provenance.version("torch")),
               "command": " ".join([PROG, *sys.argv[1:]]), "rows": rows}  # fmt: skip
-    with open(os.path.join(_OUTPUT_DIR.value, "backends.json"), "w") as f:
+    with open(os.path.join(output_dir, "backends.json"), "w") as f:
         json.dump(report, f, indent=1)
-    with open(os.path.join(_OUTPUT_DIR.value, "backends.md"), "w") as f:
+    with open(os.path.join(output_dir, "backends.md"), "w") as f:
         f.write(table)
 
 
