@@ -122,7 +122,7 @@ def main(out: str, selected: list[str]) -> None:
                 results[f"{cell}/data_devices"] = np.array(len(layout.device_mesh.devices.flat))
         except Exception:  # Reported per cell, in the file.
             results[f"{cell}/error"] = np.array(traceback.format_exc(limit=-4))
-    np.savez(out, **results)
+        np.savez(out, **results)  # After every cell: a long run killed keeps what it measured.
 
 
 if __name__ == "__main__":
