@@ -70,7 +70,7 @@ def _backend_run(backend: str, saved: str) -> dict[str, np.ndarray]:
         out = os.path.join(tmp, f"{backend}.npz")
         process = subprocess.run(
             [sys.executable, "-m", "tests.tfopt.backend_run", out, "--saved", saved],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         assert process.returncode == 0, process.stderr[-3000:]
         return _load(out)
