@@ -103,16 +103,21 @@ def _stateless_jax_loop(
     loss_fn = keras.losses.MeanSquaredError()
     optimizer.build(model.trainable_variables)
 
-    def loss_and_updates(trainable, non_trainable, x, y):
+    def loss_and_updates(trainable, non_trainable, optimizer_variables, x, y):
         y_pred, non_trainable = model.stateless_call(trainable, non_trainable, x)
-        return loss_fn(y, y_pred), non_trainable
+        # As Keras' JAX trainer: a LossScaleOptimizer scales the loss by its
+        # current scale, read from the state passed in.
+        mapping = list(zip(optimizer.variables, optimizer_variables, strict=True))
+        with keras.StatelessScope(state_mapping=mapping):
+            loss = optimizer.scale_loss(loss_fn(y, y_pred))
+        return loss, non_trainable
 
     grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
 
     @jax.jit
     def train_step(state, batch):
         trainable, non_trainable, optimizer_variables = state
-        (_, non_trainable), grads = grad_fn(trainable, non_trainable, *batch)
+        (_, non_trainable), grads = grad_fn(trainable, non_trainable, optimizer_variables, *batch)
         trainable, optimizer_variables = optimizer.stateless_apply(
             optimizer_variables, grads, trainable
         )
