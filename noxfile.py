@@ -5,6 +5,8 @@
     nox -s colab                # Colab's install cell + 01_quickstart.ipynb on the newest Python
     nox -s fast_tf_min          # the fast suite on the newest Python with the oldest TensorFlow (2.20)
     nox -s set_repo -- you/fork # point the notebooks' Colab badges and install cells at a fork
+    nox -s backend-jax          # tests/tfopt with KERAS_BACKEND=jax, in the running interpreter
+    nox -s backend-torch        # tests/tfopt with KERAS_BACKEND=torch, in the running interpreter
 
 `make test` runs the full suite on its default interpreter (the lowest
 supported Python, with the newest TensorFlow), then the opposite corners:
@@ -156,6 +158,32 @@ def colab(session: nox.Session) -> None:
                 "assert all(m.__file__.startswith(sys.prefix) for m in (tfopt, strategies, launch))")
     session.run("python", os.path.join(ROOT, "tests", "notebook_runner.py"),
                 os.path.join(NOTEBOOKS, "01_quickstart.ipynb"), env={"PYTHONPATH": ""})  # fmt: skip
+
+
+def _backend_session(session: nox.Session, backend: str) -> None:
+    """``tests/tfopt`` under ``KERAS_BACKEND=backend``, in nox's own interpreter (no new venv).
+
+    Run from ``.venv`` (``make test`` does), which holds the ``backends``
+    extra. TensorFlow-only tests skip with a reason (tests/conftest.py).
+    """
+    session.run(sys.executable, "-c", f"import {backend}, keras, sys; "
+                f"print('{backend}', {backend}.__version__, 'keras', keras.__version__)",
+                env={"KERAS_BACKEND": backend}, external=True)  # fmt: skip
+    session.run(sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", *FAST,
+                *session.posargs, os.path.join(ROOT, "tests", "tfopt"),
+                env={"KERAS_BACKEND": backend}, external=True)  # fmt: skip
+
+
+@nox.session(venv_backend="none", name="backend-jax")
+def backend_jax(session: nox.Session) -> None:
+    """The tfopt tests on the JAX backend."""
+    _backend_session(session, "jax")
+
+
+@nox.session(venv_backend="none", name="backend-torch")
+def backend_torch(session: nox.Session) -> None:
+    """The tfopt tests on the PyTorch backend."""
+    _backend_session(session, "torch")
 
 
 @nox.session(python=False, name="set_repo")

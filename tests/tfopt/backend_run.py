@@ -7,16 +7,18 @@ backend is chosen at import)::
 
 Every run starts from the same weights and sees the same batches, so the
 backends' final weights can be compared with one another. For each optimizer
-name (``tfopt.available()`` plus the ``SkipNonFinite`` wrapper) the file holds
+name (``tfopt.available()``, then every unregistered tfopt wrapper and Keras'
+``LossScaleOptimizer``, each around tfopt's Adam) the file holds
 ``{name}/start/{i}`` and ``{name}/end/{i}`` per model weight, or
 ``{name}/error`` with the exception's text when training raised, and
 ``tensorflow_at_import``: whether importing Keras and tfopt loaded TensorFlow.
 On JAX, ``{name}/stateless/{i}`` (or ``{name}/stateless_error``) holds the
 weights after the same steps in a custom jitted loop that calls
 ``optimizer.stateless_apply``, as a JAX user's own training loop does. With
-``--saved DIR`` (where TensorFlow's run saved ``{name}.keras`` halfway),
-``{name}/resumed/{i}`` (or ``{name}/resumed_error``) holds the weights after
-loading that file on this backend and training the second half.
+``--saved DIR``, each run saves ``DIR/{backend}/{name}.keras`` halfway; off
+TensorFlow, ``{name}/resumed/{i}`` (or ``{name}/resumed_error``) holds the
+weights after loading TensorFlow's file on this backend and training the
+second half. :func:`resume` does the same the other way, on TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -35,6 +38,7 @@ import tfopt
 TENSORFLOW_AT_IMPORT = "tensorflow" in sys.modules
 
 from tests.tfopt import cases  # noqa: E402 -- after the check above.
+from tfopt._wrapper import InnerOptimizerMixin  # noqa: E402
 
 STEPS = 8
 BATCH = 8
@@ -42,10 +46,24 @@ NAN_BATCH = "skip_nonfinite_nan_batch"
 HALF = STEPS // 2 * BATCH  # The .keras file is saved after this many examples.
 
 
-def _optimizers() -> dict[str, keras.optimizers.Optimizer]:
+def wrappers() -> dict[str, type]:
+    """tfopt's public classes that wrap another optimizer and have no registered name."""
+    registered = {tfopt.get_class(name) for name in tfopt.available()}
+    return {
+        name: cls for name in tfopt.__all__
+        if isinstance(cls := getattr(tfopt, name), type) and issubclass(cls, InnerOptimizerMixin)
+        and cls not in registered
+    }  # fmt: skip
+
+
+def _optimizers() -> dict[str, Callable[[], keras.optimizers.Optimizer]]:
+    """Every registered name; every unregistered tfopt wrapper, and Keras'
+    ``LossScaleOptimizer``, around tfopt's Adam."""
     built = {name: lambda name=name: cases.make(name) for name in tfopt.available()}
-    built["skip_nonfinite"] = lambda: tfopt.SkipNonFinite(cases.make("adam"))
-    # The same, on data whose 4th batch holds a NaN: that step must be skipped.
+    for name, cls in wrappers().items():
+        built[f"{name}(adam)"] = lambda cls=cls: cls(cases.make("adam"))
+    built["LossScaleOptimizer(adam)"] = lambda: keras.optimizers.LossScaleOptimizer(cases.make("adam"))
+    # SkipNonFinite on data whose 4th batch holds a NaN: that step must be skipped.
     built[NAN_BATCH] = lambda: tfopt.SkipNonFinite(cases.make("adam"))
     return built
 
@@ -85,16 +103,21 @@ def _stateless_jax_loop(
     loss_fn = keras.losses.MeanSquaredError()
     optimizer.build(model.trainable_variables)
 
-    def loss_and_updates(trainable, non_trainable, x, y):
+    def loss_and_updates(trainable, non_trainable, optimizer_variables, x, y):
         y_pred, non_trainable = model.stateless_call(trainable, non_trainable, x)
-        return loss_fn(y, y_pred), non_trainable
+        # As Keras' JAX trainer: a LossScaleOptimizer scales the loss by its
+        # current scale, read from the state passed in.
+        mapping = list(zip(optimizer.variables, optimizer_variables, strict=True))
+        with keras.StatelessScope(state_mapping=mapping):
+            loss = optimizer.scale_loss(loss_fn(y, y_pred))
+        return loss, non_trainable
 
     grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
 
     @jax.jit
     def train_step(state, batch):
         trainable, non_trainable, optimizer_variables = state
-        (_, non_trainable), grads = grad_fn(trainable, non_trainable, *batch)
+        (_, non_trainable), grads = grad_fn(trainable, non_trainable, optimizer_variables, *batch)
         trainable, optimizer_variables = optimizer.stateless_apply(
             optimizer_variables, grads, trainable
         )
@@ -111,9 +134,29 @@ def _stateless_jax_loop(
     return [np.asarray(w) for w in state[0]]
 
 
+def resume(saved: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Loads each ``{saved}/{name}.keras`` (saved halfway, on any backend) and
+    trains the second half here: ``{name}/resumed/{i}`` or ``{name}/resumed_error``."""
+    results: dict[str, np.ndarray] = {}
+    for name in names or list(_optimizers()):
+        x, y = _data(name)
+        try:
+            model = keras.saving.load_model(os.path.join(saved, f"{name}.keras"))
+            model.fit(x[HALF:], y[HALF:], batch_size=BATCH, shuffle=False, verbose=0)
+            for i, w in enumerate(model.get_weights()):
+                results[f"{name}/resumed/{i}"] = np.asarray(w)
+        except Exception:
+            results[f"{name}/resumed_error"] = np.array(traceback.format_exc(limit=-6))
+    return results
+
+
 def main(out: str, names: list[str], saved: str | None = None) -> None:
-    """Trains each optimizer; writes the ``.keras`` halfway files to ``saved`` on
-    TensorFlow, and elsewhere resumes from TensorFlow's files found there."""
+    """Trains each optimizer; writes the ``.keras`` halfway files to
+    ``{saved}/{backend}/``, and off TensorFlow also resumes from the files
+    TensorFlow wrote to ``{saved}/tensorflow/``."""
+    backend = keras.backend.backend()
+    if saved:
+        os.makedirs(os.path.join(saved, backend), exist_ok=True)
     results: dict[str, np.ndarray] = {
         "backend": np.array(keras.backend.backend()),
         "tensorflow_at_import": np.array(TENSORFLOW_AT_IMPORT),
@@ -126,10 +169,10 @@ def main(out: str, names: list[str], saved: str | None = None) -> None:
             model = _model()
             start = model.get_weights()
             model.compile(optimizer=make(), loss="mse")
-            # In two halves, with a .keras file in between (saved on TensorFlow).
+            # In two halves, with a .keras file in between.
             model.fit(x[:HALF], y[:HALF], batch_size=BATCH, shuffle=False, verbose=0)
-            if saved and keras.backend.backend() == "tensorflow":
-                model.save(os.path.join(saved, f"{name}.keras"))
+            if saved:
+                model.save(os.path.join(saved, backend, f"{name}.keras"))
             model.fit(x[HALF:], y[HALF:], batch_size=BATCH, shuffle=False, verbose=0)
             for i, (w0, w1) in enumerate(zip(start, model.get_weights(), strict=True)):
                 results[f"{name}/start/{i}"] = w0
@@ -139,15 +182,9 @@ def main(out: str, names: list[str], saved: str | None = None) -> None:
                 results[f"{name}/skipped_steps"] = np.asarray(skipped)
         except Exception:  # Reported per optimizer, in the file.
             results[f"{name}/error"] = np.array(traceback.format_exc(limit=-6))
-        if saved and keras.backend.backend() != "tensorflow":
-            try:  # TensorFlow's halfway file, continued here.
-                model = keras.saving.load_model(os.path.join(saved, f"{name}.keras"))
-                model.fit(x[HALF:], y[HALF:], batch_size=BATCH, shuffle=False, verbose=0)
-                for i, w in enumerate(model.get_weights()):
-                    results[f"{name}/resumed/{i}"] = np.asarray(w)
-            except Exception:
-                results[f"{name}/resumed_error"] = np.array(traceback.format_exc(limit=-6))
-        if keras.backend.backend() == "jax":
+        if saved and backend != "tensorflow":  # TensorFlow's halfway file, continued here.
+            results.update(resume(os.path.join(saved, "tensorflow"), [name]))
+        if backend == "jax":
             try:
                 for i, w in enumerate(_stateless_jax_loop(make(), x, y)):
                     results[f"{name}/stateless/{i}"] = w

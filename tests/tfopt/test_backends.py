@@ -2,20 +2,25 @@
 
 A Keras backend is chosen when Keras is imported, so each backend trains in
 its own process (tests/tfopt/backend_run.py): every optimizer registered in
-``tfopt.available()``, plus the ``SkipNonFinite`` wrapper, trains the same
+``tfopt.available()``, plus every unregistered tfopt wrapper (found by
+introspection: ``SkipNonFinite``) and Keras' ``LossScaleOptimizer``, each
+around tfopt's Adam, trains the same
 small model from the same weights on the same 8 batches. The TensorFlow run is
 this process's own (the suite runs on TensorFlow). The final weights must
 agree with TensorFlow's within 1e-5 of the distance TensorFlow's weights moved,
 and importing tfopt on the other backend must not load TensorFlow.
 
 On JAX each optimizer also trains in a custom jitted loop that calls
-``optimizer.stateless_apply``, as a JAX user's own loop does. TensorFlow's
-run saves a ``.keras`` file halfway; each backend loads it and trains the
-second half, which must end where TensorFlow's uninterrupted run did.
+``optimizer.stateless_apply``, as a JAX user's own loop does. Every run
+saves a ``.keras`` file halfway: each backend loads TensorFlow's, and
+TensorFlow loads each backend's, and trains the second half, which must end
+where TensorFlow's uninterrupted run did.
 
 One test per backend, so that under ``pytest -n`` each backend's process runs
 once. The backends come from the ``backends`` extra (``pip install -e
 '.[backends]'``); a missing one is a skip that says how to install it.
+This module drives the other backends from the suite's TensorFlow process,
+so under another ``KERAS_BACKEND`` it is skipped.
 """
 
 from __future__ import annotations
@@ -30,9 +35,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+import tfopt
 from tests.tfopt import backend_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.tensorflow_only(
+    "the TensorFlow run is this process's own; it starts the other backends itself"
+)
 TOLERANCE = 1e-5  # Of the motion: max |w_backend - w_tf| / max |w_tf - w_start|.
 
 # Optimizers that do not run on a backend yet, and why; the test fails if one
@@ -61,7 +70,7 @@ def _backend_run(backend: str, saved: str) -> dict[str, np.ndarray]:
         out = os.path.join(tmp, f"{backend}.npz")
         process = subprocess.run(
             [sys.executable, "-m", "tests.tfopt.backend_run", out, "--saved", saved],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=540,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         assert process.returncode == 0, process.stderr[-3000:]
         return _load(out)
@@ -102,6 +111,15 @@ def _view(run: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
     return view
 
 
+def test_every_name_and_wrapper_is_trained():
+    """The run's names come from the registry and introspection, not a hand list."""
+    names = backend_run.names()
+    assert names[: len(tfopt.available())] == tfopt.available()
+    assert backend_run.wrappers(), "no unregistered wrapper found: is SkipNonFinite gone?"
+    for wrapper in backend_run.wrappers():
+        assert f"{wrapper}(adam)" in names
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_every_optimizer_matches_tensorflow(backend, tensorflow_run):
     if importlib.util.find_spec(backend) is None:
@@ -110,12 +128,17 @@ def test_every_optimizer_matches_tensorflow(backend, tensorflow_run):
     run = _backend_run(backend, saved)
     for result in (reference, run):  # The NaN batch was skipped, once, on each.
         assert int(result[f"{backend_run.NAN_BATCH}/skipped_steps"]) == 1
-        assert int(result["skip_nonfinite/skipped_steps"]) == 0
+        assert int(result["SkipNonFinite(adam)/skipped_steps"]) == 0
     assert not run["tensorflow_at_import"], f"import tfopt loaded TensorFlow on {backend}"
     found = deviations(reference, run)
-    # TensorFlow's .keras file from halfway, loaded here and trained on.
+    # TensorFlow's .keras file from halfway, loaded there and trained on; and
+    # that backend's file, loaded here on TensorFlow.
     for name, value in deviations(reference, _view(run, "resumed")).items():
         found[f"{name} (.keras from tensorflow)"] = value
+    starts = {key: value for key, value in run.items() if "/start/" in key}
+    back = {**starts, **backend_run.resume(os.path.join(saved, backend))}
+    for name, value in deviations(reference, _view(back, "resumed")).items():
+        found[f"{name} (.keras from {backend}, on tensorflow)"] = value
     if backend == "jax":  # A custom jitted loop through optimizer.stateless_apply, too.
         for name, value in deviations(reference, _view(run, "stateless")).items():
             found[f"{name} (stateless_apply)"] = value

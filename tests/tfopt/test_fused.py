@@ -16,6 +16,8 @@ import tfopt
 from tests.tfopt import mirrored
 from tfopt import _fused
 
+pytestmark = pytest.mark.tensorflow_only("the fused training kernels are TensorFlow's")
+
 # id -> (registered name, kwargs, the kernel "auto" must use for dense gradients)
 CASES = {
     "gradient_descent": ("gradient_descent", {"learning_rate": 0.1}, "ResourceApplyGradientDescent"),

@@ -14,6 +14,12 @@ import tensorflow as tf
 
 import tfopt
 
+pytestmark = pytest.mark.tensorflow_only(
+    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
+    "on other backends the same optimizers are checked by test_conformance.py, "
+    "test_references.py and test_backends.py"
+)
+
 STEPS = 20
 SHAPES = [(4,), (3, 2)]
 

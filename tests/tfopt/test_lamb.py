@@ -18,6 +18,12 @@ import tensorflow as tf
 import tfopt
 from tests.tfopt.references import assert_trajectories_close
 
+pytestmark = pytest.mark.tensorflow_only(
+    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
+    "on other backends the same optimizers are checked by test_conformance.py, "
+    "test_references.py and test_backends.py"
+)
+
 
 def lamb(
     params,

@@ -13,6 +13,12 @@ import tfopt
 from tests.tfopt import mirrored
 from tests.tfopt.references import assert_trajectories_close
 
+pytestmark = pytest.mark.tensorflow_only(
+    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
+    "on other backends the same optimizers are checked by test_conformance.py, "
+    "test_references.py and test_backends.py"
+)
+
 
 def lazy_adam(params, grads, *, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
     """Trajectory of LazyAdam's docstring rule.

@@ -19,6 +19,12 @@ import tensorflow as tf
 import tfopt
 from tests.tfopt import mirrored
 
+pytestmark = pytest.mark.tensorflow_only(
+    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
+    "on other backends the same optimizers are checked by test_conformance.py, "
+    "test_references.py and test_backends.py"
+)
+
 
 def sgd_momentum_step(learning_rate=0.1, momentum=0.9):
     def step(t, theta, g, state):

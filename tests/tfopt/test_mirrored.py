@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from tests.tfopt import cases, mirrored
 
+pytestmark = pytest.mark.tensorflow_only("tf.distribute.MirroredStrategy is TensorFlow's")
+
 EPOCHS = 3
 GLOBAL_BATCH = 8
 

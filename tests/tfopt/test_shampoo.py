@@ -23,6 +23,12 @@ import tfopt
 from tests.tfopt import mirrored
 from tfopt import _matrix_functions, _sharded_preconditioner
 
+pytestmark = pytest.mark.tensorflow_only(
+    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
+    "on other backends the same optimizers are checked by test_conformance.py, "
+    "test_references.py and test_backends.py"
+)
+
 # --- The reference ------------------------------------------------------------
 
 

@@ -19,7 +19,11 @@ import tensorflow as tf
 from launch import local_cluster
 from tests.tfopt import shampoo_programs
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.tensorflow_only("Shampoo's root splitting runs under tf.distribute (TensorFlow) only"),
+]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

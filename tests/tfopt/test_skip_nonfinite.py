@@ -10,6 +10,12 @@ import tensorflow as tf
 import tfopt
 from tests.tfopt import mirrored
 
+pytestmark = pytest.mark.tensorflow_only(
+    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
+    "on other backends the same optimizers are checked by test_conformance.py, "
+    "test_references.py and test_backends.py"
+)
+
 INNER = {
     "tfopt_sgd_momentum": lambda: tfopt.SGD(0.1, momentum=0.9),
     "tfopt_adam": lambda: tfopt.Adam(0.05),

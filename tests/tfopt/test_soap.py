@@ -26,6 +26,12 @@ import tensorflow as tf
 
 import tfopt
 
+pytestmark = pytest.mark.tensorflow_only(
+    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
+    "on other backends the same optimizers are checked by test_conformance.py, "
+    "test_references.py and test_backends.py"
+)
+
 # Exactly representable, so that Keras' float32 learning_rate variable holds
 # the same value as the float64 reference.
 LR = 2.0**-6
