@@ -66,3 +66,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif marker := item.get_closest_marker("tensorflow_only"):
             reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "TensorFlow only")
             item.add_marker(pytest.mark.skip(reason=f"TensorFlow only: {reason} (KERAS_BACKEND={backend})"))
+        elif backend == "torch" and item.originalname == "test_converges" and "[rosenbrock-" in item.name:
+            # Keras' PyTorch backend steps eagerly: Rosenbrock's thousands of
+            # steps take minutes per optimizer here. `make test`'s fast
+            # selection leaves them out on torch; `nox -s backend-torch -- -m slow`
+            # runs them (they run compiled, in seconds, on TensorFlow and JAX).
+            item.add_marker(pytest.mark.slow)
