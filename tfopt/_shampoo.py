@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _sparse
+from tfopt import _compiled, _sparse
 from tfopt._matrix_functions import (
     BlockLayout,
     gram,
@@ -318,6 +318,15 @@ class Shampoo(keras.optimizers.Optimizer):
             out.append(value)
         return out
 
+    def _precondition(self, index: int, g: Any, roots: list[Any]) -> Any:
+        """``G ×_1 P_1 ... ×_k P_k``, block by block."""
+        layout = self._layouts[index]
+        k = layout.rank
+        return layout.merge([
+            precondition_block(block, roots[b * k : (b + 1) * k])
+            for b, block in enumerate(layout.partition(g))
+        ])  # fmt: skip
+
     def _apply(self, index: int, g: Any, variable: Any, learning_rate: Any,
                roots: list[Any]) -> None:  # fmt: skip
         """Grafting, preconditioning, momentum and the step."""
@@ -343,15 +352,7 @@ class Shampoo(keras.optimizers.Optimizer):
             graft = scaled / (ops.sqrt(new_diagonal) + self.diagonal_epsilon)
         # p = G ×_1 P_1 ... ×_k P_k;  s = p * ||u|| / (||p|| + 1e-16)
         layout = self._layouts[index]
-        if layout is None:
-            preconditioned = graft
-        else:
-            blocks = layout.partition(g)
-            k = layout.rank
-            preconditioned = layout.merge([
-                precondition_block(block, roots[b * k : (b + 1) * k])
-                for b, block in enumerate(blocks)
-            ])  # fmt: skip
+        preconditioned = graft if layout is None else self._precondition(index, g, roots)
         shampoo = preconditioned * (_norm(graft) / (_norm(preconditioned) + 1e-16))
         # m = beta_1 m + s;  d = beta_1 d + u
         momentum, graft_momentum = self._momentums[index], self._graft_momentums[index]
@@ -369,6 +370,12 @@ class Shampoo(keras.optimizers.Optimizer):
     # --- One device, or every replica computing every root --------------------
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if _compiled.eligible(self):  # One TF device: the step below, compiled with XLA.
+            _compiled.steps(self, self._update_step)(gradient, variable, learning_rate)
+        else:
+            self._update_step(gradient, variable, learning_rate)
+
+    def _update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         index = self._get_variable_index(variable)
         g = self._gradient(gradient, index)
         statistics = self._update_statistics(index, g)
