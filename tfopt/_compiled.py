@@ -87,3 +87,32 @@ def steps(optimizer: Any, step: Callable[[Any, Any, Any], None]) -> CompiledStep
         cache = CompiledSteps(step)
         object.__setattr__(optimizer, "_tfopt_compiled_steps", cache)
     return cache
+
+
+def whole_step(optimizer: Any, step: Callable[[list, Any], None]) -> Callable[[list, Any], None]:
+    """``step(pairs, learning_rate)`` over ``(gradient, variable)`` pairs, compiled once
+    per set of variables (closed over, as in :class:`CompiledSteps`)."""
+    import tensorflow as tf
+
+    from tfopt import _sparse
+
+    cache = optimizer.__dict__.get("_tfopt_compiled_whole")
+    if cache is None:
+        cache = {}
+        object.__setattr__(optimizer, "_tfopt_compiled_whole", cache)
+
+    def run(pairs: list[tuple[Any, Any]], learning_rate: Any) -> None:
+        variables = [v for _, v in pairs]
+        key = tuple(id(v) for v in variables)
+        entry = cache.get(key)
+        if entry is None or any(a is not b for a, b in zip(entry[0], variables, strict=True)):
+
+            def compiled(grads: list[Any], lr: Any) -> None:
+                step(list(zip(grads, variables, strict=True)), lr)
+
+            entry = (variables, tf.function(compiled, jit_compile=True, autograph=False))
+            cache[key] = entry
+        grads = [_sparse.densify(g) for g, _ in pairs]
+        entry[1](grads, tf.convert_to_tensor(learning_rate))
+
+    return run

@@ -11,6 +11,7 @@ from keras import ops
 from tfopt import _compiled, _sparse
 from tfopt._matrix_functions import (
     BlockLayout,
+    batched_matrix_inverse_pth_root,
     gram,
     matrix_inverse_pth_root,
     precondition_block,
@@ -370,12 +371,6 @@ class Shampoo(keras.optimizers.Optimizer):
     # --- One device, or every replica computing every root --------------------
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        if _compiled.eligible(self):  # One TF device: the step below, compiled with XLA.
-            _compiled.steps(self, self._update_step)(gradient, variable, learning_rate)
-        else:
-            self._update_step(gradient, variable, learning_rate)
-
-    def _update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         index = self._get_variable_index(variable)
         g = self._gradient(gradient, index)
         statistics = self._update_statistics(index, g)
@@ -390,6 +385,47 @@ class Shampoo(keras.optimizers.Optimizer):
             roots = self._assign_roots(roots, list(new_values))
         self._apply(index, g, variable, learning_rate, roots)
 
+    # --- One TF device: every variable in one XLA-compiled step ----------------
+
+    def _batched_roots(self, matrices: list[Any], powers: list[int]) -> list[Any]:
+        """Every statistic's root, in one batched Newton loop per (order, p, dtype)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (m, p) in enumerate(zip(matrices, powers, strict=True)):
+            groups.setdefault((int(m.shape[0]), p, m.dtype.name), []).append(i)
+        out: list[Any] = [None] * len(matrices)
+        for (_, p, _), picked in groups.items():
+            roots, errors = batched_matrix_inverse_pth_root(
+                ops.stack([matrices[i] for i in picked]), p, self.matrix_epsilon,
+                self.relative_matrix_epsilon,
+            )  # fmt: skip
+            failed = ops.logical_or(ops.isnan(errors), errors >= self.inverse_failure_threshold)
+            roots = ops.where(ops.reshape(failed, (-1, 1, 1)), float("nan"), roots)
+            for i, root in zip(picked, ops.unstack(roots), strict=True):
+                out[i] = root
+        return out
+
+    def _one_device_step(self, pairs: list[tuple[Any, Any]], learning_rate: Any) -> None:
+        """``update_step`` for every variable, with the roots of all of them batched."""
+        steps, matrices, powers, previous = [], [], [], []
+        for grad, variable in pairs:
+            index = self._get_variable_index(variable)
+            g = self._gradient(grad, index)
+            statistics = self._update_statistics(index, g)
+            steps.append((index, g, variable, len(matrices), len(statistics)))
+            for statistic, root in zip(statistics, self._roots[index], strict=True):
+                matrices.append(statistic)
+                powers.append(2 * self._layouts[index].rank)
+                previous.append(ops.convert_to_tensor(root))
+        if matrices:
+            new_values = ops.cond(
+                self._refresh(), lambda: self._batched_roots(matrices, powers), lambda: previous
+            )
+        for index, g, variable, start, count in steps:
+            roots = self._roots[index]
+            if count:
+                roots = self._assign_roots(roots, list(new_values[start : start + count]))
+            self._apply(index, g, variable, learning_rate, roots)
+
     # --- Several replicas: the roots split over them --------------------------
 
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
@@ -402,6 +438,12 @@ class Shampoo(keras.optimizers.Optimizer):
 
         from tfopt._sharded_preconditioner import sharded_map
 
+        if _compiled.eligible(self) and not self.gradient_accumulation_steps:
+            # One device: every variable's step in one XLA-compiled function.
+            variables = [getattr(v, "value", v) for v in trainable_variables]
+            pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+            _compiled.whole_step(self, self._one_device_step)(pairs, learning_rate)
+            return
         context = tf.distribute.get_replica_context()
         # Gradient accumulation runs this step inside a cond, where Mirrored and
         # MultiWorkerMirrored forbid the split's merge_call (keras-team/keras#20582):
