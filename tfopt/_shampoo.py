@@ -391,7 +391,7 @@ class Shampoo(keras.optimizers.Optimizer):
         """Every statistic's root, in one batched Newton loop per (order, p, dtype)."""
         groups: dict[tuple, list[int]] = {}
         for i, (m, p) in enumerate(zip(matrices, powers, strict=True)):
-            groups.setdefault((int(m.shape[0]), p, m.dtype.name), []).append(i)
+            groups.setdefault((int(m.shape[0]), p, keras.backend.standardize_dtype(m.dtype)), []).append(i)
         out: list[Any] = [None] * len(matrices)
         for (_, p, _), picked in groups.items():
             roots, errors = batched_matrix_inverse_pth_root(

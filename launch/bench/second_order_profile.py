@@ -98,7 +98,7 @@ def _shampoo_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int],
 
     class NoStatistics(tfopt.Shampoo):
         def _update_statistics(self, index, g):
-            return [ops.convert_to_tensor(s) for s in self._statistics[index]]
+            return [ops.convert_to_tensor(s.value) for s in self._statistics[index]]
 
     class NoPrecondition(NoStatistics):
         def _precondition(self, index, g, roots):
@@ -128,7 +128,7 @@ def _soap_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int], An
 
     class NoStatistics(tfopt.SOAP):
         def _new_statistics(self, index, g_merged):
-            return [None if s is None else ops.convert_to_tensor(s) for s in self._statistics[index]]
+            return [None if s is None else ops.convert_to_tensor(s.value) for s in self._statistics[index]]
 
     class NoRotation(NoStatistics):
         @staticmethod

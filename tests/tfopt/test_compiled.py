@@ -15,10 +15,10 @@ import tensorflow as tf
 import tfopt
 from tfopt import _compiled
 
-SHAPES = [(6, 4), (4,), (3, 2, 5)]
+SHAPES = [(6, 4), (4,), (2, 2, 3)]
 
 
-def _run(cls, compiled: bool, steps: int = 7, **kwargs):
+def _run(cls, compiled: bool, steps: int = 4, **kwargs):
     optimizer_cls = cls if compiled else type("Plain", (cls,), {"_compile_update": False})
     rng = np.random.default_rng(0)
     variables = [keras.Variable(rng.normal(size=s)) for s in SHAPES]
