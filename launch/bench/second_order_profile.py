@@ -1,6 +1,6 @@
 r"""Where a Shampoo or SOAP step spends its time: ``python -m launch.bench.second_order_profile``.
 
-On two models, batch ``--batch_size``, one ``tf.function`` train step each
+On two models, batch ``--profile_batch_size``, one ``tf.function`` train step each
 (forward, backward, ``optimizer.apply``), timed in rounds that alternate every
 variant so that all see the same machine load (the machine is shared):
 
@@ -16,7 +16,7 @@ Per model, the variants are:
   pass over the weights;
 * ``adamw``: Keras' AdamW, the baseline of every ratio;
 * Shampoo (``graft_type="rmsprop"``, as ``launch.bench.convergence``) and SOAP,
-  at ``--precondition_frequency`` and their defaults otherwise, each with its
+  at ``--profile_precondition_frequency`` and their defaults otherwise, each with its
   phases removed one at a time, cumulatively (a stub computes nothing in
   their place, so those variants train nonsense: they exist to be timed):
 
@@ -35,7 +35,9 @@ Per model, the variants are:
   per-variable overhead.
 
 Every ratio is the median over rounds of that round's time over AdamW's.
-Prints a Markdown table; ``--output_json`` keeps every number.
+Prints a Markdown table; ``--profile_output_json`` keeps every number. The
+flags carry a ``profile_`` prefix: every launch module's flags share one
+process in tests/launch/test_entry_points.py.
 """
 
 from __future__ import annotations
@@ -53,16 +55,16 @@ from launch import _console, _paths, _provenance
 PROG = "launch.bench.second_order_profile"
 
 _MODELS = ("digits_cnn", "autoencoder_784")
-_MODEL = flags.DEFINE_multi_enum("model", list(_MODELS), _MODELS, "Models to profile.")
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
-_PF = flags.DEFINE_integer("precondition_frequency", 10, "Shampoo and SOAP's refresh interval.")
-_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each runs every variant once).")
-_STEPS = flags.DEFINE_integer("steps_per_round", 20, "Steps per variant per round.")
-_PHASES = flags.DEFINE_bool("phases", True, "Also time the ablated variants.")
+_MODEL = flags.DEFINE_multi_enum("profile_model", list(_MODELS), _MODELS, "Models to profile.")
+_BATCH = flags.DEFINE_integer("profile_batch_size", 128, "Batch size.")
+_PF = flags.DEFINE_integer("profile_precondition_frequency", 10, "Shampoo and SOAP's refresh interval.")
+_ROUNDS = flags.DEFINE_integer("profile_rounds", 5, "Timed rounds (each runs every variant once).")
+_STEPS = flags.DEFINE_integer("profile_steps_per_round", 20, "Steps per variant per round.")
+_PHASES = flags.DEFINE_bool("profile_phases", True, "Also time the ablated variants.")
 _UNCOMPILED_PHASES = flags.DEFINE_bool(
-    "uncompiled_phases", False, "Also time the ablated variants of the uncompiled step."
+    "profile_uncompiled_phases", False, "Also time the ablated variants of the uncompiled step."
 )
-_OUTPUT = flags.DEFINE_string("output_json", None, "Optional JSON file for every number.")
+_OUTPUT = flags.DEFINE_string("profile_output_json", None, "Optional JSON file for every number.")
 
 BASELINE = "adamw"
 
