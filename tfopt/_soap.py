@@ -307,6 +307,11 @@ class SOAP(keras.optimizers.Optimizer):
         basis, _ = ops.qr(power)
         return basis, order
 
+    # Measured off (docs/benchmarks/second_order.md, 2026-12-02): compiled,
+    # XLA's CPU matmuls made the 784-wide autoencoder's step 7.5x AdamW's
+    # where TF's own took 3.6x, and the digits CNN gained nothing.
+    _compile_update = False
+
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         if _compiled.eligible(self):
             # One TF device: the moments and the step compiled with XLA; the
