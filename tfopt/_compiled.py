@@ -1,4 +1,4 @@
-"""One variable's update step compiled with XLA, where that pays: Shampoo and SOAP.
+"""Update steps compiled with XLA, where that pays: Shampoo (SOAP opts out).
 
 A Shampoo or SOAP step is hundreds of small ops per variable (block
 partitions, Gram matrices, rotations, conds). Without XLA, TensorFlow
@@ -16,6 +16,9 @@ Used only where it is sound and cannot surprise:
   split roots need their merge_call;
 * outside an enclosing XLA context (``jit_compile=True``, TPUs): the step is
   compiled there already.
+
+SOAP sets ``_compile_update = False``: compiled, its 784-wide autoencoder
+step was 2x slower (docs/benchmarks/second_order.md).
 
 Elsewhere the optimizer runs its ``keras.ops`` code as it is; the compiled
 function runs that same code (tests/tfopt/test_shampoo.py and test_soap.py
