@@ -146,7 +146,7 @@ def power_iteration(matrix: Any) -> Any:
 
 def _matrix_power(matrix: Any, p: int) -> Any:
     # Binary powering in optax-shampoo's order (power = mat @ power), p static.
-    power = ops.eye(matrix.shape[0], dtype=matrix.dtype)
+    power = ops.broadcast_to(ops.eye(matrix.shape[-1], dtype=matrix.dtype), matrix.shape)
     while p > 0:
         if p % 2 == 1:
             power = ops.matmul(matrix, power)
@@ -214,3 +214,97 @@ def _norm(x: Any) -> Any:
 def _int(value: int) -> Any:
     # A loop counter of a fixed dtype: JAX's while_loop needs the carry's types fixed.
     return ops.convert_to_tensor(value, "int32")
+
+
+def batched_power_iteration(matrices: Any) -> Any:
+    """:func:`power_iteration` of each of ``matrices`` (``B x n x n``), in one loop.
+
+    A matrix whose estimate has converged is frozen (``where``) while the
+    others go on, so each gets exactly the iterations it gets alone.
+    """
+    n = matrices.shape[-1]
+    dtype = keras.backend.standardize_dtype(matrices.dtype)
+    v0 = np.random.RandomState(POWER_SEED).uniform(-1.0, 1.0, n).astype(dtype)
+    v0 = ops.broadcast_to(ops.convert_to_tensor(v0), (matrices.shape[0], n))
+    batch = matrices.shape[0]
+
+    def condition(i, v, s, run):
+        del v, s
+        return ops.logical_and(i < POWER_ITERATIONS, ops.any(run))
+
+    def body(i, v, s, run):
+        unit = v / ops.sqrt(ops.sum(ops.square(v), axis=-1, keepdims=True))
+        s_v = ops.squeeze(ops.matmul(matrices, ops.expand_dims(unit, -1)), -1)
+        s_new = ops.sum(unit * s_v, axis=-1)
+        v = ops.where(ops.expand_dims(run, -1), s_v, v)
+        keep_going = ops.logical_and(run, ops.abs(s_new - s) > POWER_TOLERANCE)
+        s = ops.where(run, s_new, s)
+        return i + 1, v, s, keep_going
+
+    _, _, s, _ = ops.while_loop(
+        condition, body, (_int(0), v0, ops.zeros((batch,), dtype), ops.ones((batch,), "bool"))
+    )
+    return s
+
+
+def batched_matrix_inverse_pth_root(
+    matrices: Any, p: int, ridge_epsilon: float, relative_matrix_epsilon: bool
+) -> tuple[Any, Any]:
+    """:func:`matrix_inverse_pth_root` of each of ``matrices`` (``B x n x n``), in one loop.
+
+    Few large batched matmuls instead of one loop of small ones per matrix
+    (optax-shampoo vmaps the same function). A matrix whose iteration has
+    stopped is frozen (``where``), so each gets exactly the iterations it
+    gets alone. Returns the roots (``B x n x n``) and errors (``B``).
+    """
+    dtype = keras.backend.standardize_dtype(matrices.dtype)
+    batch, n = matrices.shape[0], matrices.shape[-1]
+    alpha = ops.convert_to_tensor(-1.0 / p, dtype)
+    if relative_matrix_epsilon:
+        max_ev = batched_power_iteration(matrices)
+    else:
+        max_ev = ops.ones((batch,), dtype)
+    ridge = ridge_epsilon * ops.maximum(max_ev, ops.convert_to_tensor(1e-6, dtype))
+    ridge = ops.reshape(ridge, (batch, 1, 1))
+    if n == 1:
+        return ops.power(matrices + ridge, alpha), ops.zeros((batch,), dtype)
+
+    identity = ops.eye(n, dtype=dtype)
+    damped = matrices + ridge * identity
+    z = (1 + p) / (2 * ops.sqrt(ops.sum(ops.square(damped), axis=(1, 2), keepdims=True)))
+    m0 = damped * z
+    h0 = identity * ops.power(z, 1.0 / p)
+
+    def error_of(m):
+        return ops.max(ops.abs(m - identity), axis=(1, 2))
+
+    error0 = error_of(m0)
+    ratio0 = ops.ones((batch,), dtype)
+
+    def running(error, ratio):
+        return ops.logical_and(error > NEWTON_TOLERANCE, ratio < MAX_ERROR_RATIO)
+
+    def condition(i, m, h, old_h, error, ratio, run):
+        del m, h, old_h, error, ratio
+        return ops.logical_and(i < NEWTON_ITERATIONS, ops.any(run))
+
+    def body(i, m, h, old_h, error, ratio, run):
+        m_i = (1 - alpha) * identity + alpha * m
+        new_m = ops.matmul(_matrix_power(m_i, p), m)
+        new_h = ops.matmul(h, m_i)
+        new_error = error_of(new_m)
+        new_ratio = new_error / error
+        run3 = ops.reshape(run, (batch, 1, 1))
+        m = ops.where(run3, new_m, m)
+        old_h = ops.where(run3, h, old_h)
+        h = ops.where(run3, new_h, h)
+        error = ops.where(run, new_error, error)
+        ratio = ops.where(run, new_ratio, ratio)
+        return i + 1, m, h, old_h, error, ratio, ops.logical_and(run, running(error, ratio))
+
+    _, m, h, old_h, _, ratio, _ = ops.while_loop(
+        condition, body, (_int(0), m0, h0, h0, error0, ratio0, running(error0, ratio0))
+    )
+    error = error_of(m)
+    root = ops.where(ops.reshape(ratio < MAX_ERROR_RATIO, (batch, 1, 1)), h, old_h)
+    return root, error

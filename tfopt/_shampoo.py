@@ -8,9 +8,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _sparse
+from tfopt import _compiled, _sparse
 from tfopt._matrix_functions import (
     BlockLayout,
+    batched_matrix_inverse_pth_root,
     gram,
     matrix_inverse_pth_root,
     precondition_block,
@@ -318,6 +319,15 @@ class Shampoo(keras.optimizers.Optimizer):
             out.append(value)
         return out
 
+    def _precondition(self, index: int, g: Any, roots: list[Any]) -> Any:
+        """``G ×_1 P_1 ... ×_k P_k``, block by block."""
+        layout = self._layouts[index]
+        k = layout.rank
+        return layout.merge([
+            precondition_block(block, roots[b * k : (b + 1) * k])
+            for b, block in enumerate(layout.partition(g))
+        ])  # fmt: skip
+
     def _apply(self, index: int, g: Any, variable: Any, learning_rate: Any,
                roots: list[Any]) -> None:  # fmt: skip
         """Grafting, preconditioning, momentum and the step."""
@@ -343,15 +353,7 @@ class Shampoo(keras.optimizers.Optimizer):
             graft = scaled / (ops.sqrt(new_diagonal) + self.diagonal_epsilon)
         # p = G ×_1 P_1 ... ×_k P_k;  s = p * ||u|| / (||p|| + 1e-16)
         layout = self._layouts[index]
-        if layout is None:
-            preconditioned = graft
-        else:
-            blocks = layout.partition(g)
-            k = layout.rank
-            preconditioned = layout.merge([
-                precondition_block(block, roots[b * k : (b + 1) * k])
-                for b, block in enumerate(blocks)
-            ])  # fmt: skip
+        preconditioned = graft if layout is None else self._precondition(index, g, roots)
         shampoo = preconditioned * (_norm(graft) / (_norm(preconditioned) + 1e-16))
         # m = beta_1 m + s;  d = beta_1 d + u
         momentum, graft_momentum = self._momentums[index], self._graft_momentums[index]
@@ -383,6 +385,47 @@ class Shampoo(keras.optimizers.Optimizer):
             roots = self._assign_roots(roots, list(new_values))
         self._apply(index, g, variable, learning_rate, roots)
 
+    # --- One TF device: every variable in one XLA-compiled step ----------------
+
+    def _batched_roots(self, matrices: list[Any], powers: list[int]) -> list[Any]:
+        """Every statistic's root, in one batched Newton loop per (order, p, dtype)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (m, p) in enumerate(zip(matrices, powers, strict=True)):
+            groups.setdefault((int(m.shape[0]), p, keras.backend.standardize_dtype(m.dtype)), []).append(i)
+        out: list[Any] = [None] * len(matrices)
+        for (_, p, _), picked in groups.items():
+            roots, errors = batched_matrix_inverse_pth_root(
+                ops.stack([matrices[i] for i in picked]), p, self.matrix_epsilon,
+                self.relative_matrix_epsilon,
+            )  # fmt: skip
+            failed = ops.logical_or(ops.isnan(errors), errors >= self.inverse_failure_threshold)
+            roots = ops.where(ops.reshape(failed, (-1, 1, 1)), float("nan"), roots)
+            for i, root in zip(picked, ops.unstack(roots), strict=True):
+                out[i] = root
+        return out
+
+    def _one_device_step(self, pairs: list[tuple[Any, Any]], learning_rate: Any) -> None:
+        """``update_step`` for every variable, with the roots of all of them batched."""
+        steps, matrices, powers, previous = [], [], [], []
+        for grad, variable in pairs:
+            index = self._get_variable_index(variable)
+            g = self._gradient(grad, index)
+            statistics = self._update_statistics(index, g)
+            steps.append((index, g, variable, len(matrices), len(statistics)))
+            for statistic, root in zip(statistics, self._roots[index], strict=True):
+                matrices.append(statistic)
+                powers.append(2 * self._layouts[index].rank)
+                previous.append(ops.convert_to_tensor(root))
+        if matrices:
+            new_values = ops.cond(
+                self._refresh(), lambda: self._batched_roots(matrices, powers), lambda: previous
+            )
+        for index, g, variable, start, count in steps:
+            roots = self._roots[index]
+            if count:
+                roots = self._assign_roots(roots, list(new_values[start : start + count]))
+            self._apply(index, g, variable, learning_rate, roots)
+
     # --- Several replicas: the roots split over them --------------------------
 
     def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
@@ -395,6 +438,12 @@ class Shampoo(keras.optimizers.Optimizer):
 
         from tfopt._sharded_preconditioner import sharded_map
 
+        if _compiled.eligible(self) and not self.gradient_accumulation_steps:
+            # One device: every variable's step in one XLA-compiled function.
+            variables = [getattr(v, "value", v) for v in trainable_variables]
+            pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+            _compiled.whole_step(self, self._one_device_step)(pairs, learning_rate)
+            return
         context = tf.distribute.get_replica_context()
         # Gradient accumulation runs this step inside a cond, where Mirrored and
         # MultiWorkerMirrored forbid the split's merge_call (keras-team/keras#20582):

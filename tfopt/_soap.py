@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _sparse
+from tfopt import _compiled, _sparse
 from tfopt._registry import register
 from tfopt._validation import (
     check_bool,
@@ -285,6 +285,14 @@ class SOAP(keras.optimizers.Optimizer):
         others = [i for i in range(len(g.shape)) if i != axis]
         return ops.tensordot(g, g, axes=(others, others))
 
+    def _new_statistics(self, index: int, g: Any) -> list[Any]:
+        """The statistics after this step's gradient: ``L + (1 - shampoo_beta) (g g.T - L)``."""
+        shampoo_beta = self.beta_2 if self.shampoo_beta is None else self.shampoo_beta
+        return [
+            None if s is None else s + (1 - shampoo_beta) * (self._gram(g, axis) - s)
+            for axis, s in enumerate(self._statistics[index])
+        ]
+
     def refresh_eigenbasis(self, statistic: Any, basis: Any) -> tuple[Any, Any]:
         """One power iteration and QR: returns ``(new basis, order)``.
 
@@ -299,7 +307,22 @@ class SOAP(keras.optimizers.Optimizer):
         basis, _ = ops.qr(power)
         return basis, order
 
+    # Measured off (docs/benchmarks/second_order.md, 2026-12-02): compiled,
+    # XLA's CPU matmuls made the 784-wide autoencoder's step 7.5x AdamW's
+    # where TF's own took 3.6x, and the digits CNN gained nothing.
+    _compile_update = False
+
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if _compiled.eligible(self):
+            # One TF device: the moments and the step compiled with XLA; the
+            # eigenbasis (eigh, QR) not, as XLA's CPU eigh and QR are slow loops.
+            _compiled.steps(self, self._moments_step)(gradient, variable, learning_rate)
+        else:
+            self._moments_step(gradient, variable, learning_rate)
+        self._basis_step(self._get_variable_index(variable))
+
+    def _moments_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        """The statistics, ``m``, ``v`` and ``w`` (which does not move at step 1)."""
         index = self._get_variable_index(variable)
         dtype = self._state_dtype(keras.backend.standardize_dtype(variable.dtype))
         shape = self._shapes[index]
@@ -307,28 +330,14 @@ class SOAP(keras.optimizers.Optimizer):
         statistics, bases = self._statistics[index], self._bases[index]
         g = ops.cast(_sparse.densify(gradient), dtype)  # Every row's moments decay.
         g_merged = ops.reshape(g, shape)
-        shampoo_beta = self.beta_2 if self.shampoo_beta is None else self.shampoo_beta
-        # The statistics after this step's gradient; L = L + (1 - shampoo_beta) (g g.T - L).
-        new_statistics = [
-            None if s is None else s + (1 - shampoo_beta) * (self._gram(g_merged, axis) - s)
-            for axis, s in enumerate(statistics)
-        ]
+        new_statistics = self._new_statistics(index, g_merged)
+        current_w = ops.cast(variable, dtype)
 
         # Both branches return the new values, written after the cond: JAX
         # traces a cond's branches as pure functions (a write inside one would
-        # leak its tracer). Only the preconditioned dimensions have a statistic.
-        axes = [axis for axis, stat in enumerate(statistics) if stat is not None]
-        current_w = ops.cast(variable, dtype)
-        current_bases = [ops.convert_to_tensor(bases[axis]) for axis in axes]
-
-        def initialize() -> tuple[Any, ...]:  # Step 1: statistics and eigenbasis; w does not move.
-            new_bases = []
-            for axis in axes:
-                new = new_statistics[axis]
-                n = new.shape[0]
-                _, vectors = ops.eigh(new + 1e-30 * ops.eye(n, dtype=dtype))
-                new_bases.append(ops.flip(vectors, axis=1))  # Descending eigenvalues.
-            return current_w, ops.convert_to_tensor(m), ops.convert_to_tensor(v), new_bases
+        # leak its tracer).
+        def initialize() -> tuple[Any, ...]:  # Step 1: statistics only; w does not move.
+            return current_w, ops.convert_to_tensor(m), ops.convert_to_tensor(v)
 
         def step() -> tuple[Any, ...]:
             s = ops.cast(self.iterations, dtype)  # The reference's 1-based step, minus 1.
@@ -355,29 +364,56 @@ class SOAP(keras.optimizers.Optimizer):
             w = current_w - step_size * ops.reshape(u, variable.shape)
             if self._decays[index]:
                 w = w * (1 - lr * ops.convert_to_tensor(self.weight_decay, dtype))
+            return w, new_m, new_v
 
-            def refresh() -> tuple[Any, Any]:
-                second_moment, new_bases = new_v, []
-                for axis in axes:
-                    basis, order = self.refresh_eigenbasis(new_statistics[axis], q[axis])
-                    second_moment = ops.take(second_moment, order, axis=axis)
-                    new_bases.append(basis)
-                return second_moment, new_bases
-
-            if not axes:
-                return w, new_m, new_v, []
-            refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
-            new_v, new_bases = ops.cond(refreshing, refresh, lambda: (new_v, current_bases))
-            return w, new_m, new_v, new_bases
-
-        new_w, new_m, new_v, new_bases = ops.cond(
-            ops.equal(self.iterations, 0), initialize, step
-        )
+        new_w, new_m, new_v = ops.cond(ops.equal(self.iterations, 0), initialize, step)
         self.assign(variable, ops.cast(new_w, variable.dtype))
         self.assign(m, new_m)
         self.assign(v, new_v)
+        for statistic, value in zip(statistics, new_statistics, strict=True):
+            if statistic is not None:
+                self.assign(statistic, value)
+
+    def _basis_step(self, index: int) -> None:
+        """Step 1: the eigenbases of the statistics; every ``precondition_frequency``
+        steps after it, their refresh (``v`` permuted to the new order)."""
+        statistics, bases = self._statistics[index], self._bases[index]
+        axes = [axis for axis, stat in enumerate(statistics) if stat is not None]
+        if not axes:
+            return
+        v = self._exp_avg_sqs[index]
+        dtype = keras.backend.standardize_dtype(v.dtype)
+        new_statistics = [ops.convert_to_tensor(statistics[axis]) for axis in axes]
+        current_bases = [ops.convert_to_tensor(bases[axis]) for axis in axes]
+        current_v = ops.convert_to_tensor(v)
+
+        def initialize() -> tuple[Any, Any]:
+            new_bases = []
+            for new in new_statistics:
+                n = new.shape[0]
+                _, vectors = ops.eigh(new + 1e-30 * ops.eye(n, dtype=dtype))
+                new_bases.append(ops.flip(vectors, axis=1))  # Descending eigenvalues.
+            return current_v, new_bases
+
+        def refresh() -> tuple[Any, Any]:
+            second_moment, new_bases = current_v, []
+            for axis, new, q in zip(axes, new_statistics, current_bases, strict=True):
+                basis, order = self.refresh_eigenbasis(new, q)
+                second_moment = ops.take(second_moment, order, axis=axis)
+                new_bases.append(basis)
+            return second_moment, new_bases
+
+        def keep() -> tuple[Any, Any]:
+            return current_v, current_bases
+
+        refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
+        new_v, new_bases = ops.cond(
+            ops.equal(self.iterations, 0),
+            initialize,
+            lambda: ops.cond(refreshing, refresh, keep),
+        )
+        self.assign(v, new_v)
         for axis, basis in zip(axes, new_bases, strict=True):
-            self.assign(statistics[axis], new_statistics[axis])
             self.assign(bases[axis], basis)
 
     def get_config(self) -> dict[str, Any]:

@@ -1,0 +1,270 @@
+r"""Where a Shampoo or SOAP step spends its time: ``python -m launch.bench.second_order_profile``.
+
+On two models, batch ``--profile_batch_size``, one ``tf.function`` train step each
+(forward, backward, ``optimizer.apply``), timed in rounds that alternate every
+variant so that all see the same machine load (the machine is shared):
+
+* ``digits_cnn``: ``launch._models``' CNN on 8x8x1 images, 10 classes;
+* ``autoencoder_784``: 784-256-64-256-784 (relu; sigmoid output), MSE.
+
+The inputs are random: a step's cost does not depend on the data.
+
+Per model, the variants are:
+
+* ``forward_backward``: the gradient only, no optimizer (the model's cost);
+* ``keras_sgd``: Keras' SGD, the model plus Keras' optimizer overhead and one
+  pass over the weights;
+* ``adamw``: Keras' AdamW, the baseline of every ratio;
+* Shampoo (``graft_type="rmsprop"``, as ``launch.bench.convergence``) and SOAP,
+  at ``--profile_precondition_frequency`` and their defaults otherwise, each with its
+  phases removed one at a time, cumulatively (a stub computes nothing in
+  their place, so those variants train nonsense: they exist to be timed):
+
+  ======================  ===============================================
+  variant                 what it leaves out (on top of the row above)
+  ======================  ===============================================
+  full                    nothing
+  -refresh                the roots (Shampoo) / eigenbasis (SOAP) refresh
+  -statistics             the Gram matrices and the statistics' EMA
+  -precondition           Shampoo's block preconditioning / SOAP's rotations
+  -graft (Shampoo)        RMSProp grafting (SGD grafting instead)
+  ======================  ===============================================
+
+  A phase's cost is the difference of the medians of two neighbouring rows;
+  what is left in the last row is the momentum, the step, and Keras' own
+  per-variable overhead.
+
+Every ratio is the median over rounds of that round's time over AdamW's.
+Prints a Markdown table; ``--profile_output_json`` keeps every number. The
+flags carry a ``profile_`` prefix: every launch module's flags share one
+process in tests/launch/test_entry_points.py.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from absl import flags
+
+from launch import _console, _paths, _provenance
+
+PROG = "launch.bench.second_order_profile"
+
+_MODELS = ("digits_cnn", "autoencoder_784")
+_MODEL = flags.DEFINE_multi_enum("profile_model", list(_MODELS), _MODELS, "Models to profile.")
+_BATCH = flags.DEFINE_integer("profile_batch_size", 128, "Batch size.")
+_PF = flags.DEFINE_integer("profile_precondition_frequency", 10, "Shampoo and SOAP's refresh interval.")
+_ROUNDS = flags.DEFINE_integer("profile_rounds", 5, "Timed rounds (each runs every variant once).")
+_STEPS = flags.DEFINE_integer("profile_steps_per_round", 20, "Steps per variant per round.")
+_PHASES = flags.DEFINE_bool("profile_phases", True, "Also time the ablated variants.")
+_UNCOMPILED_PHASES = flags.DEFINE_bool(
+    "profile_uncompiled_phases", False, "Also time the ablated variants of the uncompiled step."
+)
+_OUTPUT = flags.DEFINE_string("profile_output_json", None, "Optional JSON file for every number.")
+
+BASELINE = "adamw"
+
+
+def _model(name: str):
+    import keras
+
+    from launch import _models
+
+    if name == "digits_cnn":
+        return _models.build_model("cnn", (8, 8, 1), 10), (8, 8, 1), "classes"
+    inputs = keras.Input((784,))
+    x = inputs
+    for units in (256, 64, 256):
+        x = keras.layers.Dense(units, activation="relu")(x)
+    outputs = keras.layers.Dense(784, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name="autoencoder_784"), (784,), "reconstruction"
+
+
+def _uncompiled(cls):
+    """``cls`` with its plain ``keras.ops`` step: no XLA (the path under strategies)."""
+    return type(f"Uncompiled{cls.__name__}", (cls,), {"_compile_update": False})
+
+
+def _compiled(cls):
+    """``cls`` with the one-device XLA step of ``tfopt/_compiled.py`` (SOAP: opt-in)."""
+    return type(f"Compiled{cls.__name__}", (cls,), {"_compile_update": True})
+
+
+def _shampoo_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int], Any]]:
+    from keras import ops
+
+    import tfopt
+
+    class NoStatistics(tfopt.Shampoo):
+        def _update_statistics(self, index, g):
+            return [ops.convert_to_tensor(s.value) for s in self._statistics[index]]
+
+    class NoPrecondition(NoStatistics):
+        def _precondition(self, index, g, roots):
+            return g
+
+    def make(cls, graft="rmsprop", refresh=True):
+        cls = _compiled(cls) if compiled else _uncompiled(cls)
+        return lambda pf: cls(1e-3, graft_type=graft,
+                              precondition_frequency=pf if refresh else 10**9)  # fmt: skip
+
+    tag = "shampoo" if compiled else "shampoo uncompiled"
+    out = {f"{tag} full": make(tfopt.Shampoo)}
+    if phases:
+        out.update({
+            f"{tag} -refresh": make(tfopt.Shampoo, refresh=False),
+            f"{tag} -statistics": make(NoStatistics, refresh=False),
+            f"{tag} -precondition": make(NoPrecondition, refresh=False),
+            f"{tag} -graft": make(NoPrecondition, graft="sgd", refresh=False),
+        })  # fmt: skip
+    return out
+
+
+def _soap_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int], Any]]:
+    from keras import ops
+
+    import tfopt
+
+    class NoStatistics(tfopt.SOAP):
+        def _new_statistics(self, index, g_merged):
+            return [None if s is None else ops.convert_to_tensor(s.value) for s in self._statistics[index]]
+
+    class NoRotation(NoStatistics):
+        @staticmethod
+        def _project(x, bases, back=False):
+            return x
+
+    def make(cls, refresh=True):
+        cls = _compiled(cls) if compiled else _uncompiled(cls)
+        return lambda pf: cls(3e-3, precondition_frequency=pf if refresh else 10**9)
+
+    tag = "soap" if compiled else "soap uncompiled"
+    out = {f"{tag} full": make(tfopt.SOAP)}
+    if phases:
+        out.update({
+            f"{tag} -refresh": make(tfopt.SOAP, refresh=False),
+            f"{tag} -statistics": make(NoStatistics, refresh=False),
+            f"{tag} -precondition": make(NoRotation, refresh=False),
+        })  # fmt: skip
+    return out
+
+
+def _variants(phases: bool, uncompiled_phases: bool) -> dict[str, Callable[[int], Any] | None]:
+    import keras
+
+    return {
+        "forward_backward": None,
+        "keras_sgd": lambda pf: keras.optimizers.SGD(1e-3),
+        "adamw": lambda pf: keras.optimizers.AdamW(1e-3),
+        **_shampoo_variants(True, phases),
+        **_shampoo_variants(False, uncompiled_phases),
+        **_soap_variants(True, phases),
+        **_soap_variants(False, uncompiled_phases),
+    }
+
+
+def _step_fn(model_name: str, make_optimizer, pf: int, batch: int):
+    """A traced, warmed-up ``run(steps)`` for one variant."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model, input_shape, kind = _model(model_name)
+    rng = np.random.default_rng(0)
+    if kind == "classes":
+        x = tf.constant(rng.integers(0, 17, size=(batch, *input_shape)).astype("float32"))
+        y = tf.constant(rng.integers(0, 10, size=(batch,)).astype("int32"))
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        x = tf.constant(rng.uniform(size=(batch, *input_shape)).astype("float32"))
+        y = x
+        loss_fn = keras.losses.MeanSquaredError()
+    variables = model.trainable_variables
+    optimizer = None if make_optimizer is None else make_optimizer(pf)
+    if optimizer is not None:
+        optimizer.build(variables)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, variables)
+        if optimizer is not None:
+            optimizer.apply(grads, variables)
+        return loss, grads[0]
+
+    def run(steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = step()
+        out[0].numpy()
+        return (time.perf_counter() - start) / steps
+
+    run(max(2, pf + 1))  # Trace, and past step 0 (SOAP's eigh) and one refresh.
+    return run
+
+
+def profile(model_name: str, phases: bool, uncompiled_phases: bool, pf: int, batch: int, rounds: int, steps: int) -> dict:
+    runs = {name: _step_fn(model_name, make, pf, batch) for name, make in _variants(phases, uncompiled_phases).items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(run(steps))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    ratio = {
+        name: statistics.median(t / b for t, b in zip(times[name], times[BASELINE], strict=True))
+        for name in runs
+    }
+    return {"median_step_s": median, "ratio_to_adamw": ratio, "all_step_s": times}
+
+
+def markdown(model_name: str, result: dict) -> str:
+    median, ratio = result["median_step_s"], result["ratio_to_adamw"]
+    lines = [f"**{model_name}**\n", "| variant | ms/step | x AdamW | phase (row above minus this) ms |",
+             "|---|---:|---:|---:|"]  # fmt: skip
+    names = list(median)
+    for i, name in enumerate(names):
+        phase = ""
+        if name.split()[-1].startswith("-"):
+            above = names[i - 1]
+            phase = f"{(median[above] - median[name]) * 1e3:.2f} ({name.split()[-1][1:]})"
+        lines.append(f"| {name} | {median[name] * 1e3:.2f} | {ratio[name]:.2f} | {phase} |")
+    return "\n".join(lines) + "\n"
+
+
+def _uptime() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def main(argv: list[str]) -> None:
+    _console.check_no_positional(PROG, argv)
+    result: dict[str, Any] = {
+        "machine": _provenance.machine(),
+        "settings": {"batch_size": _BATCH.value, "precondition_frequency": _PF.value,
+                     "rounds": _ROUNDS.value, "steps_per_round": _STEPS.value},
+        "load_before": _uptime(), "models": {},
+    }  # fmt: skip
+    for name in dict.fromkeys(_MODEL.value):
+        result["models"][name] = profile(
+            name, _PHASES.value, _UNCOMPILED_PHASES.value, _PF.value, _BATCH.value, _ROUNDS.value, _STEPS.value
+        )
+        print(markdown(name, result["models"][name]), flush=True)
+    result["load_after"] = _uptime()
+    print(f"load average before {result['load_before']}, after {result['load_after']}")
+    if _OUTPUT.value:
+        _paths.write_text(_OUTPUT.value, json.dumps(result, indent=1))
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Entry point, as for every launch module."""
+    _console.run(main, PROG, __name__, argv)
+
+
+if __name__ == "__main__":
+    run()
