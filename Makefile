@@ -25,7 +25,10 @@ NOX    := $(BIN)/python -m nox --no-color
 # both from setup.cfg; no version is written in this file); `colab` runs
 # Colab's install path on the newest Python with the newest TensorFlow. The
 # middle Python and the fast suite on every Python are `make test-matrix`.
+# Then tfopt's tests under KERAS_BACKEND=jax and =torch, in .venv (it holds
+# the backends extra; nothing is installed).
 CORNERS = fast_tf_min colab
+BACKENDS = backend-jax backend-torch
 
 .PHONY: train test test-fast test-cluster test-matrix python lint docs bench bench-fit bench-optimizers \
         device-check set-repo clean fuzz test-upstream
@@ -55,7 +58,7 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster" --durations=15
 	$(BIN)/python -m pytest -q -m cluster --durations=10
-	$(NOX) -s $(CORNERS)
+	$(NOX) -s $(CORNERS) $(BACKENDS)
 
 # `make test-matrix` alone runs the fast suite on every supported Python present.
 PYTHONS ?= $(SUPPORTED_PYTHONS)

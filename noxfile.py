@@ -12,8 +12,9 @@
 supported Python, with the newest TensorFlow), then the opposite corners:
 `nox -s fast_tf_min` (the newest Python, the oldest TensorFlow) and
 `nox -s colab` (the newest Python, the newest TensorFlow, through Colab's
-install cell). `make test-matrix` adds the fast suite on every supported
-Python. The supported Pythons are read from setup.cfg's classifiers and the
+install cell), then `nox -s backend-jax backend-torch` (tfopt's tests on
+the other Keras backends, in make's .venv). `make test-matrix` adds the fast
+suite on every supported Python. The supported Pythons are read from setup.cfg's classifiers and the
 TensorFlow range from its install_requires, the one place each is written
 (tests pin python_requires, the Makefile, the docs and launch.tpu_vm to them).
 
