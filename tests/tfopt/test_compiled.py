@@ -15,6 +15,8 @@ import tensorflow as tf
 import tfopt
 from tfopt import _compiled
 
+pytestmark = pytest.mark.tensorflow_only("the compiled step is XLA through tf.function, TensorFlow's")
+
 SHAPES = [(6, 4), (4,), (2, 2, 3)]
 
 
