@@ -28,10 +28,13 @@ cell that starts to hold fails the test too, so the table stays true.
 from __future__ import annotations
 
 import fnmatch
+import glob
+import hashlib
 import math
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -45,6 +48,7 @@ ATOL = 1e-5
 # The reference must move each cell's weights well beyond the tolerance.
 MIN_MOVE = 10 * ATOL
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALL_CELLS = cells_module.cells()
 ACCEPTED = [c for c in ALL_CELLS if cells_module.accepted(c)[0]]
 REFUSED = [c for c in ALL_CELLS if not cells_module.accepted(c)[0]]
@@ -95,6 +99,41 @@ def expected_to_fail(strategy: str, cell_ids: list[str]) -> frozenset[str]:
 
 def _one_device() -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy("CPU:0")
+
+
+def _code_version() -> str:
+    """A digest of everything a one-device reference depends on: the sources and the versions."""
+    digest = hashlib.sha256(f"{sys.version} {tf.__version__} {keras.__version__} "
+                            f"{np.__version__}".encode())
+    for package in ("tfopt", "strategies"):
+        for path in sorted(glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)):
+            with open(path, "rb") as f:
+                digest.update(path.encode() + f.read())
+    with open(cells_module.__file__, "rb") as f:
+        digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def one_device_references(config: pytest.Config, group: list[str]) -> dict:
+    """The bundle's one-device results, computed once per version of the code.
+
+    The Mirrored tests and the cluster fixture compare against the same
+    references (a cell's result does not depend on its bundle, see
+    test_bundled_cell_equals_the_cell_alone); pytest's cache keeps them
+    between the two runs of `make test`, keyed by a digest of the sources
+    and versions, so the second run does not train them again. Without the
+    cache (``-p no:cacheprovider``) they are trained here.
+    """
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return dict(cells_module.train_all(group, _one_device()))
+    name = hashlib.sha256("\n".join(group).encode()).hexdigest()[:16]
+    path = os.path.join(str(cache.mkdir("equivalence-references")), f"{_code_version()}-{name}")
+    if os.path.exists(path + ".npz") and os.path.exists(path + ".errors.json"):
+        return cells_module.load(path)
+    references = dict(cells_module.train_all(group, _one_device()))
+    cells_module.save(path, references)
+    return references
 
 
 def _difference(expected: dict[str, np.ndarray], got: dict[str, np.ndarray],
@@ -198,8 +237,8 @@ def _bundle_id(group: list[str]) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("group", BUNDLES, ids=_bundle_id)
-def test_mirrored_equals_one_device(group):
-    references = dict(cells_module.train_all(group, _one_device()))
+def test_mirrored_equals_one_device(request, group):
+    references = one_device_references(request.config, group)
     mirrored = dict(cells_module.train_all(
         group, _keras_compat.mirrored_strategy(["CPU:0", "CPU:1"]), alone=MIRRORED_ALONE))
     _compare("mirrored", group, references, mirrored)
@@ -207,7 +246,6 @@ def test_mirrored_equals_one_device(group):
 
 # --- one MultiWorkerMirrored pair and one parameter-server cluster, every cell ------
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLUSTER_TIMEOUT = 1800.0
 CLUSTERS = {
     "multi_worker_mirrored": dict(workers=2),
@@ -217,7 +255,7 @@ RESULT_TASKS = {"multi_worker_mirrored": ("worker0", "worker1"), "parameter_serv
 
 
 @pytest.fixture(scope="module")
-def cluster_results(tmp_path_factory):
+def cluster_results(request, tmp_path_factory):
     """Both clusters run every cell while this process trains the one-device references."""
     out_dir = tmp_path_factory.mktemp("equivalence")
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
@@ -231,7 +269,9 @@ def cluster_results(tmp_path_factory):
     try:
         for cluster in clusters.values():
             cluster.start()
-        references = dict(cells_module.train_all(ACCEPTED, _one_device()))
+        references = {}
+        for group in cells_module.bundles(ACCEPTED):
+            references.update(one_device_references(request.config, group))
         for kind, cluster in clusters.items():
             outcomes[kind] = cluster.wait()
     finally:
