@@ -53,12 +53,19 @@ train: $(STAMP)
 
 # Unit + numerics + single-process tests run on 2 xdist workers; the
 # multi-process cluster tests run after, alone, so they get whole cores.
+# Each phase prints the time it starts, so a log shows where the minutes went.
+phase = @date -u +"make test: %T UTC: $(1)"
 test: $(STAMP)
+	$(call phase,lint and docs)
 	$(BIN)/python -m ruff check .
 	$(MAKE) --no-print-directory docs
+	$(call phase,the suite without the cluster tests)
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster" --durations=15
+	$(call phase,the cluster tests)
 	$(BIN)/python -m pytest -q -m cluster --durations=10
+	$(call phase,nox $(CORNERS) $(BACKENDS))
 	$(NOX) -s $(CORNERS) $(BACKENDS)
+	$(call phase,done)
 
 # `make test-matrix` alone runs the fast suite on every supported Python present.
 PYTHONS ?= $(SUPPORTED_PYTHONS)
