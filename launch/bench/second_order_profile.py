@@ -167,7 +167,7 @@ def _variants(phases: bool, uncompiled_phases: bool) -> dict[str, Callable[[int]
     }
 
 
-def _step_fn(model_name: str, make_optimizer, pf: int, batch: int):
+def step_fn(model_name: str, make_optimizer, pf: int, batch: int):
     """A traced, warmed-up ``run(steps)`` for one variant."""
     import keras
     import numpy as np
@@ -210,7 +210,7 @@ def _step_fn(model_name: str, make_optimizer, pf: int, batch: int):
 
 
 def profile(model_name: str, phases: bool, uncompiled_phases: bool, pf: int, batch: int, rounds: int, steps: int) -> dict:
-    runs = {name: _step_fn(model_name, make, pf, batch) for name, make in _variants(phases, uncompiled_phases).items()}
+    runs = {name: step_fn(model_name, make, pf, batch) for name, make in _variants(phases, uncompiled_phases).items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
