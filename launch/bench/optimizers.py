@@ -10,13 +10,16 @@ without XLA, on one fp32 variable of each ``--sizes`` (default 1M, 16M and
   read and written once, the gradient read once; Adam: 7 x 4 B per parameter.
   LARS and LAMB also need per-layer norms, which this count leaves out;
 * the achieved GB/s (those bytes over the median time);
-* the fraction of a roof measured in the same run: an XLA-compiled
-  element-wise kernel moving the same arrays (each state array read and
-  written, the gradient read). 1.0 means "as fast as memory allows".
+* the fraction of a memory roof measured in the same run (`launch.bench._roof`):
+  the bandwidth of the faster of an XLA-compiled triad and TensorFlow's fused
+  gradient-descent kernel on arrays of the same shape. A step's fraction is
+  the time its bytes take at that bandwidth over its own time; 1.0 means "as
+  fast as memory allows".
 
-Each timed round runs the tfopt step, its Keras counterpart's step and the
-roof once each, so that all three see the same machine load (a shared CPU
-drifts): the tfopt/Keras ratio and the fractions compare like with like.
+Each timed round runs the tfopt step, its Keras counterpart's step and both
+roof kernels once each, so that all of them see the same machine load (a
+shared CPU drifts): the tfopt/Keras ratio and the fractions compare like with
+like, and every row of one size is judged by the same two kernels.
 
 It writes ``optimizers.json`` (every number, machine and git state),
 ``optimizers.png`` (fraction of the roof per optimizer) and ``optimizers.md``
@@ -48,6 +51,7 @@ from absl import flags, logging
 
 import tfopt
 from launch import _console, _flags, _outputs, _paths, _provenance
+from launch.bench import _roof
 from launch.bench._report import markdown_table, plot, size_label
 
 
@@ -142,14 +146,13 @@ def _step_fn(optimizer: keras.optimizers.Optimizer, variable: Any, xla: bool) ->
 def measure(
     optimizers: Sequence[keras.optimizers.Optimizer],
     n: int,
-    state_arrays: int,
     xla: bool,
     timed_steps: int,
     warmup: int,
 ) -> list[dict[str, Any]]:
-    """Times each optimizer's step on ``n`` params, in turn with the roof kernel.
+    """Times each optimizer's step on ``n`` params, in turn with the two roof kernels.
 
-    Each timed round runs every optimizer once and the roof once, so a change
+    Each timed round runs every optimizer once and each roof kernel once, so a change
     in machine load (this CPU is shared) hits all of them alike: the ratios
     between them hold even when the absolute times drift.
     """
@@ -163,17 +166,10 @@ def measure(
         variables.append(variable)
         steps.append(_step_fn(optimizer, variable, xla))
 
-    # The roof: the same arrays, each state array read and written once and the
-    # gradient read once, in XLA-fused element-wise loops.
-    roof_state = [tf.Variable(tf.random.normal(shape)) for _ in range(state_arrays)]
+    # The roof (launch.bench._roof): a triad and TF's gradient-descent kernel on this shape.
+    roofs = [fn for fn, _ in _roof.kernels(shape)]
 
-    @tf.function(jit_compile=True)
-    def roof(g):
-        roof_state[0].assign(roof_state[0] * 0.5 + g)
-        for x in roof_state[1:]:
-            x.assign(x * 0.5)
-
-    fns = [*steps, roof]
+    fns = [*steps, *roofs]
     for _ in range(warmup):
         for fn in fns:
             fn(gradient)
@@ -186,19 +182,19 @@ def measure(
     for optimizer, variable in zip(optimizers, variables, strict=True):
         if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
             raise RuntimeError(f"{type(optimizer).__name__} produced non-finite weights.")
-    roof_ms = _median_ms(times[-1])
+    triad_ms, kernel_ms = (_median_ms(t) for t in times[len(steps):])
+    roof = {"roof_triad_ms": triad_ms, "roof_kernel_ms": kernel_ms,
+            "roof_gb_per_s": _roof.gb_per_s(n, triad_ms / 1e3, kernel_ms / 1e3)}  # fmt: skip
     return [
-        {"step_ms": _median_ms(t), "roof_ms": roof_ms, "step_ms_all": [1e3 * x for x in t]}
-        for t in times[:-1]
+        {"step_ms": _median_ms(t), **roof, "step_ms_all": [1e3 * x for x in t]}
+        for t in times[: len(steps)]
     ]
 
 
 def _row(name: str, impl: str, optimizer: Any, spec: Spec, xla: bool, n: int,
          timing: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """One result: the timings, the bytes a step must move and the GB/s they give."""
-    roof_bytes = 4 * n * (2 * spec.state_arrays + 1)
-    step_bytes = roof_bytes + spec.extra_bytes * n
-    roof_gb_per_s = roof_bytes / timing["roof_ms"] / 1e6
+    step_bytes = 4 * n * (2 * spec.state_arrays + 1) + spec.extra_bytes * n
     return {
         "optimizer": name,
         "implementation": impl,
@@ -208,9 +204,8 @@ def _row(name: str, impl: str, optimizer: Any, spec: Spec, xla: bool, n: int,
         "bytes_per_step": step_bytes,
         **timing,
         "gb_per_s": step_bytes / timing["step_ms"] / 1e6,
-        "roof_gb_per_s": roof_gb_per_s,
-        # The roof kernel's time for these bytes, over the step's time.
-        "fraction_of_roof": step_bytes / roof_gb_per_s / 1e6 / timing["step_ms"],
+        # The time these bytes take at the roof's bandwidth, over the step's time.
+        "fraction_of_roof": step_bytes / timing["roof_gb_per_s"] / 1e6 / timing["step_ms"],
     }
 
 
@@ -225,7 +220,7 @@ def measure_group(
     rows = []
     for xla in xla_modes:
         optimizers = [make() for _, make in impls]
-        timings = measure(optimizers, n, spec.state_arrays, xla, timed_steps, warmup)
+        timings = measure(optimizers, n, xla, timed_steps, warmup)
         for (impl, _), optimizer, timing in zip(impls, optimizers, timings, strict=True):
             rows.append(_row(name, impl, optimizer, spec, xla, n, timing))
         del optimizers

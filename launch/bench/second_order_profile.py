@@ -84,7 +84,7 @@ def _model(name: str):
     return keras.Model(inputs, outputs, name="autoencoder_784"), (784,), "reconstruction"
 
 
-def _uncompiled(cls):
+def uncompiled(cls):
     """``cls`` with its plain ``keras.ops`` step: no XLA (the path under strategies)."""
     return type(f"Uncompiled{cls.__name__}", (cls,), {"_compile_update": False})
 
@@ -108,7 +108,7 @@ def _shampoo_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int],
             return g
 
     def make(cls, graft="rmsprop", refresh=True):
-        cls = _compiled(cls) if compiled else _uncompiled(cls)
+        cls = _compiled(cls) if compiled else uncompiled(cls)
         return lambda pf: cls(1e-3, graft_type=graft,
                               precondition_frequency=pf if refresh else 10**9)  # fmt: skip
 
@@ -139,7 +139,7 @@ def _soap_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int], An
             return x
 
     def make(cls, refresh=True):
-        cls = _compiled(cls) if compiled else _uncompiled(cls)
+        cls = _compiled(cls) if compiled else uncompiled(cls)
         return lambda pf: cls(3e-3, precondition_frequency=pf if refresh else 10**9)
 
     tag = "soap" if compiled else "soap uncompiled"
@@ -167,7 +167,7 @@ def _variants(phases: bool, uncompiled_phases: bool) -> dict[str, Callable[[int]
     }
 
 
-def _step_fn(model_name: str, make_optimizer, pf: int, batch: int):
+def step_fn(model_name: str, make_optimizer, pf: int, batch: int):
     """A traced, warmed-up ``run(steps)`` for one variant."""
     import keras
     import numpy as np
@@ -210,7 +210,7 @@ def _step_fn(model_name: str, make_optimizer, pf: int, batch: int):
 
 
 def profile(model_name: str, phases: bool, uncompiled_phases: bool, pf: int, batch: int, rounds: int, steps: int) -> dict:
-    runs = {name: _step_fn(model_name, make, pf, batch) for name, make in _variants(phases, uncompiled_phases).items()}
+    runs = {name: step_fn(model_name, make, pf, batch) for name, make in _variants(phases, uncompiled_phases).items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():

@@ -1,8 +1,9 @@
 r"""An accelerator check that one command runs: ``python -m launch.device_check``.
 
 It finds the accelerators present and runs a fixed, time-boxed set of checks
-(`launch.device_check._catalog`): the fused optimizer kernels against a memory roof
-measured in the same run, the default training job under ``auto`` and under
+(`launch.device_check._catalog`): the fused optimizer kernels, and every tfopt
+optimizer's fraction of a memory roof measured in the same run; Shampoo's and
+SOAP's step cost against Keras' AdamW; the default training job under ``auto`` and under
 ``mirrored`` over two logical devices, ``mixed_float16`` (speed, and an fp16
 overflow on one replica skipped on every replica) and XLA on two convnets.
 The full profile is sized for one GPU in at most 8 minutes; ``--quick`` runs

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 import launch.device_check._catalog as catalog
 import launch.device_check._kernels as _kernels
+import launch.device_check._second_order as _second_order
 import strategies
 from launch import _job, _models
 
@@ -305,6 +306,7 @@ CHECKS: dict[str, Callable[[catalog.Check, Context], dict[str, Any]]] = {
     "fused_kernels": _kernels.fused_kernels,
     "job": job,
     "mixed_precision": mixed_precision,
+    "second_order": _second_order.second_order,
     "xla_cnn": _xla("cnn"),
     "xla_convnet": _xla("resnet_small"),
 }

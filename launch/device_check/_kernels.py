@@ -1,7 +1,9 @@
 """The fused-kernel check of `launch.device_check`: agreement, step time, memory roof.
 
-For each optimizer of the issue (SGD+momentum, Adagrad, Adam, LARS, LAMB,
-RAdam), on one float32 variable of ``check.params`` parameters:
+For every tfopt optimizer of `launch.bench.optimizers` (gradient descent,
+SGD+momentum, dynamic gradient descent, Adagrad, Adam, LARS, LAMB, RAdam,
+Lookahead(Adam), LazyAdam), on one float32 variable of ``check.params``
+parameters:
 
 * **Agreement.** ``fused=True`` (TensorFlow's ``ResourceApply*`` kernels) and
   ``fused=False`` (the ``keras.ops`` spec) take three steps from the same
@@ -10,15 +12,17 @@ RAdam), on one float32 variable of ``check.params`` parameters:
   as such, not as agreeing.
 * **Step time** of tfopt (``fused="auto"``) and of the Keras counterpart where
   one exists, in a ``tf.function`` with XLA off and on.
-* **Memory roof**, measured here: XLA-compiled STREAM copy (``b = a``, 8 B a
-  parameter) and triad (``a = b + s*c``, 12 B), timed in the same rounds as
+* **Memory roof**, measured here as `launch.bench.optimizers` does
+  (`launch.bench._roof`): an XLA-compiled triad and TensorFlow's fused
+  gradient-descent kernel (12 B a parameter each), timed in the same rounds as
   the steps, on arrays of ``check.params`` parameters but at least
   ``ROOF_MIN_PARAMS`` (so that a small quick-profile size measures the
   device's bandwidth, not its per-call overhead); the roof is the faster of
   the two, in bytes moved per second. A step's
   fraction of the roof is (bytes it must move / roof) / its time, with the
   bytes counted as in `launch.bench.optimizers`: each state array read and
-  written once, the gradient read once (Adam: 28 B a parameter).
+  written once, the gradient read once (Adam: 28 B a parameter), plus
+  Lookahead's amortized sync.
 
 GPU ops run asynchronously, so every timing enqueues ``calls`` steps and then
 waits for the device by fetching one element of the variable written last.
@@ -38,18 +42,31 @@ import tensorflow as tf
 
 import launch.device_check._catalog as catalog
 import tfopt
+from launch.bench import _roof
 
-# name -> (tfopt factory taking `fused`, Keras counterpart or None, state arrays)
+_SYNC_PERIOD = 6
+# name -> (tfopt factory taking `fused`, Keras counterpart or None, state arrays):
+# every optimizer of launch.bench.optimizers, in its order.
 OPTIMIZERS: dict[str, tuple[Callable[[Any], Any], Callable[[], Any] | None, int]] = {
+    "gradient_descent": (lambda fused: tfopt.get("gradient_descent", fused=fused),
+                         lambda: keras.optimizers.SGD(), 1),
     "sgd_momentum": (lambda fused: tfopt.get("sgd", momentum=0.9, fused=fused),
                      lambda: keras.optimizers.SGD(momentum=0.9), 2),
+    "dynamic_gradient_descent": (
+        lambda fused: tfopt.get("dynamic_gradient_descent", fused=fused), None, 2),
     "adagrad": (lambda fused: tfopt.get("adagrad", fused=fused), keras.optimizers.Adagrad, 2),
     "adam": (lambda fused: tfopt.get("adam", fused=fused), keras.optimizers.Adam, 3),
     "lars": (lambda fused: tfopt.get("lars", weight_decay=1e-4, fused=fused), None, 2),
     # tfopt.LAMB has no fused kernel: `fused` is not one of its arguments.
     "lamb": (lambda fused: tfopt.get("lamb", weight_decay=1e-2), keras.optimizers.Lamb, 3),
     "radam": (lambda fused: tfopt.get("radam", fused=fused), None, 3),
+    "lookahead": (lambda fused: tfopt.Lookahead(tfopt.get("adam", fused=fused),
+                                                sync_period=_SYNC_PERIOD), None, 3),
+    "lazy_adam": (lambda fused: tfopt.get("lazy_adam", fused=fused), keras.optimizers.Adam, 3),
 }  # fmt: skip
+# Bytes per parameter per step beyond the state arrays, amortized: Lookahead
+# reads and writes the variable and its slow weights every sync_period steps.
+EXTRA_BYTES = {"lookahead": 4 * 4 / _SYNC_PERIOD}
 NO_FUSED_KERNEL = {"lamb"}
 TOLERANCE = 1e-6
 ROOF_MIN_PARAMS = {catalog.FULL: 16 << 20, catalog.QUICK: 1 << 20}
@@ -97,12 +114,9 @@ def _apply_fn(optimizer: Any, variable: Any, jit_compile: bool) -> Callable[[Any
 
 @functools.cache
 def _roof_kernels(n: int) -> list[tuple[Callable[[], Any], Any]]:
-    """Copy and triad on ``n`` float32s, compiled once per size and reused by every step timing."""
-    shape = _shape(n)
-    a, b, c = (tf.Variable(tf.random.normal(shape, seed=i)) for i in range(3))
-    copy = tf.function(lambda: b.assign(a), jit_compile=True)
-    triad = tf.function(lambda: a.assign(b + 0.5 * c), jit_compile=True)
-    return [(copy, b), (triad, a)]
+    """`launch.bench._roof`'s triad and TF kernel on ``n`` float32s, built once per size."""
+    gradient = tf.random.normal(_shape(n), seed=5)
+    return [(functools.partial(fn, gradient), v) for fn, v in _roof.kernels(_shape(n))]
 
 
 def _agreement(name: str, n: int) -> dict[str, Any]:
@@ -150,11 +164,13 @@ def _step_times(name: str, n: int, xla: bool, profile: str) -> dict[str, Any]:
         variables.append(variable)
     roof_n = max(n, ROOF_MIN_PARAMS[profile])
     seconds = time_calls([*fns, *_roof_kernels(roof_n)], profile)
-    copy_bw, triad_bw = 8 * roof_n / seconds[-2], 12 * roof_n / seconds[-1]
-    roof_bw = max(copy_bw, triad_bw)
-    step_bytes = 4 * n * (2 * state_arrays + 1)
-    row: dict[str, Any] = {"roof_params": roof_n, "roof_gb_per_s": roof_bw / 1e9, "copy_gb_per_s": copy_bw / 1e9,
-                           "triad_gb_per_s": triad_bw / 1e9, "bytes_per_step": step_bytes}  # fmt: skip
+    triad_s, kernel_s = seconds[-2:]
+    roof_bw = 1e9 * _roof.gb_per_s(roof_n, triad_s, kernel_s)
+    step_bytes = 4 * n * (2 * state_arrays + 1) + EXTRA_BYTES.get(name, 0.0) * n
+    row: dict[str, Any] = {"roof_params": roof_n, "roof_gb_per_s": roof_bw / 1e9,
+                           "triad_gb_per_s": _roof.BYTES_PER_PARAM * roof_n / triad_s / 1e9,
+                           "tf_kernel_gb_per_s": _roof.BYTES_PER_PARAM * roof_n / kernel_s / 1e9,
+                           "bytes_per_step": step_bytes}  # fmt: skip
     for (impl, _), t, variable in zip(impls, seconds[: len(impls)], variables, strict=True):
         if not bool(tf.reduce_all(tf.math.is_finite(variable.value))):
             raise FloatingPointError(f"{impl} {name} (XLA {'on' if xla else 'off'}) "

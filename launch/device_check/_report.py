@@ -102,8 +102,26 @@ def markdown(report: dict[str, Any]) -> str:
     fused = [c for c in report["checks"] if c["name"].startswith("fused_kernels") and c.get("metrics")]
     if fused:
         lines += ["", "## Fused kernels vs the memory roof", "",
-                  "Roof: the faster of an XLA copy and triad kernel, timed in the same rounds as the "
-                  "steps on arrays of max(params, 16M) parameters (1M in the quick profile). "
+                  "Roof: the faster of an XLA triad and TensorFlow's fused gradient-descent kernel "
+                  "(launch.bench._roof), timed in the same rounds as the steps on arrays of "
+                  "max(params, 16M) parameters (1M in the quick profile). "
                   "% roof = (bytes a step must move / roof) / step time.",
                   "", *_fused_table(fused)]  # fmt: skip
+    second = [c for c in report["checks"] if c["name"] == "second_order" and c.get("metrics")]
+    if second:
+        lines += ["", "## Second-order step cost vs AdamW", "",
+                  "One train step (forward, backward, apply) per optimizer, one device, "
+                  "precondition_frequency=10; x AdamW is the median per-round ratio.",
+                  "", *_second_order_table(second)]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _second_order_table(checks: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | batch | optimizer | ms/step | x AdamW | target |",
+             "|---|---:|---|---:|---:|---:|"]  # fmt: skip
+    for check in checks:
+        for r in check["metrics"].get("rows", []):
+            target = "" if r["target_x_adamw"] is None else f"{r['target_x_adamw']:g}x"
+            lines.append(f"| {r['model']} | {r['batch']} | {r['optimizer']} | {r['step_ms']:.2f} "
+                         f"| {r['x_adamw']:.2f} | {target} |")  # fmt: skip
+    return lines

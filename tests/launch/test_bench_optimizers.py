@@ -38,7 +38,9 @@ def test_small_run_writes_json_plot_and_table(tmp_path):
     assert rows[3]["bytes_per_step"] == pytest.approx(7 * 4 * 4096 + 16 / 6 * 4096)
     for r in rows:
         assert r["params"] == 4096 and r["xla"] is False and len(r["step_ms_all"]) == 2
-        assert r["step_ms"] > 0 and r["roof_ms"] > 0
+        assert r["step_ms"] > 0 and r["roof_triad_ms"] > 0 and r["roof_kernel_ms"] > 0
+        assert r["roof_gb_per_s"] == pytest.approx(
+            12 * 4096 / min(r["roof_triad_ms"], r["roof_kernel_ms"]) / 1e6)
         # The fraction is the roof's time for these bytes over the step's time.
         roof_time = r["bytes_per_step"] / (r["roof_gb_per_s"] * 1e6)
         assert r["fraction_of_roof"] == pytest.approx(roof_time / r["step_ms"])

@@ -123,12 +123,22 @@ def test_quick_profile_reports_every_check_with_a_status(quick):
         assert r["tfopt_fraction_of_roof"] == pytest.approx(
             r["bytes_per_step"] / (r["roof_gb_per_s"] * 1e9) / (r["tfopt_ms"] / 1e3)
         )
-        assert ("keras_ms" in r) is (r["optimizer"] in ("sgd_momentum", "adagrad", "adam", "lamb"))
+        assert ("keras_ms" in r) is (r["optimizer"] in (
+            "gradient_descent", "sgd_momentum", "adagrad", "adam", "lamb", "lazy_adam"))
+        assert r["roof_gb_per_s"] == pytest.approx(max(r["triad_gb_per_s"], r["tf_kernel_gb_per_s"]))
     # Each worker's log comes back with the report: one per device layout.
     assert sorted(p.name for p in out.iterdir()) == [
         "device_check.json", "device_check.md", "worker-accelerators.log", "worker-job_mirrored.log"
     ]
     assert "## Fused kernels vs the memory roof" in table and "| lamb | 256K | on | no fused kernel |" in table
+
+    second = checks["second_order"]["metrics"]
+    assert [(r["model"], r["optimizer"]) for r in second["rows"]] == [
+        ("digits_cnn", o) for o in ("adamw", "shampoo", "soap")]
+    for r in second["rows"]:
+        assert r["step_ms"] > 0 and r["x_adamw"] > 0
+        assert f"| digits_cnn | {r['batch']} | {r['optimizer']} | {r['step_ms']:.2f} |" in table
+    assert "## Second-order step cost vs AdamW" in table and "Shampoo" in checks["second_order"]["reason"]
 
 
 def test_injected_faults_are_reported_failed_and_timeout(tmp_path):
@@ -252,7 +262,7 @@ def test_catalog_fits_eight_minutes_and_names_are_unique():
         checks = catalog.checks(profile)
         assert len({c.name for c in checks}) == len(checks)
         assert {c.kind for c in checks} == {"accelerators", "fused_kernels", "job", "mixed_precision",
-                                            "xla_cnn", "xla_convnet"}  # fmt: skip
+                                            "second_order", "xla_cnn", "xla_convnet"}  # fmt: skip
         assert {c.layout for c in checks} == set(catalog.LAYOUTS)
     assert sum(c.box_s for c in catalog.checks(catalog.FULL)) <= 8 * 60
     assert [c.params for c in catalog.checks(catalog.FULL) if c.params] == [16 << 20, 64 << 20]
