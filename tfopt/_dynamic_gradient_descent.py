@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused
+from tfopt import _fused, _torch_inplace
 from tfopt._registry import register
 from tfopt._validation import (
     check_fused,
@@ -128,6 +128,9 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
 
         if _fused.use_fused(self, variable, v):
             _fused.accumulated_momentum(variable, v, alpha, gradient)
+            return
+        if _torch_inplace.applies(self, variable, gradient, v):
+            _torch_inplace.accumulated_momentum(variable, v, gradient, alpha)
             return
 
         # v ← v + g   (a scatter for sparse g: repeated rows add up, as they should)

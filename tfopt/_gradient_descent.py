@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused
+from tfopt import _fused, _torch_inplace
 from tfopt._registry import register
 from tfopt._validation import check_fused, check_learning_rate
 
@@ -68,6 +68,9 @@ class GradientDescent(keras.optimizers.Optimizer):
 
         if _fused.use_fused(self, variable):
             _fused.gradient_descent(variable, lr, gradient)
+            return
+        if _torch_inplace.applies(self, variable, gradient):
+            _torch_inplace.gradient_descent(variable, gradient, lr)
             return
 
         self.assign_sub(variable, ops.multiply(lr, gradient))
