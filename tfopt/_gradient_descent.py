@@ -36,6 +36,7 @@ class GradientDescent(keras.optimizers.Optimizer):
         backend, float16/float32/float64 variables, no XLA) and with
         ``keras.ops`` elsewhere. ``True`` requires the kernel and raises a
         ``ValueError`` where it cannot be used; ``False`` always uses ``keras.ops``.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
         ``weight_decay``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,

@@ -79,6 +79,7 @@ class LARS(keras.optimizers.Optimizer):
         ``learning_rate * r``) on float32/float64 variables; elsewhere, and
         with ``False``, ``keras.ops``. ``True`` raises a ``ValueError`` where
         the kernel cannot be used.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the Keras optimizer options (``clipnorm``, ``use_ema``,
         ``name``...).
 

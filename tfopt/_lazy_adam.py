@@ -57,6 +57,7 @@ class LazyAdam(keras.optimizers.Optimizer):
         ``tfopt.Adam`` does; sparse ones always take the row-wise path above.
         ``False`` always uses ``keras.ops``; ``True`` raises a ``ValueError``
         where the kernel cannot be used.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the Keras optimizer options (``clipnorm``, ``weight_decay``,
         ``use_ema``, ``name``...).
 

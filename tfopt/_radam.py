@@ -67,6 +67,7 @@ class RAdam(keras.optimizers.Optimizer):
         epsilon ``epsilon * sqrt(1 - beta_2**t)``, the same rule) on
         float32/float64 variables. ``False`` always uses ``keras.ops``;
         ``True`` raises a ``ValueError`` where the kernel cannot be used.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the Keras optimizer options (``clipnorm``, ``weight_decay``,
         ``use_ema``, ``name``...).
 

@@ -47,6 +47,7 @@ class SGD(keras.optimizers.Optimizer):
         ``keras.ops``.
         ``True`` raises a ``ValueError`` where the kernel cannot be used;
         ``False`` always uses ``keras.ops``.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
         ``weight_decay``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
