@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import initializers, ops
 
-from tfopt import _fused, _sparse
+from tfopt import _fused, _sparse, _torch_inplace
 from tfopt._registry import register
 from tfopt._validation import check_fused, check_learning_rate, check_non_negative
 
@@ -46,6 +46,7 @@ class Adagrad(keras.optimizers.Optimizer):
         variables, no XLA; elsewhere with ``keras.ops``. ``True`` raises a
         ``ValueError`` where the kernel cannot be used; ``False`` always uses
         ``keras.ops``.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
         ``weight_decay``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
@@ -97,6 +98,9 @@ class Adagrad(keras.optimizers.Optimizer):
 
         if _fused.use_fused(self, variable, s):
             _fused.adagrad(variable, s, lr, gradient)
+            return
+        if _torch_inplace.applies(self, variable, gradient, s):
+            _torch_inplace.adagrad(variable, s, gradient, lr)
             return
 
         # accumulator ← accumulator + g²

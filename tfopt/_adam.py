@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _sparse
+from tfopt import _fused, _sparse, _torch_inplace
 from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
 from tfopt._validation import (
@@ -65,6 +65,7 @@ class Adam(keras.optimizers.Optimizer):
         includes ``mixed_float16`` training), no XLA; elsewhere with ``keras.ops``.
         ``True`` raises a ``ValueError`` where the kernel cannot be used;
         ``False`` always uses ``keras.ops``.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
         ``weight_decay``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
@@ -135,6 +136,9 @@ class Adam(keras.optimizers.Optimizer):
         alpha = ops.cast(
             s.learning_rate * ops.sqrt(1 - s.beta_2_power) / (1 - s.beta_1_power), dtype
         )
+        if _torch_inplace.applies(self, variable, g, *slots):
+            _torch_inplace.adam(variable, m, v, v_hat, g, alpha, s.beta_1, s.beta_2, self.epsilon)
+            return
         # m ← beta_1 · m + (1 − beta_1) · g;  v ← beta_2 · v + (1 − beta_2) · g²
         update_moments(self, m, v, g, s.beta_1, s.beta_2)
         if v_hat is not None:

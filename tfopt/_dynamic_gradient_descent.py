@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused
+from tfopt import _fused, _torch_inplace
 from tfopt._registry import register
 from tfopt._validation import (
     check_fused,
@@ -74,6 +74,7 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
         variables, no XLA; elsewhere with ``keras.ops``. ``True`` raises a
         ``ValueError`` where the kernel cannot be used; ``False`` always uses
         ``keras.ops``.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
         ``weight_decay``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
@@ -128,6 +129,9 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
 
         if _fused.use_fused(self, variable, v):
             _fused.accumulated_momentum(variable, v, alpha, gradient)
+            return
+        if _torch_inplace.applies(self, variable, gradient, v):
+            _torch_inplace.accumulated_momentum(variable, v, gradient, alpha)
             return
 
         # v ← v + g   (a scatter for sparse g: repeated rows add up, as they should)

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused
+from tfopt import _fused, _torch_inplace
 from tfopt._registry import register
 from tfopt._validation import check_fused, check_learning_rate
 
@@ -36,6 +36,7 @@ class GradientDescent(keras.optimizers.Optimizer):
         backend, float16/float32/float64 variables, no XLA) and with
         ``keras.ops`` elsewhere. ``True`` requires the kernel and raises a
         ``ValueError`` where it cannot be used; ``False`` always uses ``keras.ops``.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
         ``weight_decay``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
@@ -68,6 +69,9 @@ class GradientDescent(keras.optimizers.Optimizer):
 
         if _fused.use_fused(self, variable):
             _fused.gradient_descent(variable, lr, gradient)
+            return
+        if _torch_inplace.applies(self, variable, gradient):
+            _torch_inplace.gradient_descent(variable, gradient, lr)
             return
 
         self.assign_sub(variable, ops.multiply(lr, gradient))

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _sparse
+from tfopt import _sparse, _torch_inplace
 from tfopt._exclusion import compile_patterns, is_excluded
 from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
@@ -147,6 +147,11 @@ class LAMB(keras.optimizers.Optimizer):
         bias_2 = ops.cast(1 - s.beta_2_power, dtype)
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)
 
+        if _torch_inplace.applies(self, variable, g, m, v):
+            decay = self.weight_decay if self._decays[index] else None
+            _torch_inplace.lamb(variable, m, v, g, lr, s.beta_1, s.beta_2, bias_1, bias_2,
+                                self.epsilon, decay, self._adapts[index])  # fmt: skip
+            return
         # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
         update_moments(self, m, v, g, s.beta_1, s.beta_2)
         # u = m_hat / (sqrt(v_hat) + epsilon) + weight_decay * w

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _sparse
+from tfopt import _fused, _sparse, _torch_inplace
 from tfopt._exclusion import compile_patterns, is_excluded
 from tfopt._registry import register
 from tfopt._trust_ratio import trust_ratio
@@ -79,6 +79,7 @@ class LARS(keras.optimizers.Optimizer):
         ``learning_rate * r``) on float32/float64 variables; elsewhere, and
         with ``False``, ``keras.ops``. ``True`` raises a ``ValueError`` where
         the kernel cannot be used.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the Keras optimizer options (``clipnorm``, ``use_ema``,
         ``name``...).
 
@@ -162,6 +163,11 @@ class LARS(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         m = self._momentums[index]
 
+        if _torch_inplace.applies(self, variable, g, m):
+            decay = self.weight_decay if self._decays[index] else None
+            _torch_inplace.lars(variable, m, g, lr, self.momentum, decay, self._adapts[index],
+                                self.trust_coefficient, self.eps, self.nesterov)  # fmt: skip
+            return
         # g = g + weight_decay * w
         if self._decays[index]:
             g = g + ops.convert_to_tensor(self.weight_decay, dtype) * variable

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _sparse
+from tfopt import _fused, _sparse, _torch_inplace
 from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
 from tfopt._validation import check_fused, check_learning_rate, check_positive, check_unit_interval
@@ -57,6 +57,7 @@ class LazyAdam(keras.optimizers.Optimizer):
         ``tfopt.Adam`` does; sparse ones always take the row-wise path above.
         ``False`` always uses ``keras.ops``; ``True`` raises a ``ValueError``
         where the kernel cannot be used.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the Keras optimizer options (``clipnorm``, ``weight_decay``,
         ``use_ema``, ``name``...).
 
@@ -118,6 +119,10 @@ class LazyAdam(keras.optimizers.Optimizer):
             s.learning_rate * ops.sqrt(1 - s.beta_2_power) / (1 - s.beta_1_power), dtype
         )
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)
+        if dense and _torch_inplace.applies(self, variable, gradient, m, v):
+            _torch_inplace.adam(variable, m, v, None, gradient, alpha, s.beta_1, s.beta_2,
+                                self.epsilon)  # fmt: skip
+            return
         if dense:
             # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
             update_moments(self, m, v, ops.cast(gradient, dtype), s.beta_1, s.beta_2)

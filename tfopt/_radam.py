@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _sparse
+from tfopt import _fused, _sparse, _torch_inplace
 from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
 from tfopt._validation import (
@@ -67,6 +67,7 @@ class RAdam(keras.optimizers.Optimizer):
         epsilon ``epsilon * sqrt(1 - beta_2**t)``, the same rule) on
         float32/float64 variables. ``False`` always uses ``keras.ops``;
         ``True`` raises a ``ValueError`` where the kernel cannot be used.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the Keras optimizer options (``clipnorm``, ``weight_decay``,
         ``use_ema``, ``name``...).
 
@@ -161,6 +162,12 @@ class RAdam(keras.optimizers.Optimizer):
             ops.cond(rectified, rectified_step, momentum_step)
             return
 
+        if _torch_inplace.applies(self, variable, g, m, v):
+            _torch_inplace.radam(
+                variable, m, v, g, beta_1, beta_2, rectified, ops.cast(r_t * step_size, dtype),
+                ops.cast(step_size, dtype), ops.cast(1 - beta_2_power, dtype), self.epsilon,
+            )  # fmt: skip
+            return
         # w = w - learning_rate * (r_t * m_hat / (sqrt(v_hat) + epsilon)  or  m_hat)
         # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
         update_moments(self, m, v, g, beta_1, beta_2)

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _sparse
+from tfopt import _fused, _sparse, _torch_inplace
 from tfopt._registry import register
 from tfopt._validation import check_fused, check_learning_rate, check_unit_interval
 
@@ -47,6 +47,7 @@ class SGD(keras.optimizers.Optimizer):
         ``keras.ops``.
         ``True`` raises a ``ValueError`` where the kernel cannot be used;
         ``False`` always uses ``keras.ops``.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the base ``keras.optimizers.Optimizer`` options (``name``,
         ``weight_decay``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
@@ -96,6 +97,9 @@ class SGD(keras.optimizers.Optimizer):
             if _fused.use_fused(self, variable):
                 _fused.gradient_descent(variable, lr, gradient)
                 return
+            if _torch_inplace.applies(self, variable, gradient):
+                _torch_inplace.gradient_descent(variable, gradient, lr)
+                return
             # θ ← θ − learning_rate · g
             self.assign_sub(variable, ops.multiply(lr, gradient))
             return
@@ -105,6 +109,9 @@ class SGD(keras.optimizers.Optimizer):
         u = self._velocities[self._get_variable_index(variable)]
         if _fused.use_fused(self, variable, u):
             _fused.keras_momentum(variable, u, lr, gradient, self.momentum, self.nesterov)
+            return
+        if _torch_inplace.applies(self, variable, gradient, u):
+            _torch_inplace.sgd(variable, u, gradient, lr, self.momentum, self.nesterov)
             return
 
         momentum = ops.convert_to_tensor(self.momentum, variable.dtype)

@@ -15,16 +15,15 @@ import re
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 import tfopt
 from tests.tfopt.references import assert_trajectories_close
 
-pytestmark = pytest.mark.tensorflow_only(
-    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
-    "on other backends the same optimizers are checked by test_conformance.py, "
-    "test_references.py and test_backends.py"
-)
+
+def _tensor(x, dtype="float32"):
+    """A backend tensor (any KERAS_BACKEND) of ``x``."""
+    return ops.convert_to_tensor(np.asarray(x, dtype))
 
 
 def lars(
@@ -74,7 +73,7 @@ def _run(optimizer, params, grads, names=("dense/kernel", "dense/bias")):
     ]
     out = []
     for step_grads in grads:
-        optimizer.apply([tf.constant(g, tf.float32) for g in step_grads], variables)
+        optimizer.apply([_tensor(g) for g in step_grads], variables)
         out.append([v.numpy() for v in variables])
     return out
 
@@ -104,7 +103,10 @@ def test_exclusions_map_onto_optax_masks():
     assert_trajectories_close(_run(opt, params, grads), expected)
 
 
+@pytest.mark.tensorflow_only("plain tf.Variable (named, no path) is TensorFlow's")
 def test_exclusion_regexes_work_on_plain_tf_variables():
+    import tensorflow as tf
+
     # tf.Variable has no `.path`; its name ("dense/bias:0") is matched instead.
     params, grads = _problem(steps=2)
     variables = [
@@ -113,7 +115,7 @@ def test_exclusion_regexes_work_on_plain_tf_variables():
     ]
     opt = tfopt.LARS(1.0, exclude_from_layer_adaptation=["dense/bias"])
     for step_grads in grads:
-        opt.apply([tf.constant(g, tf.float32) for g in step_grads], variables)
+        opt.apply([_tensor(g) for g in step_grads], variables)
     expected = lars(params, grads, adapt_mask=[True, False])
     assert_trajectories_close([[v.numpy() for v in variables]], [expected[-1]])
 
@@ -125,23 +127,26 @@ def test_weight_decay_is_applied_once_inside_the_trust_ratio():
     lr, wd = 0.1, 0.5
     opt = tfopt.LARS(lr, momentum=0.0, weight_decay=wd, exclude_from_layer_adaptation=[".*"])
     w = keras.Variable(w0, dtype="float32")
-    opt.apply([tf.constant(g, tf.float32)], [w])
+    opt.apply([_tensor(g)], [w])
     np.testing.assert_allclose(w.numpy(), w0 - lr * (g + wd * w0), rtol=1e-6)
 
 
 def test_zero_norm_falls_back_to_a_ratio_of_one():
     # optax's safe ratio: a zero bias takes a plain learning_rate-sized step.
     bias, g = keras.Variable(np.zeros(3), dtype="float32"), np.array([1.0, -2.0, 0.5])
-    tfopt.LARS(0.1).apply([tf.constant(g, tf.float32)], [bias])
+    tfopt.LARS(0.1).apply([_tensor(g)], [bias])
     np.testing.assert_allclose(bias.numpy(), -0.1 * g, rtol=1e-6)
 
 
+@pytest.mark.tensorflow_only("tf.IndexedSlices gradients exist only on TensorFlow")
 def test_sparse_gradient_is_applied_as_its_dense_value():
+    import tensorflow as tf
+
     params, grads = _problem(steps=1)
     table = keras.Variable(params[0], dtype="float32", name="kernel")
     g = grads[0][0]
     rows = tf.IndexedSlices(
-        tf.constant(g[[0, 2]], tf.float32), tf.constant([0, 2]), tf.constant([4, 3])
+        _tensor(g[[0, 2]]), tf.constant([0, 2]), tf.constant([4, 3])
     )
     dense_g = np.zeros_like(g)
     dense_g[[0, 2]] = g[[0, 2]]

@@ -5,16 +5,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 import tfopt
-from tests.tfopt import mirrored
-
-pytestmark = pytest.mark.tensorflow_only(
-    "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
-    "on other backends the same optimizers are checked by test_conformance.py, "
-    "test_references.py and test_backends.py"
-)
 
 INNER = {
     "tfopt_sgd_momentum": lambda: tfopt.SGD(0.1, momentum=0.9),
@@ -31,8 +24,14 @@ BAD[1, 2, 0] = np.nan  # Replica 1 only: replica 0's gradients stay finite.
 TARGET_W = np.array([[1.0], [-2.0], [0.5]], "float32")
 
 
-def _mirrored() -> tf.distribute.Strategy:
+# The tests under MirroredStrategy are TensorFlow's; the rest run on every backend.
+_MIRRORED_ONLY = pytest.mark.tensorflow_only("tf.distribute.MirroredStrategy is TensorFlow's")
+
+
+def _mirrored():
     # The default (collective) all-reduce, as users get it; see tests/tfopt/mirrored.py.
+    from tests.tfopt import mirrored
+
     return mirrored.two_cpus()
 
 
@@ -53,6 +52,8 @@ class _Run:
     """A linear model trained step by step under a strategy, as Keras' trainer does."""
 
     def __init__(self, strategy, make_inner, wrap=True):
+        import tensorflow as tf
+
         self.strategy = strategy
         with strategy.scope():
             keras.utils.set_random_seed(1)
@@ -77,6 +78,8 @@ class _Run:
         self._step = step
 
     def step(self, batch: np.ndarray) -> None:
+        import tensorflow as tf
+
         n = self.strategy.num_replicas_in_sync
         x = self.strategy.experimental_distribute_values_from_function(
             lambda ctx: tf.constant(batch[ctx.replica_id_in_sync_group % n])
@@ -84,6 +87,7 @@ class _Run:
         self._step(x)
 
 
+@_MIRRORED_ONLY
 @pytest.mark.parametrize("inner", list(INNER), ids=list(INNER))
 def test_nan_on_one_replica_skips_step_everywhere(inner):
     run = _Run(_mirrored(), INNER[inner])
@@ -111,6 +115,7 @@ def test_nan_on_one_replica_skips_step_everywhere(inner):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
+@_MIRRORED_ONLY
 @pytest.mark.parametrize(
     "unprotected",
     [INNER["tfopt_adam"],
@@ -129,10 +134,10 @@ def test_unwrapped_optimizer_is_poisoned_by_one_replica(unprotected):
 def test_inf_gradient_is_skipped_on_one_device():
     variable = keras.Variable([1.0, 2.0])
     optimizer = tfopt.SkipNonFinite(tfopt.Adam(0.1))
-    optimizer.apply([tf.constant([np.inf, 1.0])], [variable])
+    optimizer.apply([ops.convert_to_tensor([np.inf, 1.0])], [variable])
     np.testing.assert_array_equal(variable.numpy(), [1.0, 2.0])
     assert (int(optimizer.iterations), int(optimizer.skipped_steps)) == (0, 1)
-    optimizer.apply([tf.constant([1.0, 1.0])], [variable])
+    optimizer.apply([ops.convert_to_tensor([1.0, 1.0])], [variable])
     assert (int(optimizer.iterations), int(optimizer.skipped_steps)) == (1, 1)
     assert np.all(variable.numpy() < [1.0, 2.0])
 
@@ -149,6 +154,7 @@ def _xy(batches):
     return x, np.nan_to_num(x) @ TARGET_W
 
 
+@_MIRRORED_ONLY
 def test_fit_logs_skipped_steps_under_mirrored():
     strategy = _mirrored()
     with strategy.scope():
