@@ -432,7 +432,10 @@ class SOAP(keras.optimizers.Optimizer):
             new_vs, us = [], []
             for g_piece, m_piece, v, piece_bases in zip(g_pieces, m_pieces, vs, bases, strict=True):
                 q = [None if b is None else ops.convert_to_tensor(b) for b in piece_bases]
-                if len(shape) == 2:  # Both rotations in one batched matmul pair.
+                if len(shape) == 2 and self._groups[index] is None:
+                    # Both rotations in one batched matmul pair. Not for tile
+                    # stacks: TF 2.21 on CPU crashed (SIGSEGV) broadcasting a
+                    # (1, 256, 256) stack against a (2, 1, 256, 16) one here.
                     g_rotated, m_rotated = ops.unstack(self._project(ops.stack([g_piece, m_piece]), q))
                 else:
                     g_rotated, m_rotated = self._project(g_piece, q), self._project(m_piece, q)
