@@ -418,3 +418,50 @@ def test_replicas_agree_with_rank_deficient_statistics():
         np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
         checked += "eigenbasis" in variable.path
     assert checked == 4  # Both kernels' two bases.
+
+
+def test_split_refresh_is_bitwise_the_unsplit_one(monkeypatch):
+    """Under Mirrored, the refresh split over replicas (one all-reduce) equals every
+    replica computing everything, bitwise; both keep the replicas' copies equal.
+
+    Tiles of 4 on Dense(6 -> 9 -> 3), refreshed every 2 steps over 6 steps: the
+    split sends step 1's eigh, the refreshes and the permutations of ``v``.
+    """
+    from tests.tfopt import mirrored
+    from tfopt import _sharded_preconditioner
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    real = _sharded_preconditioner.sharded_map
+    monkeypatch.setattr(_sharded_preconditioner, "sharded_map", spy)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = np.tanh(x @ rng.normal(size=(6, 3))).astype("float32")
+    results = {}
+    for split in (True, False):
+        strategy = mirrored.two_cpus()
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9, activation="tanh"),
+                                      keras.layers.Dense(3)])  # fmt: skip
+            model.compile(optimizer=tfopt.SOAP(learning_rate=0.05, precondition_frequency=2,
+                                               block_size=4, split_preconditioner_work=split),
+                          loss="mse")  # fmt: skip
+        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+        assert bool(calls) == split  # The split path ran (and only when asked).
+        calls.clear()
+        state = []
+        for variable in [*model.trainable_variables, *model.optimizer.variables]:
+            copies = [c.numpy() for c in strategy.experimental_local_results(variable.value)]
+            np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
+            state.append((variable.path.split("/")[-1], copies[0]))
+        results[split] = state
+    assert [p for p, _ in results[True]] == [p for p, _ in results[False]]
+    for (path, value), (_, other) in zip(results[True], results[False], strict=True):
+        np.testing.assert_array_equal(value, other, err_msg=path)
+    bases = [p for p, _ in results[True] if "eigenbasis" in p]
+    assert len(bases) == 12, bases  # 6x9 in tiles of 4: 4 groups; 9x3: 2 groups; 2 bases each.
