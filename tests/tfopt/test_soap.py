@@ -291,11 +291,15 @@ def test_blocks_match_numpy_reference(config, dtype):
         np.testing.assert_allclose(a, e, rtol=0, atol=tolerance * motion, err_msg=f"step {t + 1}")
 
 
-def test_no_blocks_below_block_size():
-    var = keras.Variable(np.ones((256, 8), "float32"))
+def test_blocks_by_default_above_128_only():
+    small, large = keras.Variable(np.ones((128, 8), "float32")), keras.Variable(np.ones((300, 8)))
     optimizer = tfopt.SOAP()
-    optimizer.build([var])
-    assert [tuple(q.shape) for q in optimizer.eigenbases(var)] == [(256, 256), (8, 8)]
+    optimizer.build([small, large])
+    assert optimizer.block_size == 128
+    assert [tuple(q.shape) for q in optimizer.eigenbases(small)] == [(128, 128), (8, 8)]
+    assert [[tuple(q.shape) for q in group] for group in optimizer.eigenbases(large)] == [
+        [(2, 128, 128), (2, 8, 8)], [(1, 44, 44), (1, 8, 8)]]
+    assert tfopt.SOAP(block_size=None).preconditioned_shape((300, 8)) == (300, 8)
 
 
 def test_first_step_only_initialises():
@@ -376,6 +380,8 @@ def test_defaults_are_the_references():
         {"precondition_1d": 1},
         {"normalize_grads": None},
         {"correct_bias": "no"},
+        {"block_size": 0},
+        {"split_preconditioner_work": 1},
         {"learning_rate": -1.0},
     ],
     ids=lambda kwargs: next(iter(kwargs)),
