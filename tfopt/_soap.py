@@ -244,7 +244,8 @@ class SOAP(keras.optimizers.Optimizer):
         super().build(var_list)
         # Per variable: `_groups` None (one piece: the whole preconditioned
         # shape), or its tile groups (one piece each, state stacked per group).
-        # `_exp_avg_sqs`, `_statistics`, `_bases`: per variable, per piece.
+        # `_exp_avgs`, `_exp_avg_sqs`, `_statistics`, `_bases`: per variable,
+        # per piece; both moments in the rotated space (see _moments_step).
         self._exp_avgs, self._exp_avg_sqs, self._statistics, self._bases = [], [], [], []
         self._shapes, self._groups = [], []
         for var in var_list:
@@ -256,14 +257,12 @@ class SOAP(keras.optimizers.Optimizer):
             self._shapes.append(shape)
             self._groups.append(groups)
             name = var.name.replace("/", "_").replace(":", "_")
-            self._exp_avgs.append(
-                self.add_variable(tuple(var.shape), "zeros", dtype, name=f"{name}_exp_avg")
-            )
             pieces = [(shape, "")] if groups is None else [
                 ((g.count, *g.tile), f"_block{j}") for j, g in enumerate(groups)
             ]  # fmt: skip
-            vs, statistics, bases = [], [], []
+            ms, vs, statistics, bases = [], [], [], []
             for piece_shape, suffix in pieces:
+                ms.append(self.add_variable(piece_shape, "zeros", dtype, name=f"{name}_exp_avg{suffix}"))
                 vs.append(self.add_variable(piece_shape, "zeros", dtype, name=f"{name}_exp_avg_sq{suffix}"))
                 batch = piece_shape[:-2] if groups is not None else ()
                 dims = piece_shape[len(batch):]
@@ -278,6 +277,7 @@ class SOAP(keras.optimizers.Optimizer):
                     ) if is_rotated else None)  # fmt: skip
                 statistics.append(stats)
                 bases.append(qs)
+            self._exp_avgs.append(ms)
             self._exp_avg_sqs.append(vs)
             self._statistics.append(statistics)
             self._bases.append(bases)
@@ -413,7 +413,7 @@ class SOAP(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         dtype = self._state_dtype(keras.backend.standardize_dtype(variable.dtype))
         shape = self._shapes[index]
-        m, vs = self._exp_avgs[index], self._exp_avg_sqs[index]
+        ms, vs = self._exp_avgs[index], self._exp_avg_sqs[index]
         statistics, bases = self._statistics[index], self._bases[index]
         g = ops.cast(_sparse.densify(gradient), dtype)  # Every row's moments decay.
         g_pieces = self._pieces(index, ops.reshape(g, shape))
@@ -424,27 +424,26 @@ class SOAP(keras.optimizers.Optimizer):
         # traces a cond's branches as pure functions (a write inside one would
         # leak its tracer).
         def initialize() -> tuple[Any, ...]:  # Step 1: statistics only; w does not move.
-            return current_w, ops.convert_to_tensor(m), [ops.convert_to_tensor(v) for v in vs]
+            return current_w, [ops.convert_to_tensor(m) for m in ms], [ops.convert_to_tensor(v) for v in vs]
 
         def step() -> tuple[Any, ...]:
             s = ops.cast(self.iterations, dtype)  # The reference's 1-based step, minus 1.
             lr = ops.cast(learning_rate, dtype)
             beta_1, beta_2 = self.beta_1, self.beta_2
-            # m, v: m + (1 - beta_1) (g - m), as the reference's lerp.
-            new_m = m + (1 - beta_1) * (g - m)
-            m_pieces = self._pieces(index, ops.reshape(new_m, shape))
-            new_vs, us = [], []
-            for g_piece, m_piece, v, piece_bases in zip(g_pieces, m_pieces, vs, bases, strict=True):
+            # The reference keeps m in the original space and rotates it each
+            # step; the rotation is linear and fixed between refreshes, so m
+            # is kept rotated (Q.T (b m + (1 - b) g) Q = b Q.T m Q + (1 - b)
+            # Q.T g Q) and re-expressed in the new basis at each refresh: two
+            # matmuls a step fewer, the same algebra.
+            new_ms, new_vs, us = [], [], []
+            for g_piece, m, v, piece_bases in zip(g_pieces, ms, vs, bases, strict=True):
                 q = [None if b is None else ops.convert_to_tensor(b) for b in piece_bases]
-                if len(shape) == 2 and self._groups[index] is None:
-                    # Both rotations in one batched matmul pair. Not for tile
-                    # stacks: TF 2.21 on CPU crashed (SIGSEGV) broadcasting a
-                    # (1, 256, 256) stack against a (2, 1, 256, 16) one here.
-                    g_rotated, m_rotated = ops.unstack(self._project(ops.stack([g_piece, m_piece]), q))
-                else:
-                    g_rotated, m_rotated = self._project(g_piece, q), self._project(m_piece, q)
+                g_rotated = self._project(g_piece, q)
+                # m, v: m + (1 - beta_1) (g - m), as the reference's lerp.
+                new_m = m + (1 - beta_1) * (g_rotated - m)
                 new_v = v + (1 - beta_2) * (ops.square(g_rotated) - v)
-                us.append(self._project(m_rotated / (ops.sqrt(new_v) + self.epsilon), q, back=True))
+                us.append(self._project(new_m / (ops.sqrt(new_v) + self.epsilon), q, back=True))
+                new_ms.append(new_m)
                 new_vs.append(new_v)
             u = self._assemble(index, us)
             if self.normalize_grads:
@@ -457,13 +456,13 @@ class SOAP(keras.optimizers.Optimizer):
             w = current_w - step_size * ops.reshape(u, variable.shape)
             if self._decays[index]:
                 w = w * (1 - lr * ops.convert_to_tensor(self.weight_decay, dtype))
-            return w, new_m, new_vs
+            return w, new_ms, new_vs
 
-        new_w, new_m, new_vs = ops.cond(ops.equal(self.iterations, 0), initialize, step)
+        new_w, new_ms, new_vs = ops.cond(ops.equal(self.iterations, 0), initialize, step)
         self.assign(variable, ops.cast(new_w, variable.dtype))
-        self.assign(m, new_m)
-        for v, value in zip(vs, new_vs, strict=True):
-            self.assign(v, value)
+        for m, v, new_m, new_v in zip(ms, vs, new_ms, new_vs, strict=True):
+            self.assign(m, new_m)
+            self.assign(v, new_v)
         for piece, values in zip(statistics, new_statistics, strict=True):
             for statistic, value in zip(piece, values, strict=True):
                 if statistic is not None:
@@ -472,41 +471,57 @@ class SOAP(keras.optimizers.Optimizer):
     def _basis_step(self, index: int) -> None:
         """Step 1: the eigenbases of the statistics; every ``precondition_frequency``
         steps after it, their refresh (``v`` permuted to the new order)."""
-        for v, statistics, bases in zip(self._exp_avg_sqs[index], self._statistics[index],
-                                        self._bases[index], strict=True):  # fmt: skip
-            self._piece_basis_step(v, statistics, bases)
+        for m, v, statistics, bases in zip(self._exp_avgs[index], self._exp_avg_sqs[index],
+                                           self._statistics[index], self._bases[index],
+                                           strict=True):  # fmt: skip
+            self._piece_basis_step(m, v, statistics, bases)
 
-    def _piece_basis_step(self, v: Any, statistics: list[Any], bases: list[Any]) -> None:
+    def _piece_basis_step(self, m: Any, v: Any, statistics: list[Any], bases: list[Any]) -> None:
         axes = [axis for axis, stat in enumerate(statistics) if stat is not None]
         if not axes:
             return
         new_statistics = [ops.convert_to_tensor(statistics[axis]) for axis in axes]
         current_bases = [ops.convert_to_tensor(bases[axis]) for axis in axes]
-        current_v = ops.convert_to_tensor(v)
+        current_m, current_v = ops.convert_to_tensor(m), ops.convert_to_tensor(v)
 
-        def initialize() -> tuple[Any, Any]:
-            return current_v, [self._initial_basis(new) for new in new_statistics]
+        def initialize() -> tuple[Any, Any, Any]:  # m is still 0: nothing to re-express.
+            return current_m, current_v, [self._initial_basis(new) for new in new_statistics]
 
-        def refresh() -> tuple[Any, Any]:
-            second_moment, new_bases = current_v, []
+        def refresh() -> tuple[Any, Any, Any]:
+            first_moment, second_moment, new_bases = current_m, current_v, []
             for axis, new, q in zip(axes, new_statistics, current_bases, strict=True):
                 basis, order = self.refresh_eigenbasis(new, q)
+                first_moment = self._rebase(first_moment, ops.matmul(_t(basis), q), axis)
                 second_moment = self._permute(second_moment, order, axis)
                 new_bases.append(basis)
-            return second_moment, new_bases
+            return first_moment, second_moment, new_bases
 
-        def keep() -> tuple[Any, Any]:
-            return current_v, current_bases
+        def keep() -> tuple[Any, Any, Any]:
+            return current_m, current_v, current_bases
 
         refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
-        new_v, new_bases = ops.cond(
+        new_m, new_v, new_bases = ops.cond(
             ops.equal(self.iterations, 0),
             initialize,
             lambda: ops.cond(refreshing, refresh, keep),
         )
+        self.assign(m, new_m)
         self.assign(v, new_v)
         for axis, basis in zip(axes, new_bases, strict=True):
             self.assign(bases[axis], basis)
+
+    @staticmethod
+    def _rebase(x: Any, transition: Any, axis: int) -> Any:
+        """``x`` (rotated by the old basis along ``axis``) rotated by the new one instead.
+
+        ``transition`` is ``Q_new.T @ Q_old`` (stacked for tiles, whose ``x``
+        carries the tile index first).
+        """
+        batched = len(transition.shape) == 3
+        if len(x.shape) - batched == 2:
+            return ops.matmul(transition, x) if axis == 0 else ops.matmul(x, _t(transition))
+        moved = ops.tensordot(transition, x, axes=([1], [axis]))  # New axis first.
+        return ops.moveaxis(moved, 0, axis)
 
     # --- Several replicas: the refresh split over them ------------------------
 
@@ -541,9 +556,10 @@ class SOAP(keras.optimizers.Optimizer):
     def _split_basis_steps(self, indices: list[int]) -> None:
         """``_basis_step`` for these variables, each basis computed by one replica.
 
-        Each ``n x n`` statistic and its basis travel packed as ``[S; Q]``
-        (``2n x n``) and come back as ``[Q_new; P]``, ``P`` the one-hot
-        permutation of ``order`` (exact through the SUM with zeros).
+        Each ``n x n`` statistic and its basis travel packed as ``[S; Q; Q]``
+        (``3n x n``) and come back as ``[Q_new; P; Q_new.T Q]``, ``P`` the
+        one-hot permutation of ``order`` (exact through the SUM with zeros)
+        and the last the transition that re-expresses ``m`` in the new basis.
         """
         from tfopt._sharded_preconditioner import matrix_cost, sharded_map
 
@@ -561,19 +577,21 @@ class SOAP(keras.optimizers.Optimizer):
                     pairs = zip(ops.unstack(s), ops.unstack(q), strict=True) if batched else [(s, q)]
                     for one_s, one_q in pairs:
                         n = one_s.shape[0]
-                        packed.append(ops.concatenate([one_s, one_q], axis=0))
-                        previous.append(ops.concatenate([one_q, ops.eye(n, dtype=one_q.dtype)], axis=0))
+                        eye = ops.eye(n, dtype=one_q.dtype)
+                        packed.append(ops.concatenate([one_s, one_q, one_q], axis=0))
+                        previous.append(ops.concatenate([one_q, eye, eye], axis=0))
 
         def fn(matrix: Any) -> Any:
             n = matrix.shape[1]
-            s, q = matrix[:n], matrix[n:]
+            s, q = matrix[:n], matrix[n : 2 * n]
 
-            def initialize() -> tuple[Any, Any]:
-                return self._initial_basis(s), ops.eye(n, dtype=s.dtype)
+            def initialize() -> tuple[Any, Any, Any]:
+                eye = ops.eye(n, dtype=s.dtype)
+                return self._initial_basis(s), eye, eye
 
-            def refresh() -> tuple[Any, Any]:
+            def refresh() -> tuple[Any, Any, Any]:
                 basis, order = self.refresh_eigenbasis(s, q)
-                return basis, ops.one_hot(order, n, dtype=s.dtype)
+                return basis, ops.one_hot(order, n, dtype=s.dtype), ops.matmul(_t(basis), q)
 
             return ops.concatenate(list(ops.cond(first, initialize, refresh)), axis=0)
 
@@ -586,22 +604,39 @@ class SOAP(keras.optimizers.Optimizer):
                               costs=[matrix_cost(packed[i].shape[1]) for i in picked])  # fmt: skip
             for i, value in zip(picked, out, strict=True):
                 results[i] = value
-        new_vs: dict[tuple[int, int], Any] = {}
+        moments: dict[tuple[int, int], list[Any]] = {}  # (index, piece): [m, v]
+        changes: dict[tuple[int, int], list[tuple[int, Any, Any]]] = {}
         position = 0
         for index, j, axis, tiles in units:
             count = 1 if tiles is None else tiles
             chunk = results[position : position + count]
             position += count
             n = chunk[0].shape[1]
-            bases = [c[:n] for c in chunk]
-            orders = [ops.argmax(c[n:], axis=-1) for c in chunk]
-            basis = bases[0] if tiles is None else ops.stack(bases)
-            order = orders[0] if tiles is None else ops.stack(orders)
-            v = new_vs.get((index, j), ops.convert_to_tensor(self._exp_avg_sqs[index][j]))
-            new_vs[(index, j)] = self._permute(v, order, axis)
+
+            def stacked(parts: list[Any], tiles: int | None = tiles) -> Any:
+                return parts[0] if tiles is None else ops.stack(parts)
+
+            basis = stacked([c[:n] for c in chunk])
+            order = stacked([ops.argmax(c[n : 2 * n], axis=-1) for c in chunk])
+            changes.setdefault((index, j), []).append((axis, order, stacked([c[2 * n :] for c in chunk])))
             self.assign(self._bases[index][j][axis], basis)
-        for (index, j), value in new_vs.items():
-            self.assign(self._exp_avg_sqs[index][j], value)
+        # m re-expressed and v permuted only on a refresh (the identities of
+        # other steps would cost a matmul and a gather per variable).
+        rebasing = ops.logical_and(refreshing, ops.logical_not(first))
+        for (index, j), per_axis in changes.items():
+            m, v = self._exp_avgs[index][j], self._exp_avg_sqs[index][j]
+            current = [ops.convert_to_tensor(m), ops.convert_to_tensor(v)]
+
+            def rebased(per_axis: list = per_axis, current: list = current) -> list[Any]:
+                first_moment, second_moment = current
+                for axis, order, transition in per_axis:
+                    first_moment = self._rebase(first_moment, transition, axis)
+                    second_moment = self._permute(second_moment, order, axis)
+                return [first_moment, second_moment]
+
+            moments[(index, j)] = ops.cond(rebasing, rebased, lambda current=current: current)
+            self.assign(m, moments[(index, j)][0])
+            self.assign(v, moments[(index, j)][1])
 
     # For `strategies.fit` (and any tool that runs Keras' hooks replica-local,
     # on all-reduced gradients): these overrides are right there too.
