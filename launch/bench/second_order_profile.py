@@ -147,10 +147,11 @@ def _soap_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int], An
         return lambda pf: cls(3e-3, precondition_frequency=pf if refresh else 10**9)
 
     tag = "soap" if compiled else "soap uncompiled"
-    out = {f"{tag} full": make(tfopt.SOAP)}
+    out = {}
     if not compiled:  # The authors' reference: no blocks (before block_size existed).
         unblocked = _uncompiled(tfopt.SOAP)
         out[f"{tag} block_size=None"] = lambda pf: unblocked(3e-3, precondition_frequency=pf, block_size=None)
+    out[f"{tag} full"] = make(tfopt.SOAP)
     if phases:
         out.update({
             f"{tag} -refresh": make(tfopt.SOAP, refresh=False),
