@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _compiled, _sparse
+from tfopt import _compiled, _soap_blocks, _sparse
 from tfopt._registry import register
 from tfopt._validation import (
     check_bool,
@@ -64,6 +64,28 @@ class SOAP(keras.optimizers.Optimizer):
     most ``max_precondition_dim`` (a 3x3x64x128 conv kernel becomes 576x128
     with the default), as the reference's ``merge_small_dims``.
 
+    **Blocks.** A matrix (after ``merge_dims``) with a rotated dimension
+    larger than ``block_size`` is cut into tiles of at most ``block_size`` x
+    ``block_size`` along its rotated dimensions (``n // block_size`` full
+    tiles and one remainder per dimension), as Shampoo blocks: each tile is a
+    matrix of its own, with its own statistics, eigenbases and second moment,
+    and the tiles of one shape run as one stack (batched matmuls and QR).
+    ``normalize_grads`` still normalizes the whole variable's update. With
+    the default 128, a 784x256 kernel is 14 tiles (12 of 128x128, 2 of
+    16x128): a step's statistics and rotations cost ``O(mn b)`` instead of
+    ``O(mn (m + n))``, and a refresh ``O((m + n) b^2)`` instead of
+    ``O(m^3 + n^3)``. ``block_size=None`` never cuts (the authors'
+    reference, which has no blocks); variables of another rank (vectors,
+    unmerged conv kernels) are never cut.
+
+    **Split over replicas.** Under a multi-replica ``tf.distribute`` strategy,
+    in a replica context, each replica refreshes the bases of about ``1/N``
+    of the statistics (every tile on its own, balanced by ``n**3``) and one
+    all-reduce per refresh shares them (``tfopt._sharded_preconditioner``, as
+    Shampoo's roots; ``split_preconditioner_work=False`` makes every replica
+    compute all of them). The result is bitwise the unsplit one. Not on the
+    JAX and PyTorch backends, where every device computes every basis.
+
     Numerics: all state (``m``, ``v``, ``L``, ``R``, ``Q``) is kept in float32
     (float64 for float64 variables), also for float16/bfloat16 variables,
     whose eigen-decompositions TensorFlow does not support. The eigenbasis is
@@ -88,6 +110,8 @@ class SOAP(keras.optimizers.Optimizer):
       4.1.0; the authors' code adds 1e-30).
     * Steps are counted by the optimizer's ``iterations`` (shared by all
       variables), not per variable.
+    * ``block_size=128`` cuts matrices larger than 128 into tiles; the
+      references have no blocks (``block_size=None`` is theirs).
 
     Args:
       learning_rate: float, ``LearningRateSchedule`` or callable.
@@ -105,6 +129,8 @@ class SOAP(keras.optimizers.Optimizer):
       precondition_1d: give vectors (biases, norms) a full statistic too.
       normalize_grads: scale each variable's update to unit RMS.
       correct_bias: Adam's bias correction of the step size.
+      block_size: largest tile of a matrix, >= 1; ``None`` for no tiles.
+      split_preconditioner_work: split the eigenbasis refresh over replicas.
       **kwargs: the Keras optimizer options (``clipnorm``, ``use_ema``,
         ``name``...).
 
@@ -137,6 +163,8 @@ class SOAP(keras.optimizers.Optimizer):
         precondition_1d: bool = False,
         normalize_grads: bool = False,
         correct_bias: bool = True,
+        block_size: int | None = 128,
+        split_preconditioner_work: bool = True,
         **kwargs: Any,
     ) -> None:
         check_learning_rate(learning_rate)
@@ -149,11 +177,14 @@ class SOAP(keras.optimizers.Optimizer):
             check_non_negative("weight_decay", weight_decay)
         check_int("precondition_frequency", precondition_frequency, 1)
         check_int("max_precondition_dim", max_precondition_dim, 1)
+        if block_size is not None:
+            check_int("block_size", block_size, 1)
         for name, value in (
             ("merge_dims", merge_dims),
             ("precondition_1d", precondition_1d),
             ("normalize_grads", normalize_grads),
             ("correct_bias", correct_bias),
+            ("split_preconditioner_work", split_preconditioner_work),
         ):
             check_bool(name, value)
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
@@ -167,6 +198,8 @@ class SOAP(keras.optimizers.Optimizer):
         self.precondition_1d = precondition_1d
         self.normalize_grads = normalize_grads
         self.correct_bias = correct_bias
+        self.block_size = None if block_size is None else int(block_size)
+        self.split_preconditioner_work = split_preconditioner_work
 
     # --- Layout --------------------------------------------------------------
 
@@ -197,36 +230,55 @@ class SOAP(keras.optimizers.Optimizer):
     def _state_dtype(dtype: str) -> str:
         return "float64" if dtype == "float64" else "float32"
 
+    def _blocks(self, shape: Sequence[int], rotated: Sequence[bool]) -> list[int] | None:
+        """Per dimension of a matrix, its tile size; ``None`` if it is not cut."""
+        if len(shape) != 2 or self.block_size is None:
+            return None
+        if not any(r and d > self.block_size for d, r in zip(shape, rotated, strict=True)):
+            return None
+        return [self.block_size if r else d for d, r in zip(shape, rotated, strict=True)]
+
     def build(self, var_list: list[Any]) -> None:
         if self.built:
             return
         super().build(var_list)
+        # Per variable: `_groups` None (one piece: the whole preconditioned
+        # shape), or its tile groups (one piece each, state stacked per group).
+        # `_exp_avgs`, `_exp_avg_sqs`, `_statistics`, `_bases`: per variable,
+        # per piece; both moments in the rotated space (see _moments_step).
         self._exp_avgs, self._exp_avg_sqs, self._statistics, self._bases = [], [], [], []
-        self._shapes = []
+        self._shapes, self._groups = [], []
         for var in var_list:
             dtype = self._state_dtype(keras.backend.standardize_dtype(var.dtype))
             shape = self.preconditioned_shape(var.shape)
+            rotated = self._rotated_axes(var.shape)
+            blocks = self._blocks(shape, rotated)
+            groups = None if blocks is None else _soap_blocks.groups(shape, blocks)
             self._shapes.append(shape)
+            self._groups.append(groups)
             name = var.name.replace("/", "_").replace(":", "_")
-            self._exp_avgs.append(
-                self.add_variable(tuple(var.shape), "zeros", dtype, name=f"{name}_exp_avg")
-            )
-            self._exp_avg_sqs.append(
-                self.add_variable(shape, "zeros", dtype, name=f"{name}_exp_avg_sq")
-            )
-            statistics, bases = [], []
-            for axis, rotated in enumerate(self._rotated_axes(var.shape)):
-                n = shape[axis]
-                statistics.append(
-                    self.add_variable((n, n), "zeros", dtype, name=f"{name}_statistic_{axis}")
-                    if rotated
-                    else None
-                )
-                bases.append(
-                    self.add_variable((n, n), "identity", dtype, name=f"{name}_eigenbasis_{axis}")
-                    if rotated
-                    else None
-                )
+            pieces = [(shape, "")] if groups is None else [
+                ((g.count, *g.tile), f"_block{j}") for j, g in enumerate(groups)
+            ]  # fmt: skip
+            ms, vs, statistics, bases = [], [], [], []
+            for piece_shape, suffix in pieces:
+                ms.append(self.add_variable(piece_shape, "zeros", dtype, name=f"{name}_exp_avg{suffix}"))
+                vs.append(self.add_variable(piece_shape, "zeros", dtype, name=f"{name}_exp_avg_sq{suffix}"))
+                batch = piece_shape[:-2] if groups is not None else ()
+                dims = piece_shape[len(batch):]
+                stats, qs = [], []
+                for axis, is_rotated in enumerate(rotated):
+                    n = dims[axis]
+                    stats.append(self.add_variable(
+                        (*batch, n, n), "zeros", dtype, name=f"{name}_statistic_{axis}{suffix}"
+                    ) if is_rotated else None)  # fmt: skip
+                    qs.append(self.add_variable(
+                        (*batch, n, n), _identity, dtype, name=f"{name}_eigenbasis_{axis}{suffix}"
+                    ) if is_rotated else None)  # fmt: skip
+                statistics.append(stats)
+                bases.append(qs)
+            self._exp_avgs.append(ms)
+            self._exp_avg_sqs.append(vs)
             self._statistics.append(statistics)
             self._bases.append(bases)
         # Decided here, on the Keras variables (which have paths): update_step
@@ -234,8 +286,14 @@ class SOAP(keras.optimizers.Optimizer):
         self._decays = [bool(self.weight_decay) and self._use_weight_decay(v) for v in var_list]
 
     def eigenbases(self, variable: Any) -> list[Any]:
-        """``variable``'s eigenbasis per preconditioned dimension (``None``: not rotated)."""
-        return list(self._bases[self._get_variable_index(variable)])
+        """``variable``'s eigenbasis per preconditioned dimension (``None``: not rotated).
+
+        A matrix cut into blocks (``block_size``) has one list per tile group
+        instead, each basis stacked ``(tiles, n, n)``.
+        """
+        index = self._get_variable_index(variable)
+        bases = self._bases[index]
+        return list(bases[0]) if self._groups[index] is None else [list(b) for b in bases]
 
     # --- The rule ------------------------------------------------------------
 
@@ -244,19 +302,14 @@ class SOAP(keras.optimizers.Optimizer):
         # Keras would otherwise decay a second time, before it.
         del variables
 
-    # For `strategies.fit` (and any tool that runs Keras' hooks replica-local,
-    # on all-reduced gradients): this override is right there too.
-    replica_local_hooks = {
-        "_apply_weight_decay": "does nothing: the decay is applied in update_step",
-    }
-
     @staticmethod
     def _project(x: Any, bases: Sequence[Any], back: bool = False) -> Any:
         """``Q_0.T (x) Q_1 ...`` (or ``Q_0 (x) Q_1.T ...`` back), one dimension at a time.
 
         Each step contracts dimension 0 and appends the result last, so after
         every dimension the order is the original one again. ``x`` may carry
-        leading batch dimensions when every dimension is a matrix's (2-D).
+        leading batch dimensions when every dimension is a matrix's (2-D), and
+        then the bases may too (a stack of tiles, broadcast against ``x``).
         """
         if all(q is None for q in bases):
             return x
@@ -278,34 +331,68 @@ class SOAP(keras.optimizers.Optimizer):
         return x
 
     @staticmethod
-    def _gram(g: Any, axis: int) -> Any:
-        """``g`` contracted with itself over every dimension but ``axis``."""
-        if len(g.shape) == 2:
+    def _gram(g: Any, axis: int, matrix: bool) -> Any:
+        """``g`` contracted with itself over every dimension but ``axis``.
+
+        ``matrix``: ``g`` is a matrix, or a stack of tiles ``(count, p, q)``.
+        """
+        if matrix:
             return ops.matmul(_t(g), g) if axis == 1 else ops.matmul(g, _t(g))
         others = [i for i in range(len(g.shape)) if i != axis]
         return ops.tensordot(g, g, axes=(others, others))
 
-    def _new_statistics(self, index: int, g: Any) -> list[Any]:
-        """The statistics after this step's gradient: ``L + (1 - shampoo_beta) (g g.T - L)``."""
+    def _pieces(self, index: int, x: Any) -> list[Any]:
+        """``x`` (of the preconditioned shape) as its pieces: itself, or its tile stacks."""
+        groups = self._groups[index]
+        return [x] if groups is None else [_soap_blocks.tile(x, g) for g in groups]
+
+    def _assemble(self, index: int, pieces: list[Any]) -> Any:
+        groups = self._groups[index]
+        return pieces[0] if groups is None else _soap_blocks.untile(pieces, groups)
+
+    def _new_statistics(self, index: int, g_pieces: list[Any]) -> list[list[Any]]:
+        """Per piece, the statistics after this step's gradient: ``L + (1 - shampoo_beta) (g g.T - L)``."""
         shampoo_beta = self.beta_2 if self.shampoo_beta is None else self.shampoo_beta
+        matrix = len(self._shapes[index]) == 2
         return [
-            None if s is None else s + (1 - shampoo_beta) * (self._gram(g, axis) - s)
-            for axis, s in enumerate(self._statistics[index])
-        ]
+            [None if s is None else s + (1 - shampoo_beta) * (self._gram(g, axis, matrix) - s)
+             for axis, s in enumerate(statistics)]
+            for g, statistics in zip(g_pieces, self._statistics[index], strict=True)
+        ]  # fmt: skip
 
     def refresh_eigenbasis(self, statistic: Any, basis: Any) -> tuple[Any, Any]:
         """One power iteration and QR: returns ``(new basis, order)``.
 
         ``order`` sorts the estimated eigenvalues ``diag(Q.T S Q)`` in
-        descending order; the second moment is permuted by it. This is the
-        unit a sharded refresh would distribute (one per statistic).
+        descending order; the second moment is permuted by it. Either one
+        ``n x n`` pair or stacks of them ``(count, n, n)`` (then ``order`` is
+        ``(count, n)``). This is the unit a sharded refresh distributes (one
+        per statistic).
         """
         product = ops.matmul(statistic, basis)
-        estimated = ops.sum(basis * product, axis=0)
-        order = ops.argsort(-estimated)
-        power = ops.take(product, order, axis=1)
+        estimated = ops.sum(basis * product, axis=-2)
+        order = ops.argsort(-estimated, axis=-1)
+        if len(statistic.shape) == 2:
+            power = ops.take(product, order, axis=1)
+        else:
+            power = ops.take_along_axis(product, _broadcast(order, 2, product.shape), axis=-1)
         basis, _ = ops.qr(power)
         return basis, order
+
+    @staticmethod
+    def _initial_basis(statistic: Any) -> Any:
+        """Step 1: the eigenvectors of ``statistic`` (descending eigenvalues)."""
+        n = statistic.shape[-1]
+        eye = ops.eye(n, dtype=keras.backend.standardize_dtype(statistic.dtype))
+        _, vectors = ops.eigh(statistic + 1e-30 * eye)
+        return ops.flip(vectors, axis=-1)
+
+    @staticmethod
+    def _permute(v: Any, order: Any, axis: int) -> Any:
+        """``v`` permuted by ``order`` along ``axis`` (of a stack's tiles when batched)."""
+        if len(order.shape) == 1:
+            return ops.take(v, order, axis=axis)
+        return ops.take_along_axis(v, _broadcast(order, 1 + axis, v.shape), axis=1 + axis)
 
     # Measured off (docs/benchmarks/second_order.md, 2026-12-02): compiled,
     # XLA's CPU matmuls made the 784-wide autoencoder's step 7.5x AdamW's
@@ -326,34 +413,39 @@ class SOAP(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         dtype = self._state_dtype(keras.backend.standardize_dtype(variable.dtype))
         shape = self._shapes[index]
-        m, v = self._exp_avgs[index], self._exp_avg_sqs[index]
+        ms, vs = self._exp_avgs[index], self._exp_avg_sqs[index]
         statistics, bases = self._statistics[index], self._bases[index]
         g = ops.cast(_sparse.densify(gradient), dtype)  # Every row's moments decay.
-        g_merged = ops.reshape(g, shape)
-        new_statistics = self._new_statistics(index, g_merged)
+        g_pieces = self._pieces(index, ops.reshape(g, shape))
+        new_statistics = self._new_statistics(index, g_pieces)
         current_w = ops.cast(variable, dtype)
 
         # Both branches return the new values, written after the cond: JAX
         # traces a cond's branches as pure functions (a write inside one would
         # leak its tracer).
         def initialize() -> tuple[Any, ...]:  # Step 1: statistics only; w does not move.
-            return current_w, ops.convert_to_tensor(m), ops.convert_to_tensor(v)
+            return current_w, [ops.convert_to_tensor(m) for m in ms], [ops.convert_to_tensor(v) for v in vs]
 
         def step() -> tuple[Any, ...]:
             s = ops.cast(self.iterations, dtype)  # The reference's 1-based step, minus 1.
             lr = ops.cast(learning_rate, dtype)
-            q = [None if b is None else ops.convert_to_tensor(b) for b in bases]
             beta_1, beta_2 = self.beta_1, self.beta_2
-            # m, v: m + (1 - beta_1) (g - m), as the reference's lerp.
-            new_m = m + (1 - beta_1) * (g - m)
-            m_merged = ops.reshape(new_m, shape)
-            if len(shape) == 2:  # Both rotations in one batched matmul pair.
-                g_rotated, m_rotated = ops.unstack(self._project(ops.stack([g_merged, m_merged]), q))
-            else:
-                g_rotated, m_rotated = self._project(g_merged, q), self._project(m_merged, q)
-            new_v = v + (1 - beta_2) * (ops.square(g_rotated) - v)
-            denominator = ops.sqrt(new_v) + self.epsilon
-            u = self._project(m_rotated / denominator, q, back=True)
+            # The reference keeps m in the original space and rotates it each
+            # step; the rotation is linear and fixed between refreshes, so m
+            # is kept rotated (Q.T (b m + (1 - b) g) Q = b Q.T m Q + (1 - b)
+            # Q.T g Q) and re-expressed in the new basis at each refresh: two
+            # matmuls a step fewer, the same algebra.
+            new_ms, new_vs, us = [], [], []
+            for g_piece, m, v, piece_bases in zip(g_pieces, ms, vs, bases, strict=True):
+                q = [None if b is None else ops.convert_to_tensor(b) for b in piece_bases]
+                g_rotated = self._project(g_piece, q)
+                # m, v: m + (1 - beta_1) (g - m), as the reference's lerp.
+                new_m = m + (1 - beta_1) * (g_rotated - m)
+                new_v = v + (1 - beta_2) * (ops.square(g_rotated) - v)
+                us.append(self._project(new_m / (ops.sqrt(new_v) + self.epsilon), q, back=True))
+                new_ms.append(new_m)
+                new_vs.append(new_v)
+            u = self._assemble(index, us)
             if self.normalize_grads:
                 u = u / (ops.sqrt(ops.mean(ops.square(u))) + self.epsilon)
             step_size = lr
@@ -364,57 +456,195 @@ class SOAP(keras.optimizers.Optimizer):
             w = current_w - step_size * ops.reshape(u, variable.shape)
             if self._decays[index]:
                 w = w * (1 - lr * ops.convert_to_tensor(self.weight_decay, dtype))
-            return w, new_m, new_v
+            return w, new_ms, new_vs
 
-        new_w, new_m, new_v = ops.cond(ops.equal(self.iterations, 0), initialize, step)
+        new_w, new_ms, new_vs = ops.cond(ops.equal(self.iterations, 0), initialize, step)
         self.assign(variable, ops.cast(new_w, variable.dtype))
-        self.assign(m, new_m)
-        self.assign(v, new_v)
-        for statistic, value in zip(statistics, new_statistics, strict=True):
-            if statistic is not None:
-                self.assign(statistic, value)
+        for m, v, new_m, new_v in zip(ms, vs, new_ms, new_vs, strict=True):
+            self.assign(m, new_m)
+            self.assign(v, new_v)
+        for piece, values in zip(statistics, new_statistics, strict=True):
+            for statistic, value in zip(piece, values, strict=True):
+                if statistic is not None:
+                    self.assign(statistic, value)
 
     def _basis_step(self, index: int) -> None:
         """Step 1: the eigenbases of the statistics; every ``precondition_frequency``
         steps after it, their refresh (``v`` permuted to the new order)."""
-        statistics, bases = self._statistics[index], self._bases[index]
+        for m, v, statistics, bases in zip(self._exp_avgs[index], self._exp_avg_sqs[index],
+                                           self._statistics[index], self._bases[index],
+                                           strict=True):  # fmt: skip
+            self._piece_basis_step(m, v, statistics, bases)
+
+    def _piece_basis_step(self, m: Any, v: Any, statistics: list[Any], bases: list[Any]) -> None:
         axes = [axis for axis, stat in enumerate(statistics) if stat is not None]
         if not axes:
             return
-        v = self._exp_avg_sqs[index]
-        dtype = keras.backend.standardize_dtype(v.dtype)
         new_statistics = [ops.convert_to_tensor(statistics[axis]) for axis in axes]
         current_bases = [ops.convert_to_tensor(bases[axis]) for axis in axes]
-        current_v = ops.convert_to_tensor(v)
+        current_m, current_v = ops.convert_to_tensor(m), ops.convert_to_tensor(v)
 
-        def initialize() -> tuple[Any, Any]:
-            new_bases = []
-            for new in new_statistics:
-                n = new.shape[0]
-                _, vectors = ops.eigh(new + 1e-30 * ops.eye(n, dtype=dtype))
-                new_bases.append(ops.flip(vectors, axis=1))  # Descending eigenvalues.
-            return current_v, new_bases
+        def initialize() -> tuple[Any, Any, Any]:  # m is still 0: nothing to re-express.
+            return current_m, current_v, [self._initial_basis(new) for new in new_statistics]
 
-        def refresh() -> tuple[Any, Any]:
-            second_moment, new_bases = current_v, []
+        def refresh() -> tuple[Any, Any, Any]:
+            first_moment, second_moment, new_bases = current_m, current_v, []
             for axis, new, q in zip(axes, new_statistics, current_bases, strict=True):
                 basis, order = self.refresh_eigenbasis(new, q)
-                second_moment = ops.take(second_moment, order, axis=axis)
+                first_moment = self._rebase(first_moment, ops.matmul(_t(basis), q), axis)
+                second_moment = self._permute(second_moment, order, axis)
                 new_bases.append(basis)
-            return second_moment, new_bases
+            return first_moment, second_moment, new_bases
 
-        def keep() -> tuple[Any, Any]:
-            return current_v, current_bases
+        def keep() -> tuple[Any, Any, Any]:
+            return current_m, current_v, current_bases
 
         refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
-        new_v, new_bases = ops.cond(
+        new_m, new_v, new_bases = ops.cond(
             ops.equal(self.iterations, 0),
             initialize,
             lambda: ops.cond(refreshing, refresh, keep),
         )
+        self.assign(m, new_m)
         self.assign(v, new_v)
         for axis, basis in zip(axes, new_bases, strict=True):
             self.assign(bases[axis], basis)
+
+    @staticmethod
+    def _rebase(x: Any, transition: Any, axis: int) -> Any:
+        """``x`` (rotated by the old basis along ``axis``) rotated by the new one instead.
+
+        ``transition`` is ``Q_new.T @ Q_old`` (stacked for tiles, whose ``x``
+        carries the tile index first).
+        """
+        batched = len(transition.shape) == 3
+        if len(x.shape) - batched == 2:
+            return ops.matmul(transition, x) if axis == 0 else ops.matmul(x, _t(transition))
+        moved = ops.tensordot(transition, x, axes=([1], [axis]))  # New axis first.
+        return ops.moveaxis(moved, 0, axis)
+
+    # --- Several replicas: the refresh split over them ------------------------
+
+    def _backend_update_step(self, grads: list[Any], trainable_variables: list[Any],
+                             learning_rate: Any) -> None:  # fmt: skip
+        if keras.backend.backend() != "tensorflow":
+            # No tf.distribute replica context: every device refreshes every basis.
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        # As Shampoo: gradient accumulation runs this step inside a cond, where
+        # Mirrored forbids the split's merge_call (keras-team/keras#20582).
+        if (not self.split_preconditioner_work or self.gradient_accumulation_steps
+                or tf.distribute.in_cross_replica_context()
+                or context is None or context.num_replicas_in_sync < 2):  # fmt: skip
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return
+        variables = [getattr(v, "value", v) for v in trainable_variables]
+        # As Keras and Shampoo: SUM of the per-replica gradients; every replica
+        # then updates its own copy of the state, and only the bases need a
+        # collective.
+        pairs = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
+        indices = []
+        for grad, variable in pairs:
+            if grad is not None:
+                self._moments_step(grad, variable, learning_rate)
+                indices.append(self._get_variable_index(variable))
+        self._split_basis_steps(indices)
+
+    def _split_basis_steps(self, indices: list[int]) -> None:
+        """``_basis_step`` for these variables, each basis computed by one replica.
+
+        Each ``n x n`` statistic and its basis travel packed as ``[S; Q; Q]``
+        (``3n x n``) and come back as ``[Q_new; P; Q_new.T Q]``, ``P`` the
+        one-hot permutation of ``order`` (exact through the SUM with zeros)
+        and the last the transition that re-expresses ``m`` in the new basis.
+        """
+        from tfopt._sharded_preconditioner import matrix_cost, sharded_map
+
+        first = ops.equal(self.iterations, 0)
+        units, packed, previous = [], [], []  # unit: (index, piece, axis, tiles or None)
+        for index in indices:
+            for j, statistics in enumerate(self._statistics[index]):
+                for axis, statistic in enumerate(statistics):
+                    if statistic is None:
+                        continue
+                    s = ops.convert_to_tensor(statistic)
+                    q = ops.convert_to_tensor(self._bases[index][j][axis])
+                    batched = len(s.shape) == 3
+                    units.append((index, j, axis, s.shape[0] if batched else None))
+                    pairs = zip(ops.unstack(s), ops.unstack(q), strict=True) if batched else [(s, q)]
+                    for one_s, one_q in pairs:
+                        n = one_s.shape[0]
+                        eye = ops.eye(n, dtype=one_q.dtype)
+                        packed.append(ops.concatenate([one_s, one_q, one_q], axis=0))
+                        previous.append(ops.concatenate([one_q, eye, eye], axis=0))
+
+        def fn(matrix: Any) -> Any:
+            n = matrix.shape[1]
+            s, q = matrix[:n], matrix[n : 2 * n]
+
+            def initialize() -> tuple[Any, Any, Any]:
+                eye = ops.eye(n, dtype=s.dtype)
+                return self._initial_basis(s), eye, eye
+
+            def refresh() -> tuple[Any, Any, Any]:
+                basis, order = self.refresh_eigenbasis(s, q)
+                return basis, ops.one_hot(order, n, dtype=s.dtype), ops.matmul(_t(basis), q)
+
+            return ops.concatenate(list(ops.cond(first, initialize, refresh)), axis=0)
+
+        results: list[Any] = [None] * len(packed)
+        refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
+        for dtype in sorted({m.dtype.name for m in packed}):  # One collective per dtype.
+            picked = [i for i, m in enumerate(packed) if m.dtype.name == dtype]
+            out = sharded_map(fn, [packed[i] for i in picked], enabled=refreshing,
+                              previous=[previous[i] for i in picked],
+                              costs=[matrix_cost(packed[i].shape[1]) for i in picked])  # fmt: skip
+            for i, value in zip(picked, out, strict=True):
+                results[i] = value
+        moments: dict[tuple[int, int], list[Any]] = {}  # (index, piece): [m, v]
+        changes: dict[tuple[int, int], list[tuple[int, Any, Any]]] = {}
+        position = 0
+        for index, j, axis, tiles in units:
+            count = 1 if tiles is None else tiles
+            chunk = results[position : position + count]
+            position += count
+            n = chunk[0].shape[1]
+
+            def stacked(parts: list[Any], tiles: int | None = tiles) -> Any:
+                return parts[0] if tiles is None else ops.stack(parts)
+
+            basis = stacked([c[:n] for c in chunk])
+            order = stacked([ops.argmax(c[n : 2 * n], axis=-1) for c in chunk])
+            changes.setdefault((index, j), []).append((axis, order, stacked([c[2 * n :] for c in chunk])))
+            self.assign(self._bases[index][j][axis], basis)
+        # m re-expressed and v permuted only on a refresh (the identities of
+        # other steps would cost a matmul and a gather per variable).
+        rebasing = ops.logical_and(refreshing, ops.logical_not(first))
+        for (index, j), per_axis in changes.items():
+            m, v = self._exp_avgs[index][j], self._exp_avg_sqs[index][j]
+            current = [ops.convert_to_tensor(m), ops.convert_to_tensor(v)]
+
+            def rebased(per_axis: list = per_axis, current: list = current) -> list[Any]:
+                first_moment, second_moment = current
+                for axis, order, transition in per_axis:
+                    first_moment = self._rebase(first_moment, transition, axis)
+                    second_moment = self._permute(second_moment, order, axis)
+                return [first_moment, second_moment]
+
+            moments[(index, j)] = ops.cond(rebasing, rebased, lambda current=current: current)
+            self.assign(m, moments[(index, j)][0])
+            self.assign(v, moments[(index, j)][1])
+
+    # For `strategies.fit` (and any tool that runs Keras' hooks replica-local,
+    # on all-reduced gradients): these overrides are right there too.
+    replica_local_hooks = {
+        "_apply_weight_decay": "does nothing: the decay is applied in update_step",
+        "_backend_update_step": "sums gradients through _all_reduce_sum_gradients, which "
+        "strategies replaces with the identity after reducing first; else calls super()",
+    }
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -430,6 +660,8 @@ class SOAP(keras.optimizers.Optimizer):
                 "precondition_1d": self.precondition_1d,
                 "normalize_grads": self.normalize_grads,
                 "correct_bias": self.correct_bias,
+                "block_size": self.block_size,
+                "split_preconditioner_work": self.split_preconditioner_work,
             }
         )
         return config
@@ -438,3 +670,13 @@ class SOAP(keras.optimizers.Optimizer):
 def _t(matrix: Any) -> Any:
     """The transpose of the last two dimensions."""
     return ops.swapaxes(matrix, -1, -2)
+
+
+def _identity(shape: Sequence[int], dtype: Any = None) -> Any:
+    """The identity matrix, or a stack of them (SOAP's bases before step 1)."""
+    return ops.broadcast_to(ops.eye(shape[-1], dtype=dtype), shape)
+
+
+def _broadcast(order: Any, axis: int, shape: Sequence[int]) -> Any:
+    """A stack's ``order`` ``(count, n)`` as gather indices of ``shape`` along ``axis`` (1 or 2)."""
+    return ops.broadcast_to(ops.expand_dims(order, 3 - axis), tuple(shape))

@@ -119,6 +119,56 @@ def soap_reference(w0, grads, *, learning_rate=LR, beta_1=0.95, beta_2=0.95, sha
     return out
 
 
+def _cuts(n, block):
+    """Tile boundaries of one dimension: full tiles of ``block``, then the remainder."""
+    return [(start, min(start + block, n)) for start in range(0, n, block)]
+
+
+def blocked_soap_reference(w0, grads, *, block_size, learning_rate=LR, beta_1=0.95, beta_2=0.95,
+                           shampoo_beta=None, epsilon=1e-8, weight_decay=0.01,
+                           precondition_frequency=10, normalize_grads=False, correct_bias=True):
+    """SOAP on a matrix cut into tiles, each tile an independent SOAP matrix (Shampoo's blocks).
+
+    Only ``normalize_grads`` (over the whole matrix) and the weights tie the tiles together.
+    """
+    shampoo_beta = beta_2 if shampoo_beta is None else shampoo_beta
+    tiles = [(r, c) for r in _cuts(w0.shape[0], block_size) for c in _cuts(w0.shape[1], block_size)]
+    w, m = np.array(w0, np.float64), np.zeros(w0.shape)
+    state = {t: {"v": np.zeros((t[0][1] - t[0][0], t[1][1] - t[1][0])),
+                 "stats": [0.0, 0.0], "bases": None} for t in tiles}  # fmt: skip
+    out = []
+    for step, g in enumerate(grads, start=1):
+        g = np.asarray(g, np.float64)
+        if step > 1:
+            s = step - 1
+            m = beta_1 * m + (1 - beta_1) * g
+            n = np.zeros_like(w)
+            for (r, c), st in state.items():
+                G, M = g[r[0]:r[1], c[0]:c[1]], m[r[0]:r[1], c[0]:c[1]]
+                st["v"] = beta_2 * st["v"] + (1 - beta_2) * _rotate(G, st["bases"]) ** 2
+                n[r[0]:r[1], c[0]:c[1]] = _rotate(
+                    _rotate(M, st["bases"]) / (np.sqrt(st["v"]) + epsilon), st["bases"], back=True)
+            if normalize_grads:
+                n = n / (np.sqrt(np.mean(n**2)) + epsilon)
+            eta = learning_rate
+            if correct_bias:
+                eta = learning_rate * np.sqrt(1 - beta_2**s) / (1 - beta_1**s)
+            w = (w - eta * n) * (1 - learning_rate * (weight_decay or 0.0))
+        for (r, c), st in state.items():
+            G = g[r[0]:r[1], c[0]:c[1]]
+            st["stats"] = [shampoo_beta * S + (1 - shampoo_beta) * _gram(G, i)
+                           for i, S in enumerate(st["stats"])]
+            if step == 1:
+                st["bases"] = [np.linalg.eigh(S)[1][:, ::-1] for S in st["stats"]]
+            elif (step - 1) % precondition_frequency == 0:
+                for i, (S, Q) in enumerate(zip(st["stats"], st["bases"], strict=True)):
+                    order = np.argsort(-np.diag(Q.T @ S @ Q), kind="stable")
+                    st["v"] = np.take(st["v"], order, axis=i)
+                    st["bases"][i] = np.linalg.qr((S @ Q)[:, order])[0]
+        out.append(w.copy())
+    return out
+
+
 # --- The comparison --------------------------------------------------------------
 
 # (shape, constructor kwargs): each statistic is full rank from step 1, except
@@ -164,10 +214,16 @@ def _run_tf(w0, grads, dtype, kwargs):
     for g in grads:
         step(tf.constant(g, dtype))
         if first_bases is None:
-            first_bases = [None if q is None else q.numpy().astype(np.float64)
-                           for q in optimizer.eigenbases(var)]
+            first_bases = [_numpy(q) for q in optimizer.eigenbases(var)]
         trajectory.append(var.numpy().astype(np.float64))
     return trajectory, first_bases
+
+
+def _numpy(q):
+    """A basis (or, for a matrix in blocks, a list of them) as float64 NumPy."""
+    if isinstance(q, list):
+        return [_numpy(b) for b in q]
+    return None if q is None else q.numpy().astype(np.float64)
 
 
 def _check_eigenbasis(statistics, bases, atol):
@@ -209,6 +265,42 @@ def test_matches_numpy_reference(variable, config, dtype):
     tolerance = 1e-9 if dtype == "float64" else 2e-4
     for t, (a, e) in enumerate(zip(actual, expected, strict=True)):
         np.testing.assert_allclose(a, e, rtol=0, atol=tolerance * motion, err_msg=f"step {t + 1}")
+
+
+# 11x7 in tiles of 4: full tiles, a remainder row and a remainder column, so all
+# four tile shapes. Each step-1 statistic is full rank or (the 4x3 and 3x4
+# tiles' 4x4 Gram) rank-deficient by one: a 1-D null space, whose basis is
+# unique up to sign, to which SOAP's step is invariant.
+# Two of the four (config, dtype) cases: the tiles' code paths do not depend on
+# the pair, and each case costs ~10 s of tracing and stepping on 2 cores.
+@pytest.mark.parametrize("config, dtype", [("defaults", "float64"), ("options", "float32")])
+def test_blocks_match_numpy_reference(config, dtype):
+    options, steps = CONFIGS[config]
+    shape, block = (11, 7), 4
+    w0, grads = _data(shape, steps, seed=3)
+    if dtype == "float32":
+        w0 = w0.astype(np.float32).astype(np.float64)
+        grads = [g.astype(np.float32).astype(np.float64) for g in grads]
+    actual, tf_bases = _run_tf(w0, grads, dtype, {**options, "block_size": block})
+    assert [tuple(q.shape) for group in tf_bases for q in group] == [
+        (2, 4, 4), (2, 4, 4), (2, 4, 4), (2, 3, 3), (1, 3, 3), (1, 4, 4), (1, 3, 3), (1, 3, 3)]
+    expected = blocked_soap_reference(w0, grads, block_size=block, **options)
+    motion = max(np.abs(e - w0).max() for e in expected)
+    assert motion > 10 * LR * 0.1, "the reference barely moved"
+    tolerance = 1e-9 if dtype == "float64" else 2e-4
+    for t, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        np.testing.assert_allclose(a, e, rtol=0, atol=tolerance * motion, err_msg=f"step {t + 1}")
+
+
+def test_blocks_by_default_above_128_only():
+    small, large = keras.Variable(np.ones((128, 8), "float32")), keras.Variable(np.ones((300, 8)))
+    optimizer = tfopt.SOAP()
+    optimizer.build([small, large])
+    assert optimizer.block_size == 128
+    assert [tuple(q.shape) for q in optimizer.eigenbases(small)] == [(128, 128), (8, 8)]
+    assert [[tuple(q.shape) for q in group] for group in optimizer.eigenbases(large)] == [
+        [(2, 128, 128), (2, 8, 8)], [(1, 44, 44), (1, 8, 8)]]
+    assert tfopt.SOAP(block_size=None).preconditioned_shape((300, 8)) == (300, 8)
 
 
 def test_first_step_only_initialises():
@@ -289,6 +381,8 @@ def test_defaults_are_the_references():
         {"precondition_1d": 1},
         {"normalize_grads": None},
         {"correct_bias": "no"},
+        {"block_size": 0},
+        {"split_preconditioner_work": 1},
         {"learning_rate": -1.0},
     ],
     ids=lambda kwargs: next(iter(kwargs)),
@@ -331,3 +425,50 @@ def test_replicas_agree_with_rank_deficient_statistics():
         np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
         checked += "eigenbasis" in variable.path
     assert checked == 4  # Both kernels' two bases.
+
+
+def test_split_refresh_is_bitwise_the_unsplit_one(monkeypatch):
+    """Under Mirrored, the refresh split over replicas (one all-reduce) equals every
+    replica computing everything, bitwise; both keep the replicas' copies equal.
+
+    Tiles of 4 on Dense(6 -> 9 -> 3), refreshed every 2 steps over 6 steps: the
+    split sends step 1's eigh, the refreshes and the permutations of ``v``.
+    """
+    from tests.tfopt import mirrored
+    from tfopt import _sharded_preconditioner
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    real = _sharded_preconditioner.sharded_map
+    monkeypatch.setattr(_sharded_preconditioner, "sharded_map", spy)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = np.tanh(x @ rng.normal(size=(6, 3))).astype("float32")
+    results = {}
+    for split in (True, False):
+        strategy = mirrored.two_cpus()
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9, activation="tanh"),
+                                      keras.layers.Dense(3)])  # fmt: skip
+            model.compile(optimizer=tfopt.SOAP(learning_rate=0.05, precondition_frequency=2,
+                                               block_size=4, split_preconditioner_work=split),
+                          loss="mse")  # fmt: skip
+        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+        assert bool(calls) == split  # The split path ran (and only when asked).
+        calls.clear()
+        state = []
+        for variable in [*model.trainable_variables, *model.optimizer.variables]:
+            copies = [c.numpy() for c in strategy.experimental_local_results(variable.value)]
+            np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
+            state.append((variable.path.split("/")[-1], copies[0]))
+        results[split] = state
+    assert [p for p, _ in results[True]] == [p for p, _ in results[False]]
+    for (path, value), (_, other) in zip(results[True], results[False], strict=True):
+        np.testing.assert_array_equal(value, other, err_msg=path)
+    bases = [p for p, _ in results[True] if "eigenbasis" in p]
+    assert len(bases) == 12, bases  # 6x9 in tiles of 4: 4 groups; 9x3: 2 groups; 2 bases each.
