@@ -149,7 +149,7 @@ def _soap_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int], An
     tag = "soap" if compiled else "soap uncompiled"
     out = {}
     if not compiled:  # The authors' reference: no blocks (before block_size existed).
-        unblocked = _uncompiled(tfopt.SOAP)
+        unblocked = uncompiled(tfopt.SOAP)
         out[f"{tag} block_size=None"] = lambda pf: unblocked(3e-3, precondition_frequency=pf, block_size=None)
         # What the arithmetic says the 1.5x target needs at batch 128 (docs/soap.md).
         out[f"{tag} block_size=32"] = lambda pf: unblocked(3e-3, precondition_frequency=pf, block_size=32)
