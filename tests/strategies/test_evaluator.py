@@ -75,6 +75,38 @@ def test_stops_at_final_step_and_times_out_without_checkpoints(tmp_path, run_dir
                                         poll_interval=0.2)
 
 
+def test_a_restarted_evaluator_catches_up_on_every_kept_checkpoint(tmp_path):
+    # A run with checkpoints every 2 steps and at each epoch's end (3); the manager keeps the newest
+    # three: 3, 4, 6. The evaluator "died" after recording step 3 (its first life is run for real,
+    # on a state file listing only that checkpoint).
+    model_dir = str(tmp_path / "run")
+    strategies.fit(_model_fn, _dataset(), strategy=tf.distribute.get_strategy(), epochs=EPOCHS,
+                   model_dir=model_dir, checkpoint_every_steps=2, verbose=0)
+    directory = os.path.join(model_dir, "checkpoints")
+    state = tf.train.get_checkpoint_state(directory)
+    kept = list(state.all_model_checkpoint_paths)
+    assert [int(p.rpartition("-")[2]) for p in kept] == [3, 4, 6]
+    os.rename(os.path.join(model_dir, "summary.json"), str(tmp_path / "summary.json"))
+    _write_state(directory, kept[:1])
+    first = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, final_step=3, timeout=30)
+    assert [r["step"] for r in first] == [3]
+    # The run went on to its end while the evaluator was down: both later checkpoints are
+    # evaluated, oldest first (a first start would take only the newest), the final one included.
+    _write_state(directory, kept)
+    os.rename(str(tmp_path / "summary.json"), os.path.join(model_dir, "summary.json"))
+    again = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30)
+    assert [r["step"] for r in again] == [4, 6]
+    with open(os.path.join(model_dir, "eval.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [3, 4, 6]
+
+
+def _write_state(directory, paths):
+    """The `checkpoint` state file CheckpointManager writes (a text proto), listing ``paths``."""
+    lines = [f'model_checkpoint_path: "{paths[-1]}"'] + [f'all_model_checkpoint_paths: "{p}"' for p in paths]
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 @pytest.mark.parametrize("kwargs, received", [
     ({"model_dir": None}, "model_dir=None"),
     ({"steps": 0}, "steps=0"),
