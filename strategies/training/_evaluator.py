@@ -10,9 +10,12 @@ replicated job) and fail or lag without slowing it down.
 
 It waits for checkpoints with ``tf.train.checkpoints_iterator``, as
 ``SidecarEvaluator`` did. Each new checkpoint is restored into the model
-(weights only: the optimizer is not needed) and evaluated once; when several
-land between two polls, only the newest is evaluated, as there. For each it
-writes:
+(weights only: the optimizer is not needed) and evaluated once. Unlike
+``SidecarEvaluator``, which took only the newest, it evaluates every checkpoint
+the run still keeps (``CheckpointManager``'s ``max_to_keep``, 3 for
+`strategies.fit`) that it has not evaluated, oldest first: several that land
+between two polls, and, after a restart, those written while it was down.
+For each it writes:
 
 * TensorBoard scalars ``evaluation_<metric>_vs_iterations`` at the
   checkpoint's global step, under ``model_dir/logs/eval`` (the same names
@@ -23,14 +26,11 @@ writes:
   and atomically, so a reader sees every line or none of the new one, on
   ``gs://`` too.
 
-A restarted evaluator (one that finds ``eval.jsonl``) skips the checkpoints
-listed there, then first catches up: every checkpoint the run still keeps
-(``CheckpointManager``'s ``max_to_keep``, 3 for `strategies.fit`) newer than
-the last one it recorded is evaluated, oldest first, so that a crash loses no
-evaluation of a checkpoint that still exists, and never the final one. What
-it skips, exactly: checkpoints deleted by the manager before it got to them
-(more than ``max_to_keep`` written while it was down), and, as in
-steady state, those superseded between two polls.
+A restarted evaluator skips the checkpoints listed in ``eval.jsonl`` and
+those at or before the last step recorded there. What it skips otherwise,
+exactly: the checkpoints the manager deleted before it got to them (more than
+``max_to_keep`` written while it was down or busy). The final checkpoint is
+never deleted, so it is always evaluated.
 
 It stops after the final checkpoint: the one at ``final_step`` when given (the
 plan's total steps), or the one whose step reaches ``steps`` in the
@@ -162,14 +162,12 @@ def evaluate_checkpoints(
                      ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return _finished(model_dir, last_step, final_step)
 
-    if records:  # Restarted: catch up on the kept checkpoints it missed, oldest first.
-        for path in _kept_after(directory, last_step, done):
-            if evaluate(path):
-                writer.close()
-                return new
-    for path in tf.train.checkpoints_iterator(directory, timeout=poll_interval, timeout_fn=stop_waiting):
+    for newest in tf.train.checkpoints_iterator(directory, timeout=poll_interval, timeout_fn=stop_waiting):
         waiting_since = time.monotonic()
-        if path not in done and evaluate(path):
+        # Every kept one not evaluated yet, oldest first (the newest is among them, unless the
+        # state file changed in between).
+        pending = _kept_after(directory, last_step, done) or ([newest] if newest not in done else [])
+        if any(evaluate(path) for path in pending):  # Stops at the run's last checkpoint.
             break
     writer.close()
     return new

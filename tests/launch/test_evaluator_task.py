@@ -38,8 +38,11 @@ def test_evaluator_task_evaluates_the_final_checkpoint(digits_dir, tmp_path, mon
     monkeypatch.setenv("TF_CONFIG", EVALUATOR_TF_CONFIG)  # As Vertex writes it: outside the cluster.
     capsys.readouterr()
     assert run_main([*argv, "--strategy=multi_worker_mirrored"]) == 0  # Never built: it joins nothing.
-    assert "evaluator done: 1 checkpoint(s) evaluated, the last at step 20" in capsys.readouterr().out
-    (record,) = _records(model_dir)
+    # Both kept checkpoints (each epoch's), oldest first; the last is the final one.
+    assert "evaluator done: 2 checkpoint(s) evaluated, the last at step 20" in capsys.readouterr().out
+    records = _records(model_dir)
+    assert [r["step"] for r in records] == [10, 20]
+    record = records[-1]
     # The final checkpoint's weights on the whole test split: fit's own last validation.
     assert record["metrics"]["accuracy"] == pytest.approx(_summary(model_dir)["eval"]["accuracy"], abs=1e-6)
     assert os.listdir(os.path.join(model_dir, "logs", "eval"))

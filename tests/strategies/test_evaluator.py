@@ -42,12 +42,13 @@ def run_dir(tmp_path_factory):
 def test_evaluates_the_final_checkpoint_once_and_stops(run_dir):
     model_dir, trained = run_dir
     records = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30)
-    # The run is over: its newest checkpoint is the last one (summary.json says so).
-    assert [r["step"] for r in records] == [STEPS * EPOCHS]
-    assert records[0]["epoch"] == EPOCHS
+    # The run is over: each kept checkpoint (one per epoch), oldest first, up to the last one
+    # (summary.json says which).
+    assert [r["step"] for r in records] == [STEPS, STEPS * EPOCHS]
+    assert [r["epoch"] for r in records] == [1, EPOCHS]
     expected = trained.evaluate(_dataset(seed=1), verbose=0, return_dict=True)
     for name, value in expected.items():
-        assert records[0]["metrics"][name] == pytest.approx(value, rel=1e-6), name
+        assert records[-1]["metrics"][name] == pytest.approx(value, rel=1e-6), name
     with open(os.path.join(model_dir, "eval.jsonl")) as f:
         assert [json.loads(line) for line in f] == records
     # TensorBoard scalars at the checkpoint's step, beside fit's own logs.
@@ -55,7 +56,7 @@ def test_evaluates_the_final_checkpoint_once_and_stops(run_dir):
                                                 size_guidance={"tensors": 0})
     events.Reload()
     assert {"evaluation_loss_vs_iterations", "evaluation_mae_vs_iterations"} <= set(events.Tags()["tensors"])
-    assert [e.step for e in events.Tensors("evaluation_mae_vs_iterations")] == [STEPS * EPOCHS]
+    assert [e.step for e in events.Tensors("evaluation_mae_vs_iterations")] == [STEPS, STEPS * EPOCHS]
     # A restarted evaluator finds the run finished and evaluates nothing again.
     assert strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30) == []
 
@@ -69,7 +70,7 @@ def test_stops_at_final_step_and_times_out_without_checkpoints(tmp_path, run_dir
         tf.io.gfile.copy(os.path.join(model_dir, "checkpoints", name), str(fresh / "checkpoints" / name))
     records = strategies.evaluate_checkpoints(_model_fn, _dataset(), str(fresh), final_step=STEPS * EPOCHS,
                                               timeout=30)
-    assert [r["step"] for r in records] == [STEPS * EPOCHS]
+    assert [r["step"] for r in records] == [STEPS, STEPS * EPOCHS]
     with pytest.raises(TimeoutError, match="No new checkpoint .* for 1 s"):
         strategies.evaluate_checkpoints(_model_fn, _dataset(), str(tmp_path / "empty"), timeout=1,
                                         poll_interval=0.2)
@@ -91,7 +92,7 @@ def test_a_restarted_evaluator_catches_up_on_every_kept_checkpoint(tmp_path):
     first = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, final_step=3, timeout=30)
     assert [r["step"] for r in first] == [3]
     # The run went on to its end while the evaluator was down: both later checkpoints are
-    # evaluated, oldest first (a first start would take only the newest), the final one included.
+    # evaluated, oldest first (tf-keras' SidecarEvaluator took only the newest), the final one included.
     _write_state(directory, kept)
     os.rename(str(tmp_path / "summary.json"), os.path.join(model_dir, "summary.json"))
     again = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30)
