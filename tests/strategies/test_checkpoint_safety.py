@@ -146,7 +146,8 @@ def test_sigkill_at_the_commit_point_leaves_the_previous_one_loadable(tmp_path, 
     finally:
         _kill(proc)
     out = proc.stdout.read()
-    assert proc.returncode == -signal.SIGKILL and "dying at the commit point" in out, out
+    err = proc.err_path.read_text()[-2000:]  # type: ignore[attr-defined]
+    assert proc.returncode == -signal.SIGKILL and "dying at the commit point" in out, out + err
     if what == "checkpoint":
         assert _restored_round(tmp_path) == 1
         assert list(tmp_path.glob("checkpoints/ckpt-2.index")), "round 2's data was never written"
