@@ -4,6 +4,7 @@ r"""A chaos soak: SIGKILL tasks of a training job at seeded moments, check that 
     python -m launch.chaos --epochs=2 --steps_per_epoch=10 --kills=2 --noparameter_server   # a short one
     python -m launch.chaos --kill=ps          # a parameter-server job, killing its ps task (or --kill=chief)
     python -m launch.chaos --hang --noparameter_server --job_heartbeat_timeout=3   # SIGSTOP: hung peers
+    python -m launch.chaos --kill=evaluator   # the side-car evaluator of a multi-worker job
 
 For the multi-worker (MultiWorkerMirrored) job it runs, on 127.0.0.1:
 
@@ -26,7 +27,12 @@ parameter-server job, killing its ps task or its chief (which restarts every
 task, resuming from the newest checkpoint). ``--hang`` SIGSTOPs the victim
 instead and never resumes it, so that the job's heartbeat (``--heartbeat_timeout``,
 see docs/reliability.md) must fail the step; the table then says how long
-that took.
+that took. ``--kill=evaluator`` runs the multi-worker job with ``local_cluster
+--evaluator`` and SIGKILLs its side-car evaluator, which is restarted alone:
+the trainers must never be restarted (steps redone: 0) and end bit-identical
+to the reference, and the restarted evaluator must record the final
+checkpoint; the table adds the steps it evaluated, and its final eval
+accuracy beside the uninterrupted run's evaluator's.
 
 Exit status: 0 when every check holds, 1 when one fails (the table says which).
 """
@@ -63,9 +69,10 @@ _SEED = flags.DEFINE_integer("chaos_seed", 0, "Seeds the kill schedule (and the 
 _PS = flags.DEFINE_boolean("parameter_server", True,
                            "Also soak a parameter-server job (worker kills, step count only).")
 _KILL = flags.DEFINE_enum(
-    "kill", "worker", ["worker", "ps", "chief"],
+    "kill", "worker", ["worker", "ps", "chief", "evaluator"],
     "Which task type to kill. worker: the multi-worker job, then (with --parameter_server) a PS job's "
-    "workers; ps or chief: a parameter-server job's ps task or its chief (coordinator) only.")
+    "workers; ps or chief: a parameter-server job's ps task or its chief (coordinator) only; "
+    "evaluator: the side-car evaluator of the multi-worker job (local_cluster --evaluator) only.")
 _HANG = flags.DEFINE_boolean(
     "hang", False, "SIGSTOP the victim instead of SIGKILL, and never resume it (a hung peer); "
                    "the multi-worker job only (--kill=worker, no PS job).")
@@ -130,8 +137,10 @@ class Report:
     reference_seconds: float | None
     max_abs_dw: float | None
     failures: list[str]
-    accuracy: float | None = None  # Final eval accuracy (asynchronous jobs).
+    accuracy: float | None = None  # Final eval accuracy (asynchronous jobs; the evaluator's).
     reference_accuracy: float | None = None
+    evaluated: list[int] | None = None  # Steps of the checkpoints the side-car evaluator recorded.
+    reference_evaluated: list[int] | None = None
 
     def table(self) -> str:
         rows = [f"{self.name}: {self.planned_steps} planned steps",
@@ -153,11 +162,16 @@ class Report:
                  f"| {sum(k.step is not None for k in self.kills)} | {self.restarts} | {redone} | "
                  f"{'n/a' if lost is None else f'{lost:.1f} s'} | {_s(self.steps)} | "
                  f"{self._outcome()} |"]  # fmt: skip
+        if self.evaluated is not None:
+            rows.append(f"evaluated steps: {self.evaluated}; uninterrupted: {self.reference_evaluated}")
         rows.append("result: " + ("OK" if not self.failures else "FAILED: " + "; ".join(self.failures)))
         return "\n".join(rows)
 
 
     def _outcome(self) -> str:
+        if self.max_abs_dw is not None and self.evaluated is not None:
+            return (f"{self.max_abs_dw:g}; evaluator's eval accuracy {_f(self.accuracy)}, "
+                    f"uninterrupted {_f(self.reference_accuracy)}")
         if self.max_abs_dw is not None:
             return f"{self.max_abs_dw:g}"
         if self.accuracy is None or self.reference_accuracy is None:
@@ -167,6 +181,10 @@ class Report:
 
 def _s(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def train_args(model_dir: str, data_dir: str, strategy: str) -> list[str]:
@@ -215,7 +233,7 @@ def _kill_steps(rng: random.Random, low: int, planned: int, steps_per_epoch: int
 
 
 def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
-          reference_seconds: float | None) -> tuple[Report, str]:
+          reference_seconds: float | None, evaluator: bool = False) -> tuple[Report, str]:
     """Runs the job under local_cluster --max_restarts while killing on schedule."""
     model_dir, progress = os.path.join(work, f"{name}-chaos"), os.path.join(work, f"{name}-progress")
     os.makedirs(progress, exist_ok=True)
@@ -227,19 +245,22 @@ def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
     # The in-write kill is not the epoch-end one, so that both land; a PS job (whose chief
     # writes) and a hang get none.
     plain = [i for i, t in enumerate(targets) if t % _SHARED.steps_per_epoch] or list(range(len(targets)))
-    in_write = rng.choice(plain) if not ps and not _HANG.value else -1
+    in_write = rng.choice(plain) if not ps and not _HANG.value and not evaluator else -1
     victims = {"worker": [f"worker {i}" for i in range(_WORKERS.value)], "ps": ["ps 0"],
-               "chief": ["chief 0"]}[_KILL.value if ps else "worker"]  # fmt: skip
+               "chief": ["chief 0"], "evaluator": ["evaluator 0"]}[
+        "evaluator" if evaluator else _KILL.value if ps else "worker"]  # fmt: skip
     kills = [Kill(t, "worker 0" if i == in_write else rng.choice(victims), i == in_write,
-                  at_epoch_end=t % _SHARED.steps_per_epoch == 0, hang=_HANG.value and not ps)
+                  at_epoch_end=t % _SHARED.steps_per_epoch == 0, hang=_HANG.value and not ps and not evaluator)
              for i, t in enumerate(targets)]  # fmt: skip
     # A lost PS worker's steps are re-run by the coordinator, which is not restarted;
     # a lost ps or chief restarts every task, which resume from the newest checkpoint.
-    resumes = not ps or _KILL.value != "worker"
+    # A lost evaluator is restarted alone; the trainers go on (checked below: nothing redone).
+    resumes = (not ps or _KILL.value != "worker") and not evaluator
     command = [sys.executable, "-m", "launch._chaos_task", progress, *train_args(model_dir, data_dir, strategy)]
     cluster = local_cluster.LocalCluster(
         command, workers=_WORKERS.value, ps=1 if ps else 0, chief=ps, timeout=_timeout(),
-        output=None, max_restarts=len(kills) + 1, env={"TF_CPP_MIN_LOG_LEVEL": "2"})  # fmt: skip
+        output=None, max_restarts=len(kills) + 1, env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+        evaluator=evaluator)  # fmt: skip
     result: dict[str, Any] = {}
     start = time.monotonic()
     cluster.start()
@@ -262,6 +283,8 @@ def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
             # A parameter-server coordinator is not restarted for a worker: it re-runs
             # the lost worker's steps elsewhere, so "resumed from" does not apply.
             kill.step, kill.resumed_from = _progress(progress), _newest_checkpoint(model_dir) if resumes else None
+            if evaluator:
+                kill.resumed_from = kill.step  # The trainers go on: redone 0, unless restarted (a failure).
             kill.at_seconds = time.monotonic() - start
             restarts, victim_pid = sum(cluster.restarts.values()), task.pid
             if task.process is not None:
@@ -288,10 +311,29 @@ def _soak(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
     steps = _final_steps(model_dir)
     if steps != planned:
         failures.append(f"{steps} steps, planned {planned}")
+    trainer_restarts = {k: v for k, v in cluster.restarts.items() if evaluator and k != "evaluator 0"}
+    if trainer_restarts:
+        failures.append(f"trainers restarted for a lost evaluator: {trainer_restarts}")
     lines = "\n".join(f"[{t.name}] {line}" for t in cluster.tasks for line in list(t.lines)[-15:])
     report = Report(name, planned, kills, returncode, sum(cluster.restarts.values()), steps, seconds,
                     reference_seconds, None, failures, accuracy=_final(model_dir, "accuracy"))  # fmt: skip
+    if evaluator:
+        report.evaluated, report.accuracy = _evaluations(model_dir)
+        if not report.evaluated or report.evaluated[-1] != planned:
+            failures.append(f"the evaluator's last evaluated step is not the final {planned}: {report.evaluated}")
     return report, lines
+
+
+def _evaluations(model_dir: str) -> tuple[list[int], float | None]:
+    """The side-car evaluator's steps, oldest first, and its last eval accuracy (eval.jsonl)."""
+    import json
+
+    path = os.path.join(model_dir, "eval.jsonl")
+    if not os.path.exists(path):
+        return [], None
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r["step"] for r in records], (records[-1]["metrics"].get("accuracy") if records else None)
 
 
 def _final_steps(model_dir: str) -> int | None:
@@ -326,14 +368,15 @@ def max_abs_difference(model_dir: str, reference_dir: str) -> float:
                for x, y in pairs)  # fmt: skip
 
 
-def _reference(name: str, strategy: str, work: str, data_dir: str, *, ps: bool) -> tuple[str, float]:
+def _reference(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
+               evaluator: bool = False) -> tuple[str, float]:
     """Runs the job uninterrupted; returns its model_dir and wall time."""
     reference_dir = os.path.join(work, f"{name}-reference")
     start = time.monotonic()
     reference = local_cluster.run_cluster(
         [sys.executable, "-m", "launch.train", *train_args(reference_dir, data_dir, strategy)],
         workers=_WORKERS.value, ps=1 if ps else 0, chief=ps, timeout=_timeout(), output=None,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2"})  # fmt: skip
+        env={"TF_CPP_MIN_LOG_LEVEL": "2"}, evaluator=evaluator)  # fmt: skip
     if reference.returncode != 0:
         raise RuntimeError(f"the reference run failed: {reference.reason}\n" +
                            "\n".join(line for lines in reference.output.values() for line in lines[-10:]))
@@ -343,6 +386,8 @@ def _reference(name: str, strategy: str, work: str, data_dir: str, *, ps: bool) 
 def run_chaos(work: str, data_dir: str) -> list[Report]:
     """The MWMS soak against its reference (--kill=worker), then the PS soak against its own."""
     reports = []
+    if _KILL.value == "evaluator":
+        return [_mwms_chaos(work, data_dir, evaluator=True)]
     if _KILL.value == "worker":
         reports.append(_mwms_chaos(work, data_dir))
     if _KILL.value != "worker" or (_PS.value and not _HANG.value):
@@ -356,10 +401,13 @@ def run_chaos(work: str, data_dir: str) -> list[Report]:
     return reports
 
 
-def _mwms_chaos(work: str, data_dir: str) -> Report:
-    reference_dir, reference_seconds = _reference("mwms", "multi_worker_mirrored", work, data_dir, ps=False)
+def _mwms_chaos(work: str, data_dir: str, evaluator: bool = False) -> Report:
+    reference_dir, reference_seconds = _reference("mwms", "multi_worker_mirrored", work, data_dir, ps=False,
+                                                  evaluator=evaluator)  # fmt: skip
     report, lines = _soak("mwms", "multi_worker_mirrored", work, data_dir, ps=False,
-                          reference_seconds=reference_seconds)  # fmt: skip
+                          reference_seconds=reference_seconds, evaluator=evaluator)  # fmt: skip
+    if evaluator:
+        report.reference_evaluated, report.reference_accuracy = _evaluations(reference_dir)
     if report.steps is not None:
         report.max_abs_dw = max_abs_difference(os.path.join(work, "mwms-chaos"), reference_dir)
         if report.max_abs_dw != 0.0:

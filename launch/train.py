@@ -192,15 +192,19 @@ def main(argv: Sequence[str]) -> None:
         # Not an error: the checkpoint is saved; 143 tells a scheduler to restart the job.
         print(f"{PROG}: {e}", file=sys.stderr)
         sys.exit(_console.EXIT_PREEMPTED)
-    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
-        # A hung or dead peer (docs/reliability.md). Exit 1, not 2: a restart
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
+        # A hung or dead peer, or leader (docs/reliability.md). Exit 1, not 2: a restart
         # (local_cluster --max_restarts) resumes from the newest checkpoint.
         lost = strategies_cluster.lost_tasks(e.message)
-        if not lost:
+        if lost:
+            what = f"{', '.join(lost)} of the cluster: no heartbeat for --heartbeat_timeout seconds"
+        elif strategies_cluster.leader_unreachable(e.message):
+            what = ("the cluster's leader (the chief, else worker 0: it runs the coordination service): "
+                    "its heartbeat went unanswered for --heartbeat_timeout seconds")
+        else:
             raise
-        print(f"{PROG}: error: lost {', '.join(lost)} of the cluster: no heartbeat for --heartbeat_timeout "
-              "seconds (hung or dead); this step failed. Restart the job to resume from the newest "
-              "checkpoint.", file=sys.stderr)
+        print(f"{PROG}: error: lost {what} (hung or dead); this step failed. Restart the job to resume "
+              "from the newest checkpoint.", file=sys.stderr)
         sys.exit(_console.EXIT_FAILED)
     except tf.errors.DataLossError as e:  # A record file that streams in corrupt, mid-training.
         _console.fail(PROG,

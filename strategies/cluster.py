@@ -178,6 +178,17 @@ def lost_tasks(message: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def leader_unreachable(message: str) -> bool:
+    """Whether a TensorFlow error says this task's heartbeat to the coordination service timed out.
+
+    The service runs in the leader (the chief, else worker 0): when the leader
+    hangs, every other task's heartbeat RPC misses its ``--heartbeat_timeout``
+    deadline and the task aborts its collectives with this error (TF 2.20-2.21
+    wording: "Deadline Exceeded", "RPC: /tensorflow.CoordinationService/Heartbeat").
+    """
+    return "CoordinationService/Heartbeat" in message and "Deadline" in message
+
+
 def free_ports(n: int) -> list[int]:
     """Returns ``n`` distinct unused TCP ports on this machine (via ``portpicker``)."""
     import portpicker  # Only cluster launches need it.

@@ -367,21 +367,32 @@ def requirements() -> list[str]:
 
 
 def _suite() -> str:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
-                           "-m", "not cluster and not notebook and not slow"],
-                          cwd=_REPO, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
-    return "\n".join([f"exit {proc.returncode}: {lines[-1] if lines else 'no output'}", *failed[:40]])
+    from strategies.compat import _upstream_suite
+
+    return _upstream_suite.run(_REPO)
 
 
-def report(results: dict[str, str], suite: str | None) -> str:
+NOTES_MARKER = "<!-- Notes by hand below this line; make test-upstream keeps them. -->"
+
+
+def kept_notes(path: str) -> str:
+    """The hand-written notes at the end of an earlier report (from NOTES_MARKER on), or ""."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    return text[text.index(NOTES_MARKER):] if NOTES_MARKER in text else ""
+
+
+def report(results: dict[str, str], suite: str | None, notes: str = "") -> str:
     found = ", ".join(f"{k} {v}" for k, v in versions().items())
     parts = [
         "# Upstream: are the workarounds still needed?",
         "",
         f"Written by `make test-upstream` on {datetime.date.today().isoformat()}, with {found} "
-        f"(Python {sys.version.split()[0]}). Each workaround in `strategies/compat` has a "
+        f"(Python {sys.version.split()[0]}; {os.cpu_count()} CPUs, load average "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} when this was written). Each workaround in `strategies/compat` has a "
         "reproducer of its upstream bug (`strategies/compat/_reproducers.py`), run in a fresh "
         "process on stock Keras and TensorFlow, without the workaround. \"fixed upstream\" means "
         "the workaround may be unnecessary on these versions: check, then remove it or widen its "
@@ -392,8 +403,11 @@ def report(results: dict[str, str], suite: str | None) -> str:
     ]
     if suite is not None:
         parts += ["## The fast suite on these versions", "",
-                  "`pytest -m \"not cluster and not notebook and not slow\"`, run in the same venv:", "",
+                  "`pytest -m \"not cluster and not notebook and not slow\"`, run in the same venv, in the "
+                  "same `make test-upstream` run, after the reproducers:", "",
                   "```text", suite, "```", ""]
+    if notes:
+        parts += [notes.rstrip("\n"), ""]
     return "\n".join(parts)
 
 
@@ -423,15 +437,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in REPRODUCERS:
         results.setdefault(r.name, "not run")
     print(table(results))
+    notes = kept_notes(args.report) if args.report else ""
     if args.report:  # Written now too, so that a suite cut short still leaves the table.
         with open(args.report, "w") as f:
-            f.write(report(results, "(running)" if args.suite else None))
+            f.write(report(results, "(running)" if args.suite else None, notes))
     suite = _suite() if args.suite else None
     if suite is not None:
         print(suite)
     if args.report:
         with open(args.report, "w") as f:
-            f.write(report(results, suite))
+            f.write(report(results, suite, notes))
     return 0
 
 

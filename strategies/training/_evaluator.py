@@ -10,9 +10,12 @@ replicated job) and fail or lag without slowing it down.
 
 It waits for checkpoints with ``tf.train.checkpoints_iterator``, as
 ``SidecarEvaluator`` did. Each new checkpoint is restored into the model
-(weights only: the optimizer is not needed) and evaluated once; when several
-land between two polls, only the newest is evaluated, as there. For each it
-writes:
+(weights only: the optimizer is not needed) and evaluated once. Unlike
+``SidecarEvaluator``, which took only the newest, it evaluates every checkpoint
+the run still keeps (``CheckpointManager``'s ``max_to_keep``, 3 for
+`strategies.fit`) that it has not evaluated, oldest first: several that land
+between two polls, and, after a restart, those written while it was down.
+For each it writes:
 
 * TensorBoard scalars ``evaluation_<metric>_vs_iterations`` at the
   checkpoint's global step, under ``model_dir/logs/eval`` (the same names
@@ -21,7 +24,13 @@ writes:
 * one JSON line in ``model_dir/eval.jsonl``: ``{"checkpoint": ..., "step": ...,
   "epoch": ..., "metrics": {...}, "time": ...}``. The file is rewritten whole
   and atomically, so a reader sees every line or none of the new one, on
-  ``gs://`` too. A restarted evaluator skips the checkpoints listed there.
+  ``gs://`` too.
+
+A restarted evaluator skips the checkpoints listed in ``eval.jsonl`` and
+those at or before the last step recorded there. What it skips otherwise,
+exactly: the checkpoints the manager deleted before it got to them (more than
+``max_to_keep`` written while it was down or busy). The final checkpoint is
+never deleted, so it is always evaluated.
 
 It stops after the final checkpoint: the one at ``final_step`` when given (the
 plan's total steps), or the one whose step reaches ``steps`` in the
@@ -126,17 +135,17 @@ def evaluate_checkpoints(
         return False
 
     directory = os.path.join(model_dir, _checkpointing.CHECKPOINT_SUBDIR)
-    for path in tf.train.checkpoints_iterator(directory, timeout=poll_interval, timeout_fn=stop_waiting):
-        waiting_since = time.monotonic()
-        if path in done:
-            continue
+
+    def evaluate(path: str) -> bool:
+        """Evaluates and records one checkpoint; returns whether the run's last was reached."""
+        nonlocal last_step
         try:
             checkpoint.restore(path).expect_partial()
             step, epoch = _position(path)
         except (tf.errors.NotFoundError, ValueError) as error:
             # CheckpointManager deletes old checkpoints; a slow evaluation can lose one.
             logging.warning("evaluator: skipping %s, which could not be read (%s)", path, error)
-            continue
+            return False
         metrics = {k: float(v) for k, v in model.evaluate(dataset, steps=steps, verbose=0,
                                                           return_dict=True).items()}
         with writer.as_default():
@@ -151,10 +160,31 @@ def evaluate_checkpoints(
         _run_directory.write_atomically(log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
         logging.info("evaluator: step %d (%s): %s", step, os.path.basename(path),
                      ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if _finished(model_dir, last_step, final_step):
+        return _finished(model_dir, last_step, final_step)
+
+    for newest in tf.train.checkpoints_iterator(directory, timeout=poll_interval, timeout_fn=stop_waiting):
+        waiting_since = time.monotonic()
+        # Every kept one not evaluated yet, oldest first (the newest is among them, unless the
+        # state file changed in between).
+        pending = _kept_after(directory, last_step, done) or ([newest] if newest not in done else [])
+        if any(evaluate(path) for path in pending):  # Stops at the run's last checkpoint.
             break
     writer.close()
     return new
+
+
+def _kept_after(directory: str, last_step: int, done: set[str]) -> list[str]:
+    """The checkpoints the run still keeps, oldest first, past ``last_step`` and not in ``done``."""
+    state = tf.train.get_checkpoint_state(directory)
+    paths = list(state.all_model_checkpoint_paths) if state is not None else []
+    kept = []
+    for path in paths:
+        if not os.path.isabs(path) and "://" not in path:
+            path = os.path.join(directory, path)
+        number = path.rpartition("-")[2]  # CheckpointManager numbers them by global step.
+        if path not in done and (not number.isdigit() or int(number) > last_step):
+            kept.append(path)
+    return kept
 
 
 def _finished(model_dir: str, last_step: int, final_step: int | None) -> bool:

@@ -113,6 +113,11 @@ class PreemptionWatcher:
         if self._previous is not None and self._target is None:
             signal.signal(self._signum, self._previous)
             self._previous = None
+        if self._thread is not None and exc[0] is not None:
+            # Training failed (a collective aborted: a lost peer, or a hung leader, whose
+            # coordination service would never answer this write, which has no deadline).
+            # The watcher is a daemon thread: it ends with the process.
+            self._thread = None
         if self._thread is not None:
             # Wakes every worker's blocked watcher; the first one to finish sets it.
             try:

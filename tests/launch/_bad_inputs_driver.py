@@ -166,6 +166,9 @@ def main() -> None:
     results["import_seconds"] = time.monotonic() - start
     for argv in request["setup"]:
         results["setup"].append(run_one(argv, {}, [], timeout))
+        if results["setup"][-1]["code"] != 0:  # Say why, rather than fail later on what it did not make.
+            sys.exit(f"the setup run failed (exit {results['setup'][-1]['code']}): {' '.join(argv)}\n"
+                     + results["setup"][-1]["stderr"][-2500:])
     if request.get("fixtures"):
         module, _, function = request["fixtures"].partition(":")
         getattr(importlib.import_module(module), function)(request["root"])

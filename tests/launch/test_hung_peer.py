@@ -2,8 +2,7 @@
 
 A stopped process keeps its sockets open and answers nothing: a preempted VM
 that sent no signal, or a partitioned network. Worker 1 is stopped (worker 0
-leads the coordination service; a stopped leader is not caught by heartbeats,
-see docs/reliability.md). With ``--heartbeat_timeout=3`` the coordination
+leads the coordination service). With ``--heartbeat_timeout=3`` the coordination
 service declares it lost and aborts the collective that worker 0 waits in:
 
 1. under ``local_cluster --max_restarts`` (through ``launch.chaos --hang``),
@@ -11,7 +10,8 @@ service declares it lost and aborts the collective that worker 0 waits in:
    checkpoint, and the job ends with its planned steps and weights and
    optimizer state bitwise equal to an uninterrupted run;
 2. without ``--max_restarts``, the job exits 1 with one line that names the
-   hung task.
+   hung task; the same when the hung task is worker 0, the leader: worker 1's
+   heartbeat to it times out, which aborts worker 1's collective.
 
 The stopped process is SIGKILLed in every case: local_cluster's stop sends
 SIGTERM (which a stopped process leaves pending) and then SIGKILL.
@@ -66,7 +66,11 @@ def test_a_hung_worker_fails_its_step_and_the_restarted_job_ends_equal(tmp_path,
     assert "result: OK" in out
 
 
-def test_without_restarts_a_hung_worker_ends_the_job_with_one_line_naming_it(tmp_path, digits_dir):
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker", "leader"])
+def test_without_restarts_a_hung_worker_ends_the_job_with_one_line_naming_it(victim, tmp_path, digits_dir):
+    """Worker 1 hung: worker 0's coordination service declares it lost. Worker 0 hung (the leader,
+    where that service runs): worker 1's heartbeat to it times out, which aborts its collective too;
+    worker 1 then exits (its preemption watcher no longer writes to the hung leader on the way out)."""
     progress, model_dir = tmp_path / "progress", tmp_path / "run"
     progress.mkdir()
     command = [sys.executable, "-m", "launch._chaos_task", str(progress), "--strategy=multi_worker_mirrored",
@@ -81,16 +85,19 @@ def test_without_restarts_a_hung_worker_ends_the_job_with_one_line_naming_it(tmp
             assert all(t.process.poll() is None for t in cluster.tasks), "a task exited before step 3"
             assert time.monotonic() < deadline, "no checkpoint at step 3"
             time.sleep(0.05)
-        os.killpg(cluster.tasks[1].pid, signal.SIGSTOP)
+        os.killpg(cluster.tasks[victim].pid, signal.SIGSTOP)
         stopped = time.monotonic()
         result = cluster.wait()
         seconds = time.monotonic() - stopped
     finally:
         cluster.stop(first_signal=signal.SIGKILL)  # A stopped task ignores SIGTERM until resumed.
+    survivor, expected = (("worker 0", "lost worker 1 of the cluster") if victim else
+                          ("worker 1", "lost the cluster's leader (the chief, else worker 0"))  # fmt: skip
     assert result.returncode == 1, result.reason
-    assert result.failed == "worker 0"  # The one that noticed; its line names the hung one.
-    assert "launch.train: error: lost worker 1 of the cluster" in result.reason, result.reason
-    lines = [line for line in result.output["worker 0"] if "launch.train: error:" in line]
-    assert len(lines) == 1 and "worker 1" in lines[0], result.output["worker 0"][-10:]
+    assert result.failed == survivor  # The one that noticed; its line names the hung one.
+    assert f"launch.train: error: {expected}" in result.reason, result.reason
+    lines = [line for line in result.output[survivor] if "launch.train: error:" in line]
+    assert len(lines) == 1 and expected in lines[0], result.output[survivor][-10:]
+    assert not any("Traceback" in line for line in result.output[survivor]), result.output[survivor][-20:]
     assert seconds < DETECTION_BOUND
-    assert cluster.tasks[1].process.returncode == -signal.SIGKILL
+    assert cluster.tasks[victim].process.returncode == -signal.SIGKILL

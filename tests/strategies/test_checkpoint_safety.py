@@ -35,8 +35,13 @@ def _start(model_dir: Path, what: str, die_at: int | None = None) -> subprocess.
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     if die_at is not None:
         argv.append(str(die_at))
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)  # fmt: skip
+    # Its stderr goes to a file, which a failed wait shows (a refusal by a version guard, say).
+    err_path = model_dir.parent / f"writer-{what}-{die_at}.err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)  # fmt: skip
+    proc.err_path = err_path  # type: ignore[attr-defined]
+    return proc
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -57,7 +62,9 @@ def _read_until(proc: subprocess.Popen[str], marker: str) -> list[str]:
         lines.append(line.strip())
         if line.strip() == marker:
             return lines
-    raise AssertionError(f"writer never printed {marker!r}; it printed {lines}")
+    err_path = getattr(proc, "err_path", None)
+    err = Path(err_path).read_text()[-2000:] if err_path and Path(err_path).exists() else ""
+    raise AssertionError(f"writer never printed {marker!r}; it printed {lines}; its stderr ends:\n{err}")
 
 
 def _kill_during(model_dir: Path, what: str, delay: float) -> list[str]:
@@ -139,7 +146,8 @@ def test_sigkill_at_the_commit_point_leaves_the_previous_one_loadable(tmp_path, 
     finally:
         _kill(proc)
     out = proc.stdout.read()
-    assert proc.returncode == -signal.SIGKILL and "dying at the commit point" in out, out
+    err = proc.err_path.read_text()[-2000:]  # type: ignore[attr-defined]
+    assert proc.returncode == -signal.SIGKILL and "dying at the commit point" in out, out + err
     if what == "checkpoint":
         assert _restored_round(tmp_path) == 1
         assert list(tmp_path.glob("checkpoints/ckpt-2.index")), "round 2's data was never written"

@@ -43,7 +43,8 @@ def _leftovers(directory: Path) -> list[str]:
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resumes(tmp_path):
     run = tmp_path / "run"
-    assert _run(run, epochs=1).returncode == 0  # ckpt-2, model.keras, summary.json.
+    first = _run(run, epochs=1)
+    assert first.returncode == 0, first.stderr[-2000:]  # ckpt-2, model.keras, summary.json.
     data_file = next((run / "checkpoints").glob("ckpt-2.data-*"))
     model_before = (run / "model.keras").read_bytes()
     # Half the checkpoint's size: the logs and the restore still work, ckpt-4 cannot be written.
@@ -62,7 +63,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resumes(tmp_path):
 
 def test_a_failed_model_keras_write_keeps_the_previous_model(tmp_path):
     run = tmp_path / "run"
-    assert _run(run, epochs=1).returncode == 0
+    first = _run(run, epochs=1)
+    assert first.returncode == 0, first.stderr[-2000:]
     model_before = (run / "model.keras").read_bytes()
     failed = _run(run, epochs=2, limit=len(model_before) // 2, when="train_end")
     line = _one_error_line(failed)

@@ -234,3 +234,17 @@ def test_server_loop_stops_at_its_timeout_while_the_chief_lives():
 def test_wait_for_peers_rejects_a_task_outside_the_cluster():
     with pytest.raises(StrategyError, match="`task` must be a"):
         cluster_lib.wait_for_peers({"worker": ["127.0.0.1:1"]}, timeout=1, task=("worker", 1))
+
+
+def test_lost_tasks_and_leader_unreachable_read_tensorflows_messages():
+    # The two ways a collective is aborted for a hung task (TF 2.21 wording, measured in
+    # tests/launch/test_hung_peer.py): the leader's service names the lost task; the others'
+    # heartbeat to a hung leader times out.
+    unhealthy = ("Collective ops is aborted by: The following tasks are unhealthy (stopped sending "
+                 "heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.\n\nAdditional ...")
+    heartbeat = ("Collective ops is aborted by: Deadline Exceeded\nRPC: /tensorflow.CoordinationService/Heartbeat\n"
+                 "The error could be from a previous operation. Restart your program to reset.")
+    assert cluster_lib.lost_tasks(unhealthy) == ["worker 1"]
+    assert not cluster_lib.leader_unreachable(unhealthy)
+    assert cluster_lib.lost_tasks(heartbeat) == [] and cluster_lib.leader_unreachable(heartbeat)
+    assert not cluster_lib.leader_unreachable("Deadline Exceeded\nRPC: /tensorflow.WorkerService/RecvBuf")

@@ -42,12 +42,13 @@ def run_dir(tmp_path_factory):
 def test_evaluates_the_final_checkpoint_once_and_stops(run_dir):
     model_dir, trained = run_dir
     records = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30)
-    # The run is over: its newest checkpoint is the last one (summary.json says so).
-    assert [r["step"] for r in records] == [STEPS * EPOCHS]
-    assert records[0]["epoch"] == EPOCHS
+    # The run is over: each kept checkpoint (one per epoch), oldest first, up to the last one
+    # (summary.json says which).
+    assert [r["step"] for r in records] == [STEPS, STEPS * EPOCHS]
+    assert [r["epoch"] for r in records] == [1, EPOCHS]
     expected = trained.evaluate(_dataset(seed=1), verbose=0, return_dict=True)
     for name, value in expected.items():
-        assert records[0]["metrics"][name] == pytest.approx(value, rel=1e-6), name
+        assert records[-1]["metrics"][name] == pytest.approx(value, rel=1e-6), name
     with open(os.path.join(model_dir, "eval.jsonl")) as f:
         assert [json.loads(line) for line in f] == records
     # TensorBoard scalars at the checkpoint's step, beside fit's own logs.
@@ -55,7 +56,7 @@ def test_evaluates_the_final_checkpoint_once_and_stops(run_dir):
                                                 size_guidance={"tensors": 0})
     events.Reload()
     assert {"evaluation_loss_vs_iterations", "evaluation_mae_vs_iterations"} <= set(events.Tags()["tensors"])
-    assert [e.step for e in events.Tensors("evaluation_mae_vs_iterations")] == [STEPS * EPOCHS]
+    assert [e.step for e in events.Tensors("evaluation_mae_vs_iterations")] == [STEPS, STEPS * EPOCHS]
     # A restarted evaluator finds the run finished and evaluates nothing again.
     assert strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30) == []
 
@@ -69,10 +70,42 @@ def test_stops_at_final_step_and_times_out_without_checkpoints(tmp_path, run_dir
         tf.io.gfile.copy(os.path.join(model_dir, "checkpoints", name), str(fresh / "checkpoints" / name))
     records = strategies.evaluate_checkpoints(_model_fn, _dataset(), str(fresh), final_step=STEPS * EPOCHS,
                                               timeout=30)
-    assert [r["step"] for r in records] == [STEPS * EPOCHS]
+    assert [r["step"] for r in records] == [STEPS, STEPS * EPOCHS]
     with pytest.raises(TimeoutError, match="No new checkpoint .* for 1 s"):
         strategies.evaluate_checkpoints(_model_fn, _dataset(), str(tmp_path / "empty"), timeout=1,
                                         poll_interval=0.2)
+
+
+def test_a_restarted_evaluator_catches_up_on_every_kept_checkpoint(tmp_path):
+    # A run with checkpoints every 2 steps and at each epoch's end (3); the manager keeps the newest
+    # three: 3, 4, 6. The evaluator "died" after recording step 3 (its first life is run for real,
+    # on a state file listing only that checkpoint).
+    model_dir = str(tmp_path / "run")
+    strategies.fit(_model_fn, _dataset(), strategy=tf.distribute.get_strategy(), epochs=EPOCHS,
+                   model_dir=model_dir, checkpoint_every_steps=2, verbose=0)
+    directory = os.path.join(model_dir, "checkpoints")
+    state = tf.train.get_checkpoint_state(directory)
+    kept = list(state.all_model_checkpoint_paths)
+    assert [int(p.rpartition("-")[2]) for p in kept] == [3, 4, 6]
+    os.rename(os.path.join(model_dir, "summary.json"), str(tmp_path / "summary.json"))
+    _write_state(directory, kept[:1])
+    first = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, final_step=3, timeout=30)
+    assert [r["step"] for r in first] == [3]
+    # The run went on to its end while the evaluator was down: both later checkpoints are
+    # evaluated, oldest first (tf-keras' SidecarEvaluator took only the newest), the final one included.
+    _write_state(directory, kept)
+    os.rename(str(tmp_path / "summary.json"), os.path.join(model_dir, "summary.json"))
+    again = strategies.evaluate_checkpoints(_model_fn, _dataset(seed=1), model_dir, timeout=30)
+    assert [r["step"] for r in again] == [4, 6]
+    with open(os.path.join(model_dir, "eval.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [3, 4, 6]
+
+
+def _write_state(directory, paths):
+    """The `checkpoint` state file CheckpointManager writes (a text proto), listing ``paths``."""
+    lines = [f'model_checkpoint_path: "{paths[-1]}"'] + [f'all_model_checkpoint_paths: "{p}"' for p in paths]
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize("kwargs, received", [

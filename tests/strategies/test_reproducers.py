@@ -46,3 +46,34 @@ def test_report_holds_the_table_the_versions_and_the_suite():
     page = reproducers.report(results, "exit 0: 10 passed")
     assert "tensorflow" in page and "keras" in page and "exit 0: 10 passed" in page
     assert page.count("still broken") == len(reproducers.REPRODUCERS)
+
+
+def test_report_keeps_the_notes_written_by_hand(tmp_path):
+    path = tmp_path / "upstream.md"
+    path.write_text("# old report\n\n" + reproducers.NOTES_MARKER + "\n## Investigated\n\nby hand\n")
+    notes = reproducers.kept_notes(str(path))
+    page = reproducers.report({r.name: reproducers.BROKEN for r in reproducers.REPRODUCERS}, "exit 0", notes)
+    assert "# old report" not in page and page.rstrip().endswith("## Investigated\n\nby hand")
+    assert reproducers.kept_notes(str(tmp_path / "missing.md")) == ""
+
+
+def test_suite_counts_the_version_guards_refusals_apart(tmp_path):
+    from strategies.compat import _upstream_suite
+
+    xml = tmp_path / "suite.xml"
+    refusal = _keras_compat.KerasCompatError.__name__ + ": strategies.fit needs a workaround for x"
+    launcher = "launch.train: error: ... for y, which was written and tested for keras 3.15.x ..."
+    xml.write_text(
+        '<testsuites><testsuite>'
+        f'<testcase classname="tests.strategies.test_fit" name="a"><failure message="{refusal}">tb</failure></testcase>'
+        f'<testcase classname="tests.launch.test_train" name="b"><error message="setup">{launcher}</error></testcase>'
+        '<testcase classname="tests.strategies.test_fit" name="c"><failure message="AssertionError: 1 != 2&#10;more">'
+        'tb</failure></testcase>'
+        '<testcase classname="tests.strategies.test_fit" name="d"/>'
+        '</testsuite></testsuites>')  # fmt: skip
+    refused, others = _upstream_suite.classify(str(xml))
+    assert refused == {"tests/strategies/test_fit.py": 1, "tests/launch/test_train.py": 1}
+    assert others == ["FAILED tests/strategies/test_fit.py::c - AssertionError: 1 != 2"]
+    text = _upstream_suite.summary("exit 1: 1 passed, 2 failed, 1 error", refused, others)
+    assert "Refused by a version guard (expected, by design): 2 " in text
+    assert "Other failures and errors (to investigate): 1" in text and others[0] in text
