@@ -36,6 +36,7 @@ from typing import Any
 _PUBLIC = {
     "CheckpointMismatchError": "strategies.training._checkpointing",
     "CheckpointWriteError": "strategies.training._checkpointing",
+    "KerasCompatError": "strategies.compat._keras_compat",
     "Preempted": "strategies.training._preemption",
     "StrategyConfig": "strategies.building._config",
     "StrategyError": "strategies.building._errors",

@@ -183,6 +183,23 @@ def test_user_error_exits_2_with_one_line(argv, named, tmp_path, digits_dir, cap
     assert not os.path.exists(tmp_path / "run" / "summary.json")
 
 
+def test_an_unverified_keras_or_tensorflow_is_one_line(monkeypatch, capsys) -> None:
+    # The version guard's refusal (strategies/compat) ends the run as a user error, not a traceback.
+    import strategies
+
+    def refuse() -> None:
+        raise strategies.KerasCompatError("strategies.fit needs a workaround for keras#0, which was "
+                                          "written and tested for keras 3.15 with tensorflow 2.21")
+
+    monkeypatch.setattr(train, "train", refuse)
+    code = run_main(SMALL)
+    err = capsys.readouterr().err
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("launch.train: error:")]
+    assert len(errors) == 1 and "written and tested for keras 3.15" in errors[0], err
+    assert "Traceback" not in err
+
+
 def test_command_line_user_error(tmp_path) -> None:
     # The real CLI: absl parses, the error is one stderr line, the status is 2.
     result = subprocess.run(

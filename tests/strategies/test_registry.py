@@ -24,7 +24,8 @@ def test_strategy_flag_enum_equals_registry():
 
 def test_all_is_pinned():
     assert sorted(strategies.__all__) == sorted([
-        "CheckpointMismatchError", "CheckpointWriteError", "Preempted", "StrategyConfig", "StrategyError", "available",
+        "CheckpointMismatchError", "CheckpointWriteError", "KerasCompatError", "Preempted", "StrategyConfig",
+        "StrategyError", "available",
         "build", "cluster", "describe", "detect", "evaluate_checkpoints", "fit", "flags", "is_server_task", "load_model",
         "mirrored_strategy", "register", "serve_forever", "split_cpu", "task_role",
     ])  # fmt: skip
