@@ -12,9 +12,7 @@ from tfopt import _compiled, _sparse
 from tfopt._matrix_functions import (
     BlockLayout,
     batched_matrix_inverse_pth_root,
-    gram,
     matrix_inverse_pth_root,
-    precondition_block,
 )
 from tfopt._registry import register
 from tfopt._validation import (
@@ -287,9 +285,8 @@ class Shampoo(keras.optimizers.Optimizer):
         if layout is None:
             return []
         w2 = 1.0 if self.beta_2 == 1.0 else 1.0 - self.beta_2
-        grams = [gram(block, axis) for block in layout.partition(g) for axis in range(layout.rank)]
         new = []
-        for statistic, block_gram in zip(self._statistics[index], grams, strict=True):
+        for statistic, block_gram in zip(self._statistics[index], layout.grams(g), strict=True):
             value = self.beta_2 * statistic + w2 * block_gram
             self.assign(statistic, value)
             new.append(value)
@@ -320,13 +317,8 @@ class Shampoo(keras.optimizers.Optimizer):
         return out
 
     def _precondition(self, index: int, g: Any, roots: list[Any]) -> Any:
-        """``G ×_1 P_1 ... ×_k P_k``, block by block."""
-        layout = self._layouts[index]
-        k = layout.rank
-        return layout.merge([
-            precondition_block(block, roots[b * k : (b + 1) * k])
-            for b, block in enumerate(layout.partition(g))
-        ])  # fmt: skip
+        """``G ×_1 P_1 ... ×_k P_k``, block by block (batched per block shape)."""
+        return self._layouts[index].precondition(g, roots)
 
     def _apply(self, index: int, g: Any, variable: Any, learning_rate: Any,
                roots: list[Any]) -> None:  # fmt: skip
@@ -406,17 +398,9 @@ class Shampoo(keras.optimizers.Optimizer):
 
     def _one_device_step(self, pairs: list[tuple[Any, Any]], learning_rate: Any) -> None:
         """``update_step`` for every variable, with the roots of all of them batched."""
-        steps, matrices, powers, previous = [], [], [], []
-        for grad, variable in pairs:
-            index = self._get_variable_index(variable)
-            g = self._gradient(grad, index)
-            statistics = self._update_statistics(index, g)
-            steps.append((index, g, variable, len(matrices), len(statistics)))
-            for statistic, root in zip(statistics, self._roots[index], strict=True):
-                matrices.append(statistic)
-                powers.append(2 * self._layouts[index].rank)
-                previous.append(ops.convert_to_tensor(root))
+        steps, matrices, owners, previous = self._collect_statistics(pairs)
         if matrices:
+            powers = [2 * self._layouts[index].rank for index in owners]
             new_values = ops.cond(
                 self._refresh(), lambda: self._batched_roots(matrices, powers), lambda: previous
             )
@@ -425,6 +409,24 @@ class Shampoo(keras.optimizers.Optimizer):
             if count:
                 roots = self._assign_roots(roots, list(new_values[start : start + count]))
             self._apply(index, g, variable, learning_rate, roots)
+
+    def _collect_statistics(self, pairs: list[tuple[Any, Any]]) -> tuple[list, list, list, list]:
+        """Updates every variable's statistics; returns the per-variable steps
+        ``(index, g, variable, start, count)``, the new statistics (flat), each
+        one's variable index, and each one's current root."""
+        steps, matrices, owners, previous = [], [], [], []
+        for grad, variable in pairs:
+            if grad is None:
+                continue
+            index = self._get_variable_index(variable)
+            g = self._gradient(grad, index)
+            statistics = self._update_statistics(index, g)
+            steps.append((index, g, variable, len(matrices), len(statistics)))
+            for statistic, root in zip(statistics, self._roots[index], strict=True):
+                matrices.append(statistic)
+                owners.append(index)
+                previous.append(ops.convert_to_tensor(root))
+        return steps, matrices, owners, previous
 
     # --- Several replicas: the roots split over them --------------------------
 
@@ -460,18 +462,8 @@ class Shampoo(keras.optimizers.Optimizer):
         # optimizer variable (aggregation "none"), as TF does without
         # merge_call, and only the roots need a collective.
         pairs = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
-        steps, matrices, fns, previous = [], [], {}, {}
-        for grad, variable in pairs:
-            if grad is None:
-                continue
-            index = self._get_variable_index(variable)
-            g = self._gradient(grad, index)
-            statistics = self._update_statistics(index, g)
-            steps.append((index, g, variable, len(matrices), len(statistics)))
-            for statistic, root in zip(statistics, self._roots[index], strict=True):
-                matrices.append(statistic)
-                fns[len(matrices) - 1] = self._root_fn(index)
-                previous[len(matrices) - 1] = tf.convert_to_tensor(root)
+        steps, matrices, owners, previous = self._collect_statistics(pairs)
+        fns = [self._root_fn(index) for index in owners]
         new_values: list[Any] = [None] * len(matrices)
         # One collective per dtype (float32, and float64 variables if any).
         for dtype in sorted({m.dtype.name for m in matrices}):
