@@ -53,6 +53,9 @@ _OPTAX_NAMES = {
        for name, ours in RENAMED.items()},
     **{name: f"optax-shampoo's `{name}` is not supported by tfopt.Shampoo (see the mapping "
        "table in its docstring and docs/shampoo.md)." for name in UNSUPPORTED},
+    "decoupled_weight_decay": "optax-shampoo's `decoupled_weight_decay` has no switch in "
+    "tfopt.Shampoo: its True is Keras' `weight_decay`, its default False is "
+    "`coupled_weight_decay`.",
 }  # fmt: skip
 
 
@@ -79,6 +82,7 @@ class Shampoo(keras.optimizers.Optimizer):
                               # g / (||g|| + 1e-16) first; sqrt_n: sign(g)
         p = G ×_1 P_1 ... ×_k P_k per block (p = u for skipped variables)
         s = p * ||u|| / (||p|| + 1e-16)                       # grafted to u's norm
+        s, u = s + coupled_weight_decay * w, u + coupled_weight_decay * w
         m = beta_1 * m + s;  d = beta_1 * d + u
         v, n = (s, m) if t >= start_preconditioning_step else (u, d)
         w = w - learning_rate * (v + beta_1 * n if nesterov else n)
@@ -130,6 +134,8 @@ class Shampoo(keras.optimizers.Optimizer):
     merge_small_dims_block_size      merge_small_dims_block_size
     weight_decay (Keras)             weight_decay / learning_rate, with
                                      decoupled_weight_decay=True
+    coupled_weight_decay=0           weight_decay, with
+                                     decoupled_weight_decay=False
     split_preconditioner_work=True   (batch_axis_name under pmap)
     ===============================  ===================================
 
@@ -156,6 +162,9 @@ class Shampoo(keras.optimizers.Optimizer):
       best_effort_shape_interpretation: merge small dimensions first.
       merge_small_dims_block_size: the largest merged dimension.
       split_preconditioner_work: split the root computation over replicas.
+      coupled_weight_decay: optax-shampoo's default weight decay, added to
+        both directions before the momenta (``exclude_from_weight_decay``
+        applies), >= 0. Keras' ``weight_decay`` is the decoupled one.
       **kwargs: the Keras optimizer options (``clipnorm``, ``weight_decay``,
         ``use_ema``, ``name``...).
 
@@ -192,6 +201,7 @@ class Shampoo(keras.optimizers.Optimizer):
         best_effort_shape_interpretation: bool = True,
         merge_small_dims_block_size: int = 4096,
         split_preconditioner_work: bool = True,
+        coupled_weight_decay: float = 0.0,
         **kwargs: Any,
     ) -> None:
         check_rejected(kwargs, _OPTAX_NAMES)
@@ -201,6 +211,7 @@ class Shampoo(keras.optimizers.Optimizer):
         check_unit_interval("beta_2", beta_2, closed_right=True)
         check_non_negative("diagonal_epsilon", diagonal_epsilon)
         check_non_negative("matrix_epsilon", matrix_epsilon)
+        check_non_negative("coupled_weight_decay", coupled_weight_decay)
         check_int("start_preconditioning_step", start_preconditioning_step, 0)
         check_int("precondition_frequency", precondition_frequency, 1)
         check_one_of("graft_type", graft_type, GRAFT_TYPES)
@@ -232,6 +243,7 @@ class Shampoo(keras.optimizers.Optimizer):
         self.best_effort_shape_interpretation = best_effort_shape_interpretation
         self.merge_small_dims_block_size = merge_small_dims_block_size
         self.split_preconditioner_work = split_preconditioner_work
+        self.coupled_weight_decay = float(coupled_weight_decay)
 
     # --- State ----------------------------------------------------------------
 
@@ -347,6 +359,11 @@ class Shampoo(keras.optimizers.Optimizer):
         layout = self._layouts[index]
         preconditioned = graft if layout is None else self._precondition(index, g, roots)
         shampoo = preconditioned * (_norm(graft) / (_norm(preconditioned) + 1e-16))
+        if self.coupled_weight_decay and self._use_weight_decay(variable):
+            # optax-shampoo's decoupled_weight_decay=False: into both directions,
+            # after grafting, before the momenta.
+            decay = self.coupled_weight_decay * ops.cast(variable, dtype)
+            shampoo, graft = shampoo + decay, graft + decay
         # m = beta_1 m + s;  d = beta_1 d + u
         momentum, graft_momentum = self._momentums[index], self._graft_momentums[index]
         new_momentum = momentum * beta_1 + shampoo
@@ -508,6 +525,7 @@ class Shampoo(keras.optimizers.Optimizer):
                 "best_effort_shape_interpretation": self.best_effort_shape_interpretation,
                 "merge_small_dims_block_size": self.merge_small_dims_block_size,
                 "split_preconditioner_work": self.split_preconditioner_work,
+                "coupled_weight_decay": self.coupled_weight_decay,
             }
         )
         return config
