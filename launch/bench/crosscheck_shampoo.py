@@ -16,12 +16,12 @@ two local patches of ``optax_shampoo/distributed_shampoo.py`` in that venv:
 1. the initial ``error_ratio`` of ``matrix_inverse_pth_root`` from ``True`` to
    ``1.0`` (``lax.while_loop`` rejects the bool carry; ``True < 1.2`` is what
    it meant);
-2. for float64: ``init_fn`` makes every statistic and preconditioner
-   ``jnp.float32`` whatever the parameter's dtype (``dtype=jnp.float32`` in
-   its two ``jnp.eye`` calls); with ``jax_enable_x64`` the roots then come back
+2. for float64: its two init functions make every statistic and
+   preconditioner ``jnp.float32`` whatever the parameter's dtype
+   (``dtype=jnp.float32`` in their ``jnp.eye`` calls); with ``jax_enable_x64`` the roots then come back
    float64 (it computes them in ``_MAT_INV_PTH_ROOT_DTYPE = jnp.float64``), and
    ``_select_preconditioner``'s ``lax.cond`` fails on float32 vs float64
-   branches. ``dtype=param.dtype`` in those two calls makes it float64-clean
+   branches. ``dtype=param.dtype`` in those calls makes it float64-clean
    (float32 parameters are unchanged by it)::
 
        sed -i 's/new_error, True\])/new_error, 1.0])/' distributed_shampoo.py
