@@ -11,9 +11,10 @@ Used only where it is sound and cannot surprise:
 
 * the TensorFlow backend (JAX compiles the whole step already; PyTorch has no
   XLA here);
-* outside any ``tf.distribute`` strategy: under Mirrored and the like,
-  ``update_step`` runs per replica on per-replica variables, and Shampoo's
-  split roots need their merge_call;
+* outside any ``tf.distribute`` strategy, or in a ``OneDeviceStrategy``'s
+  replica context (``strategies.fit`` with ``strategy="one_device"``): under
+  Mirrored and the like, ``update_step`` runs per replica on per-replica
+  variables, and Shampoo's split roots need their merge_call;
 * outside an enclosing XLA context (``jit_compile=True``, TPUs): the step is
   compiled there already.
 
@@ -43,10 +44,17 @@ def eligible(optimizer: Any) -> bool:
         return False
     import tensorflow as tf
 
-    return (
-        not tf.distribute.has_strategy()
-        and tf.__internal__.get_enclosing_xla_context() is None
-    )
+    if tf.__internal__.get_enclosing_xla_context() is not None:
+        return False
+    if not tf.distribute.has_strategy():
+        return True
+    # A OneDeviceStrategy's variables are plain variables on its one device, and
+    # in its replica context (`strategy.run`, Keras' `fit`) there is nothing to
+    # reduce: the same as no strategy. (Its cross-replica `extended.update`,
+    # where Keras calls `update_step`, is not: there the step stays uncompiled.)
+    return isinstance(
+        tf.distribute.get_strategy(), tf.distribute.OneDeviceStrategy
+    ) and not tf.distribute.in_cross_replica_context()
 
 
 class CompiledSteps:

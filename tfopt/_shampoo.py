@@ -12,9 +12,7 @@ from tfopt import _compiled, _sparse
 from tfopt._matrix_functions import (
     BlockLayout,
     batched_matrix_inverse_pth_root,
-    gram,
     matrix_inverse_pth_root,
-    precondition_block,
 )
 from tfopt._registry import register
 from tfopt._validation import (
@@ -55,6 +53,9 @@ _OPTAX_NAMES = {
        for name, ours in RENAMED.items()},
     **{name: f"optax-shampoo's `{name}` is not supported by tfopt.Shampoo (see the mapping "
        "table in its docstring and docs/shampoo.md)." for name in UNSUPPORTED},
+    "decoupled_weight_decay": "optax-shampoo's `decoupled_weight_decay` has no switch in "
+    "tfopt.Shampoo: its True is Keras' `weight_decay`, its default False is "
+    "`coupled_weight_decay`.",
 }  # fmt: skip
 
 
@@ -81,6 +82,7 @@ class Shampoo(keras.optimizers.Optimizer):
                               # g / (||g|| + 1e-16) first; sqrt_n: sign(g)
         p = G ×_1 P_1 ... ×_k P_k per block (p = u for skipped variables)
         s = p * ||u|| / (||p|| + 1e-16)                       # grafted to u's norm
+        s, u = s + coupled_weight_decay * w, u + coupled_weight_decay * w
         m = beta_1 * m + s;  d = beta_1 * d + u
         v, n = (s, m) if t >= start_preconditioning_step else (u, d)
         w = w - learning_rate * (v + beta_1 * n if nesterov else n)
@@ -132,6 +134,8 @@ class Shampoo(keras.optimizers.Optimizer):
     merge_small_dims_block_size      merge_small_dims_block_size
     weight_decay (Keras)             weight_decay / learning_rate, with
                                      decoupled_weight_decay=True
+    coupled_weight_decay=0           weight_decay, with
+                                     decoupled_weight_decay=False
     split_preconditioner_work=True   (batch_axis_name under pmap)
     ===============================  ===================================
 
@@ -158,6 +162,9 @@ class Shampoo(keras.optimizers.Optimizer):
       best_effort_shape_interpretation: merge small dimensions first.
       merge_small_dims_block_size: the largest merged dimension.
       split_preconditioner_work: split the root computation over replicas.
+      coupled_weight_decay: optax-shampoo's default weight decay, added to
+        both directions before the momenta (``exclude_from_weight_decay``
+        applies), >= 0. Keras' ``weight_decay`` is the decoupled one.
       **kwargs: the Keras optimizer options (``clipnorm``, ``weight_decay``,
         ``use_ema``, ``name``...).
 
@@ -194,6 +201,7 @@ class Shampoo(keras.optimizers.Optimizer):
         best_effort_shape_interpretation: bool = True,
         merge_small_dims_block_size: int = 4096,
         split_preconditioner_work: bool = True,
+        coupled_weight_decay: float = 0.0,
         **kwargs: Any,
     ) -> None:
         check_rejected(kwargs, _OPTAX_NAMES)
@@ -203,6 +211,7 @@ class Shampoo(keras.optimizers.Optimizer):
         check_unit_interval("beta_2", beta_2, closed_right=True)
         check_non_negative("diagonal_epsilon", diagonal_epsilon)
         check_non_negative("matrix_epsilon", matrix_epsilon)
+        check_non_negative("coupled_weight_decay", coupled_weight_decay)
         check_int("start_preconditioning_step", start_preconditioning_step, 0)
         check_int("precondition_frequency", precondition_frequency, 1)
         check_one_of("graft_type", graft_type, GRAFT_TYPES)
@@ -234,6 +243,7 @@ class Shampoo(keras.optimizers.Optimizer):
         self.best_effort_shape_interpretation = best_effort_shape_interpretation
         self.merge_small_dims_block_size = merge_small_dims_block_size
         self.split_preconditioner_work = split_preconditioner_work
+        self.coupled_weight_decay = float(coupled_weight_decay)
 
     # --- State ----------------------------------------------------------------
 
@@ -287,9 +297,8 @@ class Shampoo(keras.optimizers.Optimizer):
         if layout is None:
             return []
         w2 = 1.0 if self.beta_2 == 1.0 else 1.0 - self.beta_2
-        grams = [gram(block, axis) for block in layout.partition(g) for axis in range(layout.rank)]
         new = []
-        for statistic, block_gram in zip(self._statistics[index], grams, strict=True):
+        for statistic, block_gram in zip(self._statistics[index], layout.grams(g), strict=True):
             value = self.beta_2 * statistic + w2 * block_gram
             self.assign(statistic, value)
             new.append(value)
@@ -320,13 +329,8 @@ class Shampoo(keras.optimizers.Optimizer):
         return out
 
     def _precondition(self, index: int, g: Any, roots: list[Any]) -> Any:
-        """``G ×_1 P_1 ... ×_k P_k``, block by block."""
-        layout = self._layouts[index]
-        k = layout.rank
-        return layout.merge([
-            precondition_block(block, roots[b * k : (b + 1) * k])
-            for b, block in enumerate(layout.partition(g))
-        ])  # fmt: skip
+        """``G ×_1 P_1 ... ×_k P_k``, block by block (batched per block shape)."""
+        return self._layouts[index].precondition(g, roots)
 
     def _apply(self, index: int, g: Any, variable: Any, learning_rate: Any,
                roots: list[Any]) -> None:  # fmt: skip
@@ -355,6 +359,11 @@ class Shampoo(keras.optimizers.Optimizer):
         layout = self._layouts[index]
         preconditioned = graft if layout is None else self._precondition(index, g, roots)
         shampoo = preconditioned * (_norm(graft) / (_norm(preconditioned) + 1e-16))
+        if self.coupled_weight_decay and self._use_weight_decay(variable):
+            # optax-shampoo's decoupled_weight_decay=False: into both directions,
+            # after grafting, before the momenta.
+            decay = self.coupled_weight_decay * ops.cast(variable, dtype)
+            shampoo, graft = shampoo + decay, graft + decay
         # m = beta_1 m + s;  d = beta_1 d + u
         momentum, graft_momentum = self._momentums[index], self._graft_momentums[index]
         new_momentum = momentum * beta_1 + shampoo
@@ -406,17 +415,9 @@ class Shampoo(keras.optimizers.Optimizer):
 
     def _one_device_step(self, pairs: list[tuple[Any, Any]], learning_rate: Any) -> None:
         """``update_step`` for every variable, with the roots of all of them batched."""
-        steps, matrices, powers, previous = [], [], [], []
-        for grad, variable in pairs:
-            index = self._get_variable_index(variable)
-            g = self._gradient(grad, index)
-            statistics = self._update_statistics(index, g)
-            steps.append((index, g, variable, len(matrices), len(statistics)))
-            for statistic, root in zip(statistics, self._roots[index], strict=True):
-                matrices.append(statistic)
-                powers.append(2 * self._layouts[index].rank)
-                previous.append(ops.convert_to_tensor(root))
+        steps, matrices, owners, previous = self._collect_statistics(pairs)
         if matrices:
+            powers = [2 * self._layouts[index].rank for index in owners]
             new_values = ops.cond(
                 self._refresh(), lambda: self._batched_roots(matrices, powers), lambda: previous
             )
@@ -425,6 +426,24 @@ class Shampoo(keras.optimizers.Optimizer):
             if count:
                 roots = self._assign_roots(roots, list(new_values[start : start + count]))
             self._apply(index, g, variable, learning_rate, roots)
+
+    def _collect_statistics(self, pairs: list[tuple[Any, Any]]) -> tuple[list, list, list, list]:
+        """Updates every variable's statistics; returns the per-variable steps
+        ``(index, g, variable, start, count)``, the new statistics (flat), each
+        one's variable index, and each one's current root."""
+        steps, matrices, owners, previous = [], [], [], []
+        for grad, variable in pairs:
+            if grad is None:
+                continue
+            index = self._get_variable_index(variable)
+            g = self._gradient(grad, index)
+            statistics = self._update_statistics(index, g)
+            steps.append((index, g, variable, len(matrices), len(statistics)))
+            for statistic, root in zip(statistics, self._roots[index], strict=True):
+                matrices.append(statistic)
+                owners.append(index)
+                previous.append(ops.convert_to_tensor(root))
+        return steps, matrices, owners, previous
 
     # --- Several replicas: the roots split over them --------------------------
 
@@ -460,18 +479,8 @@ class Shampoo(keras.optimizers.Optimizer):
         # optimizer variable (aggregation "none"), as TF does without
         # merge_call, and only the roots need a collective.
         pairs = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
-        steps, matrices, fns, previous = [], [], {}, {}
-        for grad, variable in pairs:
-            if grad is None:
-                continue
-            index = self._get_variable_index(variable)
-            g = self._gradient(grad, index)
-            statistics = self._update_statistics(index, g)
-            steps.append((index, g, variable, len(matrices), len(statistics)))
-            for statistic, root in zip(statistics, self._roots[index], strict=True):
-                matrices.append(statistic)
-                fns[len(matrices) - 1] = self._root_fn(index)
-                previous[len(matrices) - 1] = tf.convert_to_tensor(root)
+        steps, matrices, owners, previous = self._collect_statistics(pairs)
+        fns = [self._root_fn(index) for index in owners]
         new_values: list[Any] = [None] * len(matrices)
         # One collective per dtype (float32, and float64 variables if any).
         for dtype in sorted({m.dtype.name for m in matrices}):
@@ -516,6 +525,7 @@ class Shampoo(keras.optimizers.Optimizer):
                 "best_effort_shape_interpretation": self.best_effort_shape_interpretation,
                 "merge_small_dims_block_size": self.merge_small_dims_block_size,
                 "split_preconditioner_work": self.split_preconditioner_work,
+                "coupled_weight_decay": self.coupled_weight_decay,
             }
         )
         return config

@@ -62,6 +62,32 @@ def test_compiled_step_equals_the_keras_ops_step(cls, kwargs):
 
 def test_not_eligible_under_a_strategy_or_when_opted_out():
     assert _compiled.eligible(tfopt.Shampoo())
-    with tf.distribute.OneDeviceStrategy("CPU:0").scope():
+    with tf.distribute.OneDeviceStrategy("CPU:0").scope():  # Cross-replica context.
         assert not _compiled.eligible(tfopt.Shampoo())
+    strategy = tf.distribute.MirroredStrategy(["CPU:0"])
+    assert not strategy.run(lambda: tf.constant(_compiled.eligible(tfopt.Shampoo())))
     assert not _compiled.eligible(tfopt.SOAP())  # SOAP opts out: measured slower compiled.
+
+
+def test_one_device_strategy_replica_context_is_compiled():
+    """``strategies.fit(strategy="one_device")`` and ``strategy.run``: the compiled step,
+    the same weights as without a strategy."""
+    kwargs = dict(learning_rate=0.1, block_size=4, precondition_frequency=3,
+                  start_preconditioning_step=1)  # fmt: skip
+    expected, _ = _run(tfopt.Shampoo, True, **kwargs)
+    strategy = tf.distribute.OneDeviceStrategy("CPU:0")
+    rng = np.random.default_rng(0)
+    with strategy.scope():
+        variables = [keras.Variable(rng.normal(size=s)) for s in SHAPES]
+        optimizer = tfopt.Shampoo(**kwargs)
+        optimizer.build(variables)
+
+    @tf.function
+    def step(grads):
+        strategy.run(optimizer.apply, args=(grads, variables))
+
+    for _ in range(4):
+        step([tf.constant(rng.normal(size=s)) for s in SHAPES])
+    assert optimizer.__dict__.get("_tfopt_compiled_whole")
+    for a, b in zip([v.numpy() for v in variables], expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)

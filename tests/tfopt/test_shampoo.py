@@ -105,7 +105,8 @@ def shampoo_reference(params, grads, *, learning_rate=1e-3, block_size=128, beta
                       precondition_frequency=1, graft_type="sgd", nesterov=True,
                       inverse_failure_threshold=0.1, skip_preconditioning_dim_size_gt=4096,
                       skip_preconditioning_rank_lt=1, best_effort_shape_interpretation=True,
-                      merge_small_dims_block_size=4096, weight_decay=0.0):  # fmt: skip
+                      merge_small_dims_block_size=4096, weight_decay=0.0,
+                      coupled_weight_decay=0.0):  # fmt: skip
     """Trajectory (one list of float64 arrays per step) of distributed_shampoo."""
     thetas = [np.array(p, np.float64) for p in params]
     states = []
@@ -172,6 +173,7 @@ def shampoo_reference(params, grads, *, learning_rate=1e-3, block_size=128, beta
                     p[sl] = x
                 p = p.reshape(g.shape)
             s = p * np.linalg.norm(u) / (np.linalg.norm(p) + 1e-16)
+            s, u = s + coupled_weight_decay * thetas[i], u + coupled_weight_decay * thetas[i]
             st["m"] = beta_1 * st["m"] + s
             st["d"] = beta_1 * st["d"] + u
             shampoo_now = t >= start_preconditioning_step
@@ -199,6 +201,8 @@ CONFIGS = {
         skip_preconditioning_dim_size_gt=30, skip_preconditioning_rank_lt=2, beta_1=0.5),
     "sqrt_n-merge16-weight_decay": dict(
         block_size=12, merge_small_dims_block_size=16, graft_type="sqrt_n", weight_decay=0.1),
+    "rmsprop-coupled_weight_decay": dict(block_size=16, graft_type="rmsprop",
+                                         coupled_weight_decay=0.1),
     # Every Newton error (~1e-12 in float64) fails a threshold of 1e-14: the roots stay I.
     "inverse_failure": dict(
         block_size=16, best_effort_shape_interpretation=False, inverse_failure_threshold=1e-14),
@@ -307,7 +311,7 @@ BAD = [
     ("matrix_epsilon", -1e-6), ("diagonal_epsilon", -1.0), ("start_preconditioning_step", -1),
     ("precondition_frequency", 0), ("graft_type", "adagrad_normalized"),
     ("inverse_failure_threshold", 0.0), ("skip_preconditioning_rank_lt", -1),
-    ("nesterov", "yes"), ("merge_small_dims_block_size", 0),
+    ("nesterov", "yes"), ("merge_small_dims_block_size", 0), ("coupled_weight_decay", -0.1),
 ]  # fmt: skip
 
 
