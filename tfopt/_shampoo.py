@@ -453,9 +453,7 @@ class Shampoo(keras.optimizers.Optimizer):
             # No tf.distribute replica context: every device computes all of the roots.
             super()._backend_update_step(grads, trainable_variables, learning_rate)
             return
-        import tensorflow as tf
-
-        from tfopt._sharded_preconditioner import sharded_map
+        from tfopt._sharded_preconditioner import sharded_map, splits
 
         if _compiled.eligible(self) and not self.gradient_accumulation_steps:
             # One device: every variable's step in one XLA-compiled function.
@@ -463,13 +461,7 @@ class Shampoo(keras.optimizers.Optimizer):
             pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
             _compiled.whole_step(self, self._one_device_step)(pairs, learning_rate)
             return
-        context = tf.distribute.get_replica_context()
-        # Gradient accumulation runs this step inside a cond, where Mirrored and
-        # MultiWorkerMirrored forbid the split's merge_call (keras-team/keras#20582):
-        # every replica then computes every root, as with one replica.
-        if (not self.split_preconditioner_work or self.gradient_accumulation_steps
-                or tf.distribute.in_cross_replica_context()
-                or context is None or context.num_replicas_in_sync < 2):  # fmt: skip
+        if not splits(self):
             super()._backend_update_step(grads, trainable_variables, learning_rate)
             return
         variables = [getattr(v, "value", v) for v in trainable_variables]

@@ -21,12 +21,13 @@ step without a refresh sends nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import tensorflow as tf
 
 from tfopt._sharding_plan import assign_owners, matrix_cost
 
-__all__ = ["assign_owners", "matrix_cost", "sharded_map"]
+__all__ = ["assign_owners", "matrix_cost", "sharded_map", "splits"]
 
 
 def _replica_context() -> tf.distribute.ReplicaContext | None:
@@ -37,6 +38,20 @@ def _replica_context() -> tf.distribute.ReplicaContext | None:
     if context is None or context.num_replicas_in_sync < 2:
         return None
     return context
+
+
+def splits(optimizer: Any) -> bool:
+    """Whether Shampoo or SOAP splits its preconditioner work over the replicas in this step.
+
+    Not when its ``split_preconditioner_work`` is off; not under gradient
+    accumulation, whose step runs inside a cond, where Mirrored and
+    MultiWorkerMirrored forbid the split's merge_call (keras-team/keras#20582);
+    and not without several replicas in a replica context. Every replica then
+    computes all of the work, as one device does.
+    """
+    if not optimizer.split_preconditioner_work or optimizer.gradient_accumulation_steps:
+        return False
+    return _replica_context() is not None
 
 
 def sharded_map(

@@ -531,14 +531,9 @@ class SOAP(keras.optimizers.Optimizer):
             # No tf.distribute replica context: every device refreshes every basis.
             super()._backend_update_step(grads, trainable_variables, learning_rate)
             return
-        import tensorflow as tf
+        from tfopt._sharded_preconditioner import splits
 
-        context = tf.distribute.get_replica_context()
-        # As Shampoo: gradient accumulation runs this step inside a cond, where
-        # Mirrored forbids the split's merge_call (keras-team/keras#20582).
-        if (not self.split_preconditioner_work or self.gradient_accumulation_steps
-                or tf.distribute.in_cross_replica_context()
-                or context is None or context.num_replicas_in_sync < 2):  # fmt: skip
+        if not splits(self):
             super()._backend_update_step(grads, trainable_variables, learning_rate)
             return
         variables = [getattr(v, "value", v) for v in trainable_variables]
