@@ -436,6 +436,8 @@ def main(argv: Sequence[str]) -> int:
         _console.fail(PROG, f"Cannot run {command[0]!r}: {error.strerror}.")
     except _Terminated:
         return EXIT_TERMINATED
+    except KeyboardInterrupt:  # Ctrl-C before wait() took it over (the tasks may have started).
+        return EXIT_INTERRUPTED
     finally:
         local.stop()
 

@@ -299,3 +299,30 @@ def test_evaluator_task_is_outside_the_cluster_waited_for_and_never_stops_traini
         workers=2, evaluator=True, timeout=30, output=out)
     assert result.returncode == 0, result.reason
     assert "[local_cluster] evaluator 0 exited with code 1; training goes on without it." in out.getvalue()
+
+
+def test_ctrl_c_before_the_wait_begins_is_an_interrupt_too(monkeypatch):
+    # The window between starting the tasks and wait()'s own handler: Ctrl-C there
+    # must also stop every task and exit 130, not escape as a traceback.
+    from absl import flags
+    from absl.testing import flagsaver
+
+    started = []
+
+    def start_then_interrupted(self):
+        for task in self.tasks:
+            self._spawn(task)
+        started.extend(task.pid for task in self.tasks)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local_cluster.LocalCluster, "start", start_then_interrupted)
+    command = _program("time.sleep(300)")
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["local_cluster", "--workers=2", "--timeout=60"])
+        try:
+            code = local_cluster.main(["local_cluster", *command])
+        except KeyboardInterrupt:  # Would otherwise end the whole pytest session.
+            pytest.fail("Ctrl-C escaped local_cluster.main as a KeyboardInterrupt")
+        assert code == local_cluster.EXIT_INTERRUPTED
+    assert len(started) == 2 and _eventually_dead(started) == []
