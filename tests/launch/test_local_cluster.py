@@ -149,10 +149,14 @@ def test_cli_stops_every_task_on_a_signal(sig, code):
     try:
         pids = _started_pids(launcher, 2)
         launcher.send_signal(sig)
-        assert launcher.wait(timeout=20) == code
+        try:
+            returncode = launcher.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            returncode = None  # Reported below with what the launcher said, to tell why.
     finally:
         launcher.kill()
-        launcher.wait()
+        out, err = launcher.communicate()
+    assert returncode == code, f"launcher exit {returncode}; stdout:\n{out}\nstderr:\n{err}"
     assert _eventually_dead(pids) == []
 
 
