@@ -414,6 +414,11 @@ _EXTEND = flags.DEFINE_integer("extend_edges", 3,
                                "Extra rates, half a decade apart, past a grid edge that wins.")
 _COST_STEPS = flags.DEFINE_integer("cost_steps", 10, "Steps per optimizer per timing round.")
 _COST_ROUNDS = flags.DEFINE_integer("cost_rounds", 30, "Alternating timing rounds.")
+_SWEEPS_FROM = flags.DEFINE_string(
+    "sweeps_from", None,
+    "An earlier run's convergence.json: take its learning-rate sweeps (tuned rates, steps to "
+    "target) for the optimizers it holds and measure only the step cost again. For a change "
+    "that makes a step cheaper without changing its numbers; the settings must match.")
 
 _DEFAULT_MAX_STEPS = {"digits_cnn": 1000, "digits_autoencoder": 2000}
 
@@ -421,6 +426,30 @@ flags.register_validator("candidates", lambda names: set(names) <= set(OPTIMIZER
                          f"--candidates must name optimizers from {list(OPTIMIZERS)}")
 flags.register_validator("seeds", lambda n: n >= 1, "--seeds must be >= 1")
 flags.register_validator("grid_points", lambda n: n >= 1, "--grid_points must be >= 1")
+
+
+# The settings a reused sweep must share with this run (the timing ones may differ).
+_SWEEP_SETTINGS = ("seeds", "grid_points", "eval_every", "max_steps", "batch_size", "targets",
+                   "precondition_frequency", "extend_edges", "quick")
+
+
+def load_sweeps(path: str, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{task: {optimizer: result}}`` from an earlier ``convergence.json``, its timings dropped.
+
+    Raises ``ValueError`` naming the first setting that differs from this run's,
+    as steps to target measured under other settings are not this run's.
+    """
+    with tf.io.gfile.GFile(path) as f:  # gs:// too.
+        earlier = json.load(f)
+    for key in _SWEEP_SETTINGS:
+        theirs, ours = earlier["settings"].get(key), _outputs.jsonable(settings[key])
+        if theirs != ours:
+            raise ValueError(f"--sweeps_from={path} was run with {key}={theirs!r}, this run "
+                             f"has {key}={ours!r}; rerun the sweeps or match the flags.")
+    timing = ("step_cost_s", "step_cost_rounds_s", "step_cost_ratio")
+    return {task: {name: {k: v for k, v in result.items() if k not in timing}
+                   for name, result in results.items() if "skipped" not in result}
+            for task, results in earlier["results"].items()}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -440,6 +469,14 @@ def main(argv: Sequence[str]) -> None:
                 "precondition_frequency": _PF.value, "cost_steps": cost_steps,
                 "extend_edges": 0 if quick else _EXTEND.value,
                 "cost_rounds": cost_rounds, "quick": quick}  # fmt: skip
+    try:
+        reused = load_sweeps(_SWEEPS_FROM.value, settings) if _SWEEPS_FROM.value else {}
+    except ValueError as error:  # Settings that differ (JSONDecodeError is one too).
+        _console.fail(PROG, error)
+    except (OSError, tf.errors.OpError, KeyError) as error:
+        _console.fail(PROG, f"--sweeps_from={_SWEEPS_FROM.value}: cannot read an earlier "
+                      f"convergence.json ({error!r}).")
+    settings["sweeps_from"] = _SWEEPS_FROM.value
     output_dir = _paths.makedirs(_flags.value_or(_OUTPUT_DIR, _DEFAULT_OUTPUT_DIR))  # gs:// as given.
     report: dict[str, Any] = {
         "settings": settings,
@@ -457,6 +494,11 @@ def main(argv: Sequence[str]) -> None:
                 results[name] = {"skipped": reason}
                 continue
             runner = runners[name] = Runner(task, spec, seeds, _PF.value)
+            if name in reused.get(task_name, {}):
+                results[name] = reused[task_name][name]
+                print(f"{task_name}: {name}: sweep from --sweeps_from, tuned lr "
+                      f"{results[name]['tuned_lr']:g}", flush=True)
+                continue
             grid = lr_grid(spec.default_lr, points)
             print(f"{task_name}: {name}: learning rates {grid}, seeds {seeds}", flush=True)
             progress = keras.utils.Progbar(len(grid) * len(seeds), stateful_metrics=["best"])

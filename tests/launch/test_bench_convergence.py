@@ -59,6 +59,31 @@ def test_quick_profile_writes_every_output(tmp_path):
     assert "| tfopt.SOAP |" in table and "| keras AdamW |" in table
     assert (tmp_path / "convergence_digits_autoencoder.png").stat().st_size > 1000
 
+    # --sweeps_from: the same sweeps, the steps timed again (no sweep runs).
+    again = tmp_path / "again"
+    done = _run("--quick", "--task=digits_autoencoder", "--candidates=adamw,soap",
+                f"--sweeps_from={tmp_path / 'convergence.json'}", f"--output_dir={again}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "soap: sweep from --sweeps_from" in done.stdout
+    assert "learning rates" not in done.stdout
+    timed = json.loads((again / "convergence.json").read_text())["results"]["digits_autoencoder"]
+    assert set(timed) == {"adamw", "soap"}
+    for name in ("adamw", "soap"):
+        assert timed[name]["runs"] == results[name]["runs"]
+        assert timed[name]["tuned_lr"] == results[name]["tuned_lr"]
+        assert len(timed[name]["step_cost_rounds_s"]) == 2  # --quick's 2 rounds, measured anew.
+        assert timed[name]["step_cost_rounds_s"] != results[name]["step_cost_rounds_s"]
+
+
+def test_sweeps_from_a_run_with_other_settings_is_refused(tmp_path):
+    earlier = tmp_path / "convergence.json"
+    earlier.write_text(json.dumps({"settings": {"seeds": [0, 1, 2]}, "results": {}}))
+    done = _run("--quick", f"--sweeps_from={earlier}", f"--output_dir={tmp_path / 'out'}",
+                timeout=120)
+    assert done.returncode == 2
+    assert "was run with seeds=[0, 1, 2], this run has seeds=[0]" in done.stderr
+    assert not (tmp_path / "out" / "convergence.json").exists()
+
 
 def test_unknown_optimizer_is_a_usage_error(tmp_path):
     done = _run("--candidates=adamw,no_such", f"--output_dir={tmp_path}", timeout=120)
