@@ -4,9 +4,9 @@ The measurement of ``launch.bench.shampoo``, for SOAP: under MirroredStrategy
 over two logical CPUs, a SOAP step in which every eigenbasis is refreshed
 (``precondition_frequency=1``) is timed in interleaved rounds as
 
-* ``split``: each replica refreshes the bases it owns (each tile on its own,
-  balanced by ``n**3``), one all-reduce shares them
-  (``split_preconditioner_work=True``);
+* ``split``: each replica refreshes the bases it owns (each tile has one
+  owner, balanced by ``n**3``; a replica's tiles of one size run as one
+  stack), one all-reduce shares them (``split_preconditioner_work=True``);
 * ``every_replica``: each replica refreshes every basis
   (``split_preconditioner_work=False``);
 * ``no_refresh``: no refresh in the timed steps, to subtract.
@@ -109,15 +109,23 @@ def main(argv: list[str]) -> None:
         "split_equals_every_replica_bitwise": equal,
         "paper_scaling": _paper_scaling(tiles),
     }  # fmt: skip
-    for row in result["paper_scaling"]:  # SOAP sends [Q; P] per statistic: twice a root's bytes.
-        row["collective_bytes"] *= 2
-        row["ring_bytes_sent_per_replica"] *= 2
+    for row in result["paper_scaling"]:  # SOAP sends [Q; order], (n + 1) x n per statistic.
+        scale = sum((n + 1) * n for n in tiles) / sum(n * n for n in tiles)
+        row["collective_bytes"] *= scale
+        row["ring_bytes_sent_per_replica"] *= scale
+    # What a perfect split of the refresh alone would give: the rest of the
+    # step (no_refresh) is every replica's own work in both variants.
+    share = result["paper_scaling"][0]["busiest_share"]
+    result["step_ratio_if_refresh_split_by_plan"] = (
+        median["no_refresh"] + share * refresh["every_replica"]) / median["every_replica"]
     print(f"{len(tiles)} statistics (tiles), sizes {sorted(set(tiles))}, block_size {_BLOCK.value}")
     for name, value in median.items():
         print(f"  {name:14s} median step {value * 1e3:8.1f} ms")
     print(f"  step ratio split / every_replica:    {result['step_ratio_split_over_every_replica']:.2f}")
     print(f"  refresh ratio (minus no_refresh):    "
           f"{result['refresh_ratio_split_over_every_replica']:.2f}")  # fmt: skip
+    print(f"  step ratio if the refresh split as planned (busiest share x every_replica's "
+          f"refresh): {result['step_ratio_if_refresh_split_by_plan']:.2f}")  # fmt: skip
     print(f"  split and every_replica weights bitwise equal: {equal}")
     for row in result["paper_scaling"]:
         print(f"  {row['replicas']:3d} replicas: busiest replica does {row['busiest_share']:.3f} "
