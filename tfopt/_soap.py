@@ -80,10 +80,11 @@ class SOAP(keras.optimizers.Optimizer):
 
     **Split over replicas.** Under a multi-replica ``tf.distribute`` strategy,
     in a replica context, each replica refreshes the bases of about ``1/N``
-    of the statistics (every tile on its own, balanced by ``n**3``) and one
-    all-reduce per refresh shares them (``tfopt._sharded_preconditioner``, as
-    Shampoo's roots; ``split_preconditioner_work=False`` makes every replica
-    compute all of them). The result is bitwise the unsplit one. Not on the
+    of the statistics (every tile has one owner, balanced by ``n**3``; a
+    replica's tiles of one size run as one stack) and one all-reduce per
+    refresh shares them (``tfopt._soap_split``, Shampoo's plan;
+    ``split_preconditioner_work=False`` makes every replica compute all of
+    them). The result is bitwise the unsplit one. Not on the
     JAX and PyTorch backends, where every device computes every basis.
 
     Numerics: all state (``m``, ``v``, ``L``, ``R``, ``Q``) is kept in float32

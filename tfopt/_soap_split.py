@@ -8,8 +8,9 @@ then refreshes all the statistics it owns of one size ``n`` as **one stack**
 (one batched matmul, sort and QR, or at step 1 one batched ``eigh``), across
 tiles, tile groups and variables: the same ops per stack as the unsplit
 path's one batched QR per tile group, so no more ops than one device runs.
-The results travel as ``[Q_new; order]`` (``(n + 1) x n`` per statistic, the
-order as floats: exact, through a SUM with zeros) in **one all-reduce** per
+The results travel as ``[Q_new; Q_new.T Q; order]`` (``(2n + 1) x n`` per
+statistic: the new basis, the transition that re-expresses ``m`` in it, the
+order as floats, exact through a SUM with zeros) in **one all-reduce** per
 step and dtype; every replica then re-expresses ``m`` and permutes ``v``
 itself with the same ops as the unsplit path, so the result is bitwise the
 unsplit one.
@@ -77,7 +78,7 @@ def split_basis_steps(optimizer: Any, indices: list[int]) -> None:
 
 def _refreshed(optimizer: Any, units: list[_Unit], first: tf.Tensor,
                refreshing: tf.Tensor) -> list[tf.Tensor]:  # fmt: skip
-    """Per unit, ``[Q_new; order]`` stacked ``(count, n + 1, n)``, the same on every replica.
+    """Per unit, ``[Q_new; Q_new.T Q; order]`` stacked ``(count, 2n + 1, n)``, the same on every replica.
 
     Zeros on steps without a refresh (nothing is computed or sent then).
     """
@@ -99,10 +100,10 @@ def _refreshed(optimizer: Any, units: list[_Unit], first: tf.Tensor,
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
     def zeros(key: tuple[str, int]) -> tf.Tensor:
-        return tf.zeros((sizes[key], key[1] + 1, key[1]), key[0])
+        return tf.zeros((sizes[key], 2 * key[1] + 1, key[1]), key[0])
 
     def compute(rows: list[int], key: tuple[str, int]) -> tf.Tensor:
-        """``[Q_new; order]`` of ``rows`` of the bucket, zeros elsewhere."""
+        """``[Q_new; Q_new.T Q; order]`` of ``rows`` of the bucket, zeros elsewhere."""
         if not rows:
             return zeros(key)
         whole = rows == list(range(sizes[key]))
@@ -112,14 +113,19 @@ def _refreshed(optimizer: Any, units: list[_Unit], first: tf.Tensor,
         n = key[1]
 
         def initialize() -> tuple[tf.Tensor, tf.Tensor]:
+            # Step 1: m is still 0, so the transition is not used.
             order = tf.broadcast_to(tf.range(n), (len(rows), n))
-            return optimizer._initial_basis(s), order
+            return optimizer._initial_basis(s), tf.zeros_like(q), order
 
-        basis, order = tf.cond(first, initialize, lambda: optimizer.refresh_eigenbasis(s, q))
-        result = tf.concat([basis, tf.cast(order, key[0])[:, None, :]], axis=1)
+        def refresh() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            basis, order = optimizer.refresh_eigenbasis(s, q)
+            return basis, optimizer._transition(basis, q), order
+
+        basis, transition, order = tf.cond(first, initialize, refresh)
+        result = tf.concat([basis, transition, tf.cast(order, key[0])[:, None, :]], axis=1)
         if whole:
             return result
-        return tf.scatter_nd(tf.constant(rows)[:, None], result, (sizes[key], n + 1, n))
+        return tf.scatter_nd(tf.constant(rows)[:, None], result, (sizes[key], 2 * n + 1, n))
 
     branches = [
         lambda r=r: [compute(owned[r][key], key) for key in keys]
@@ -175,11 +181,9 @@ def _rebase_moments(optimizer: Any, units: list[_Unit], results: list[tf.Tensor]
             first_moment, second_moment = current
             for unit, result in pairs:
                 n = int(unit.statistic.shape[-1])
-                basis, order = result[:, :n], tf.cast(result[:, n], tf.int32)
-                q = unit.basis
+                transition, order = result[:, n : 2 * n], tf.cast(result[:, 2 * n], tf.int32)
                 if not unit.batched:
-                    basis, order, q = basis[0], order[0], q[0]
-                transition = optimizer._transition(basis, q)
+                    transition, order = transition[0], order[0]
                 first_moment = optimizer._rebase(first_moment, transition, unit.axis)
                 second_moment = optimizer._permute(second_moment, order, unit.axis)
             return [first_moment, second_moment]
