@@ -80,10 +80,11 @@ class SOAP(keras.optimizers.Optimizer):
 
     **Split over replicas.** Under a multi-replica ``tf.distribute`` strategy,
     in a replica context, each replica refreshes the bases of about ``1/N``
-    of the statistics (every tile on its own, balanced by ``n**3``) and one
-    all-reduce per refresh shares them (``tfopt._sharded_preconditioner``, as
-    Shampoo's roots; ``split_preconditioner_work=False`` makes every replica
-    compute all of them). The result is bitwise the unsplit one. Not on the
+    of the statistics (every tile has one owner, balanced by ``n**3``; a
+    replica's tiles of one size run as one stack) and one all-reduce per
+    refresh shares them (``tfopt._soap_split``, Shampoo's plan;
+    ``split_preconditioner_work=False`` makes every replica compute all of
+    them). The result is bitwise the unsplit one. Not on the
     JAX and PyTorch backends, where every device computes every basis.
 
     Numerics: all state (``m``, ``v``, ``L``, ``R``, ``Q``) is kept in float32
@@ -491,7 +492,7 @@ class SOAP(keras.optimizers.Optimizer):
             first_moment, second_moment, new_bases = current_m, current_v, []
             for axis, new, q in zip(axes, new_statistics, current_bases, strict=True):
                 basis, order = self.refresh_eigenbasis(new, q)
-                first_moment = self._rebase(first_moment, ops.matmul(_t(basis), q), axis)
+                first_moment = self._rebase(first_moment, self._transition(basis, q), axis)
                 second_moment = self._permute(second_moment, order, axis)
                 new_bases.append(basis)
             return first_moment, second_moment, new_bases
@@ -509,6 +510,11 @@ class SOAP(keras.optimizers.Optimizer):
         self.assign(v, new_v)
         for axis, basis in zip(axes, new_bases, strict=True):
             self.assign(bases[axis], basis)
+
+    @staticmethod
+    def _transition(basis: Any, previous: Any) -> Any:
+        """``Q_new.T @ Q_old``: re-expresses what ``Q_old`` rotated in ``Q_new`` (stacks too)."""
+        return ops.matmul(_t(basis), previous)
 
     @staticmethod
     def _rebase(x: Any, transition: Any, axis: int) -> Any:
@@ -531,6 +537,7 @@ class SOAP(keras.optimizers.Optimizer):
             # No tf.distribute replica context: every device refreshes every basis.
             super()._backend_update_step(grads, trainable_variables, learning_rate)
             return
+        from tfopt import _soap_split
         from tfopt._sharded_preconditioner import splits
 
         if not splits(self):
@@ -546,92 +553,7 @@ class SOAP(keras.optimizers.Optimizer):
             if grad is not None:
                 self._moments_step(grad, variable, learning_rate)
                 indices.append(self._get_variable_index(variable))
-        self._split_basis_steps(indices)
-
-    def _split_basis_steps(self, indices: list[int]) -> None:
-        """``_basis_step`` for these variables, each basis computed by one replica.
-
-        Each ``n x n`` statistic and its basis travel packed as ``[S; Q; Q]``
-        (``3n x n``) and come back as ``[Q_new; P; Q_new.T Q]``, ``P`` the
-        one-hot permutation of ``order`` (exact through the SUM with zeros)
-        and the last the transition that re-expresses ``m`` in the new basis.
-        """
-        from tfopt._sharded_preconditioner import matrix_cost, sharded_map
-
-        first = ops.equal(self.iterations, 0)
-        units, packed, previous = [], [], []  # unit: (index, piece, axis, tiles or None)
-        for index in indices:
-            for j, statistics in enumerate(self._statistics[index]):
-                for axis, statistic in enumerate(statistics):
-                    if statistic is None:
-                        continue
-                    s = ops.convert_to_tensor(statistic)
-                    q = ops.convert_to_tensor(self._bases[index][j][axis])
-                    batched = len(s.shape) == 3
-                    units.append((index, j, axis, s.shape[0] if batched else None))
-                    pairs = zip(ops.unstack(s), ops.unstack(q), strict=True) if batched else [(s, q)]
-                    for one_s, one_q in pairs:
-                        n = one_s.shape[0]
-                        eye = ops.eye(n, dtype=one_q.dtype)
-                        packed.append(ops.concatenate([one_s, one_q, one_q], axis=0))
-                        previous.append(ops.concatenate([one_q, eye, eye], axis=0))
-
-        def fn(matrix: Any) -> Any:
-            n = matrix.shape[1]
-            s, q = matrix[:n], matrix[n : 2 * n]
-
-            def initialize() -> tuple[Any, Any, Any]:
-                eye = ops.eye(n, dtype=s.dtype)
-                return self._initial_basis(s), eye, eye
-
-            def refresh() -> tuple[Any, Any, Any]:
-                basis, order = self.refresh_eigenbasis(s, q)
-                return basis, ops.one_hot(order, n, dtype=s.dtype), ops.matmul(_t(basis), q)
-
-            return ops.concatenate(list(ops.cond(first, initialize, refresh)), axis=0)
-
-        results: list[Any] = [None] * len(packed)
-        refreshing = ops.equal(ops.mod(self.iterations, self.precondition_frequency), 0)
-        for dtype in sorted({m.dtype.name for m in packed}):  # One collective per dtype.
-            picked = [i for i, m in enumerate(packed) if m.dtype.name == dtype]
-            out = sharded_map(fn, [packed[i] for i in picked], enabled=refreshing,
-                              previous=[previous[i] for i in picked],
-                              costs=[matrix_cost(packed[i].shape[1]) for i in picked])  # fmt: skip
-            for i, value in zip(picked, out, strict=True):
-                results[i] = value
-        moments: dict[tuple[int, int], list[Any]] = {}  # (index, piece): [m, v]
-        changes: dict[tuple[int, int], list[tuple[int, Any, Any]]] = {}
-        position = 0
-        for index, j, axis, tiles in units:
-            count = 1 if tiles is None else tiles
-            chunk = results[position : position + count]
-            position += count
-            n = chunk[0].shape[1]
-
-            def stacked(parts: list[Any], tiles: int | None = tiles) -> Any:
-                return parts[0] if tiles is None else ops.stack(parts)
-
-            basis = stacked([c[:n] for c in chunk])
-            order = stacked([ops.argmax(c[n : 2 * n], axis=-1) for c in chunk])
-            changes.setdefault((index, j), []).append((axis, order, stacked([c[2 * n :] for c in chunk])))
-            self.assign(self._bases[index][j][axis], basis)
-        # m re-expressed and v permuted only on a refresh (the identities of
-        # other steps would cost a matmul and a gather per variable).
-        rebasing = ops.logical_and(refreshing, ops.logical_not(first))
-        for (index, j), per_axis in changes.items():
-            m, v = self._exp_avgs[index][j], self._exp_avg_sqs[index][j]
-            current = [ops.convert_to_tensor(m), ops.convert_to_tensor(v)]
-
-            def rebased(per_axis: list = per_axis, current: list = current) -> list[Any]:
-                first_moment, second_moment = current
-                for axis, order, transition in per_axis:
-                    first_moment = self._rebase(first_moment, transition, axis)
-                    second_moment = self._permute(second_moment, order, axis)
-                return [first_moment, second_moment]
-
-            moments[(index, j)] = ops.cond(rebasing, rebased, lambda current=current: current)
-            self.assign(m, moments[(index, j)][0])
-            self.assign(v, moments[(index, j)][1])
+        _soap_split.split_basis_steps(self, indices)
 
     # For `strategies.fit` (and any tool that runs Keras' hooks replica-local,
     # on all-reduced gradients): these overrides are right there too.

@@ -4,9 +4,9 @@ The measurement of ``launch.bench.shampoo``, for SOAP: under MirroredStrategy
 over two logical CPUs, a SOAP step in which every eigenbasis is refreshed
 (``precondition_frequency=1``) is timed in interleaved rounds as
 
-* ``split``: each replica refreshes the bases it owns (each tile on its own,
-  balanced by ``n**3``), one all-reduce shares them
-  (``split_preconditioner_work=True``);
+* ``split``: each replica refreshes the bases it owns (each tile has one
+  owner, balanced by ``n**3``; a replica's tiles of one size run as one
+  stack), one all-reduce shares them (``split_preconditioner_work=True``);
 * ``every_replica``: each replica refreshes every basis
   (``split_preconditioner_work=False``);
 * ``no_refresh``: no refresh in the timed steps, to subtract.
@@ -89,35 +89,56 @@ def main(argv: list[str]) -> None:
         if "_statistic_" in v.path:
             tiles += [int(v.shape[-1])] * (int(v.shape[0]) if len(v.shape) == 3 else 1)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    # The process's CPU time (all threads) as well: on a machine shared with
+    # other work, wall time measures this process's share of the cores as
+    # much as its work; CPU time counts the work (and the thread pools' spins).
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(_ROUNDS.value):
         for name, (run, _, _) in variants.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             times[name].append((time.perf_counter() - start) / _STEPS.value)
+            cpu[name].append((time.process_time() - start_cpu) / _STEPS.value)
     equal = all(
         np.array_equal(a.numpy(), b.numpy())
         for a, b in zip(variants["split"][2], variants["every_replica"][2], strict=True)
     )
     median = {name: statistics.median(t) for name, t in times.items()}
     refresh = {k: median[k] - median["no_refresh"] for k in ("split", "every_replica")}
+    median_cpu = {name: statistics.median(t) for name, t in cpu.items()}
+    refresh_cpu = {k: median_cpu[k] - median_cpu["no_refresh"] for k in ("split", "every_replica")}
     result = {
         "machine": _provenance.machine(devices="2 logical CPU devices"),
         "shapes": _SHAPES.value, "block_size": _BLOCK.value, "statistics": tiles,
         "median_step_s": median, "all_step_s": times,
+        "median_step_cpu_s": median_cpu, "all_step_cpu_s": cpu,
+        "cpu_step_ratio_split_over_every_replica": median_cpu["split"] / median_cpu["every_replica"],
+        "cpu_refresh_ratio_split_over_every_replica":
+            refresh_cpu["split"] / refresh_cpu["every_replica"],
         "step_ratio_split_over_every_replica": median["split"] / median["every_replica"],
         "refresh_ratio_split_over_every_replica": refresh["split"] / refresh["every_replica"],
         "split_equals_every_replica_bitwise": equal,
         "paper_scaling": _paper_scaling(tiles),
     }  # fmt: skip
-    for row in result["paper_scaling"]:  # SOAP sends [Q; P] per statistic: twice a root's bytes.
-        row["collective_bytes"] *= 2
-        row["ring_bytes_sent_per_replica"] *= 2
+    for row in result["paper_scaling"]:  # SOAP sends [Q; Q_new.T Q; order], (2n + 1) x n each.
+        scale = sum((2 * n + 1) * n for n in tiles) / sum(n * n for n in tiles)
+        row["collective_bytes"] *= scale
+        row["ring_bytes_sent_per_replica"] *= scale
+    # What a perfect split of the refresh alone would give: the rest of the
+    # step (no_refresh) is every replica's own work in both variants.
+    share = result["paper_scaling"][0]["busiest_share"]
+    result["step_ratio_if_refresh_split_by_plan"] = (
+        median["no_refresh"] + share * refresh["every_replica"]) / median["every_replica"]
     print(f"{len(tiles)} statistics (tiles), sizes {sorted(set(tiles))}, block_size {_BLOCK.value}")
     for name, value in median.items():
-        print(f"  {name:14s} median step {value * 1e3:8.1f} ms")
+        print(f"  {name:14s} median step {value * 1e3:8.1f} ms, CPU {median_cpu[name] * 1e3:8.1f} ms")
     print(f"  step ratio split / every_replica:    {result['step_ratio_split_over_every_replica']:.2f}")
     print(f"  refresh ratio (minus no_refresh):    "
           f"{result['refresh_ratio_split_over_every_replica']:.2f}")  # fmt: skip
+    print(f"  CPU time: step ratio {result['cpu_step_ratio_split_over_every_replica']:.2f}, "
+          f"refresh ratio {result['cpu_refresh_ratio_split_over_every_replica']:.2f}")
+    print(f"  step ratio if the refresh split as planned (busiest share x every_replica's "
+          f"refresh): {result['step_ratio_if_refresh_split_by_plan']:.2f}")  # fmt: skip
     print(f"  split and every_replica weights bitwise equal: {equal}")
     for row in result["paper_scaling"]:
         print(f"  {row['replicas']:3d} replicas: busiest replica does {row['busiest_share']:.3f} "

@@ -432,19 +432,20 @@ def test_split_refresh_is_bitwise_the_unsplit_one(monkeypatch):
     replica computing everything, bitwise; both keep the replicas' copies equal.
 
     Tiles of 4 on Dense(6 -> 9 -> 3), refreshed every 2 steps over 6 steps: the
-    split sends step 1's eigh, the refreshes and the permutations of ``v``.
+    split sends step 1's eigh, the refreshes and the permutations of ``v``, in
+    one all-reduce per traced step (one dtype).
     """
     from tests.tfopt import mirrored
-    from tfopt import _sharded_preconditioner
+    from tfopt import _soap_split
 
     calls = []
 
-    def spy(*args, **kwargs):
-        calls.append(len(args[1]))
-        return real(*args, **kwargs)
+    def spy(context, buffers, enabled):
+        calls.append(sorted(buffers))
+        return real(context, buffers, enabled)
 
-    real = _sharded_preconditioner.sharded_map
-    monkeypatch.setattr(_sharded_preconditioner, "sharded_map", spy)
+    real = _soap_split._all_reduce
+    monkeypatch.setattr(_soap_split, "_all_reduce", spy)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 6)).astype("float32")
     y = np.tanh(x @ rng.normal(size=(6, 3))).astype("float32")
@@ -460,6 +461,9 @@ def test_split_refresh_is_bitwise_the_unsplit_one(monkeypatch):
                           loss="mse")  # fmt: skip
         model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
         assert bool(calls) == split  # The split path ran (and only when asked).
+        if split:  # Per trace: one call per replica, every tile size batched in it.
+            assert all(c == [("float32", 1), ("float32", 2), ("float32", 3), ("float32", 4)]
+                       for c in calls), calls
         calls.clear()
         state = []
         for variable in [*model.trainable_variables, *model.optimizer.variables]:
