@@ -30,8 +30,8 @@ Per model, the variants are:
   -graft (Shampoo)        RMSProp grafting (SGD grafting instead)
   ======================  ===============================================
 
-  A last row, ``root_method=eigh``, is Shampoo's ``full`` with its roots by
-  eigendecomposition. A phase's cost is the difference of the medians of two neighbouring rows;
+  The last rows, ``root_method=eigh`` (and with ``block_size=64``), are
+  Shampoo's ``full`` with its roots by eigendecomposition. A phase's cost is the difference of the medians of two neighbouring rows;
   what is left in the last row is the momentum, the step, and Keras' own
   per-variable overhead.
 
@@ -127,6 +127,9 @@ def _shampoo_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int],
         })  # fmt: skip
     # Not a phase: `full` with the roots by eigendecomposition (outside XLA when compiled).
     out[f"{tag} root_method=eigh"] = make(tfopt.Shampoo, root_method="eigh")
+    if compiled:  # Half the block: half the Grams' and preconditioning's arithmetic.
+        out[f"{tag} root_method=eigh block_size=64"] = make(tfopt.Shampoo, root_method="eigh",
+                                                            block_size=64)  # fmt: skip
     return out
 
 
