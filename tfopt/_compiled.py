@@ -100,9 +100,12 @@ def steps(optimizer: Any, step: Callable[[Any, Any, Any], None]) -> CompiledStep
     return cache
 
 
-def whole_step(optimizer: Any, step: Callable[[list, Any], None]) -> Callable[[list, Any], None]:
+def whole_step(
+    optimizer: Any, step: Callable[[list, Any], None], name: str = "step"
+) -> Callable[[list, Any], None]:
     """``step(pairs, learning_rate)`` over ``(gradient, variable)`` pairs, compiled once
-    per set of variables (closed over, as in :class:`CompiledSteps`)."""
+    per set of variables (closed over, as in :class:`CompiledSteps`) and per ``name``
+    (an optimizer may compile several steps, such as two halves of one)."""
     import tensorflow as tf
 
     from tfopt import _sparse
@@ -114,7 +117,7 @@ def whole_step(optimizer: Any, step: Callable[[list, Any], None]) -> Callable[[l
 
     def run(pairs: list[tuple[Any, Any]], learning_rate: Any) -> None:
         variables = [v for _, v in pairs]
-        key = tuple(id(v) for v in variables)
+        key = (name, *(id(v) for v in variables))
         entry = cache.get(key)
         if entry is None or any(a is not b for a, b in zip(entry[0], variables, strict=True)):
 

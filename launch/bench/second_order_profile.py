@@ -30,7 +30,8 @@ Per model, the variants are:
   -graft (Shampoo)        RMSProp grafting (SGD grafting instead)
   ======================  ===============================================
 
-  A phase's cost is the difference of the medians of two neighbouring rows;
+  The last rows, ``root_method=eigh`` (and with ``block_size=64``), are
+  Shampoo's ``full`` with its roots by eigendecomposition. A phase's cost is the difference of the medians of two neighbouring rows;
   what is left in the last row is the momentum, the step, and Keras' own
   per-variable overhead.
 
@@ -110,10 +111,10 @@ def _shampoo_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int],
         def _precondition(self, index, g, roots):
             return g
 
-    def make(cls, graft="rmsprop", refresh=True):
+    def make(cls, graft="rmsprop", refresh=True, **kwargs):
         cls = _compiled(cls) if compiled else uncompiled(cls)
         return lambda pf: cls(1e-3, graft_type=graft,
-                              precondition_frequency=pf if refresh else 10**9)  # fmt: skip
+                              precondition_frequency=pf if refresh else 10**9, **kwargs)  # fmt: skip
 
     tag = "shampoo" if compiled else "shampoo uncompiled"
     out = {f"{tag} full": make(tfopt.Shampoo)}
@@ -124,6 +125,11 @@ def _shampoo_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int],
             f"{tag} -precondition": make(NoPrecondition, refresh=False),
             f"{tag} -graft": make(NoPrecondition, graft="sgd", refresh=False),
         })  # fmt: skip
+    # Not a phase: `full` with the roots by eigendecomposition (outside XLA when compiled).
+    out[f"{tag} root_method=eigh"] = make(tfopt.Shampoo, root_method="eigh")
+    if compiled:  # Half the block: half the Grams' and preconditioning's arithmetic.
+        out[f"{tag} root_method=eigh block_size=64"] = make(tfopt.Shampoo, root_method="eigh",
+                                                            block_size=64)  # fmt: skip
     return out
 
 

@@ -41,10 +41,14 @@ def _run(cls, compiled: bool, steps: int = 4, **kwargs):
     [
         (tfopt.Shampoo, dict(learning_rate=0.1, block_size=4, precondition_frequency=3,
                              start_preconditioning_step=1, graft_type="rmsprop")),
+        # Two compiled halves, the eigh refresh between them outside XLA.
+        (tfopt.Shampoo, dict(learning_rate=0.1, block_size=4, precondition_frequency=3,
+                             start_preconditioning_step=1, graft_type="rmsprop",
+                             root_method="eigh")),
         (type("CompiledSOAP", (tfopt.SOAP,), {"_compile_update": True}),
          dict(learning_rate=0.1, precondition_frequency=3)),  # Off by default: measured slower.
     ],
-    ids=["shampoo", "soap"],
+    ids=["shampoo", "shampoo-eigh", "soap"],
 )  # fmt: skip
 def test_compiled_step_equals_the_keras_ops_step(cls, kwargs):
     assert _compiled.eligible(cls())

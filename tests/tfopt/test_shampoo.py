@@ -21,7 +21,7 @@ import tensorflow as tf
 
 import tfopt
 from tests.tfopt import mirrored
-from tfopt import _matrix_functions, _sharded_preconditioner
+from tfopt import _eigh_root, _matrix_functions, _sharded_preconditioner
 
 pytestmark = pytest.mark.tensorflow_only(
     "written with TensorFlow ops (tf.constant, tf.function, tf.GradientTape, tf.IndexedSlices); "
@@ -99,7 +99,15 @@ def _inverse_root(a, p, eps, relative):
     return (h if ratio < 1.2 else old_h), np.abs(m - eye).max()
 
 
-def shampoo_reference(params, grads, *, learning_rate=1e-3, block_size=128, beta_1=0.9,
+def _inverse_root_eigh(a, p, eps, relative):
+    """root_method="eigh": (a + ridge I)^(-1/p) from NumPy's eigh, ridge from the exact λ_max."""
+    w, v = np.linalg.eigh(a)
+    w = np.maximum(w, 0.0)
+    ridge = eps * max(w[-1], 1e-6) if relative else eps
+    return (v * (w + ridge) ** (-1.0 / p)) @ v.T, 0.0
+
+
+def shampoo_reference(params, grads, *, learning_rate=1e-3, root_method="newton", block_size=128, beta_1=0.9,
                       beta_2=0.999, diagonal_epsilon=1e-10, matrix_epsilon=1e-6,
                       relative_matrix_epsilon=True, start_preconditioning_step=5,
                       precondition_frequency=1, graft_type="sgd", nesterov=True,
@@ -143,7 +151,8 @@ def shampoo_reference(params, grads, *, learning_rate=1e-3, block_size=128, beta
                         k += 1
                 if t % precondition_frequency == 0:
                     for k, s in enumerate(st["S"]):
-                        root, error = _inverse_root(
+                        inverse_root = _inverse_root_eigh if root_method == "eigh" else _inverse_root
+                        root, error = inverse_root(
                             s, 2 * rank, matrix_epsilon, relative_matrix_epsilon
                         )
                         if not (np.isnan(error) or error >= inverse_failure_threshold):
@@ -260,6 +269,41 @@ def test_matches_reference_float64(config):
     _assert_close_to_motion(actual, expected, params, 1e-6)
 
 
+EIGH_CONFIGS = ["defaults", "unmerged-adagrad-freq3", "rmsprop_normalized-sum",
+                "rmsprop-coupled_weight_decay"]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", EIGH_CONFIGS, ids=EIGH_CONFIGS)
+def test_eigh_roots_match_reference_float64(config):
+    """root_method="eigh" against the NumPy rule with np.linalg.eigh roots."""
+    kwargs = {**CONFIGS[config], "root_method": "eigh"}
+    params, grads = _problem(steps=12)
+    expected = shampoo_reference(params, grads, learning_rate=0.05, **kwargs)
+    actual = _run(tfopt.Shampoo(0.05, **kwargs), params, grads)
+    _assert_close_to_motion(actual, expected, params, 1e-6)
+
+
+def test_eigh_root_is_the_root_and_flags_non_finite_input():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 6, 4))
+    a = np.einsum("zij,zkj->zik", x, x)  # Rank 4 of 6: two zero eigenvalues.
+    for p, relative in ((2, True), (4, True), (6, False)):
+        roots, errors = _eigh_root.eigh_inverse_pth_root(tf.constant(a), p, 1e-6, relative)
+        for root, m in zip(roots.numpy(), a, strict=True):
+            ridge = 1e-6 * (np.linalg.eigvalsh(m).max() if relative else 1.0)
+            # The defining property, not the formula: root^-p == a + ridge I.
+            np.testing.assert_allclose(np.linalg.matrix_power(np.linalg.inv(root), p),
+                                       m + ridge * np.eye(6), rtol=1e-6, atol=1e-9)  # fmt: skip
+            if relative:  # Where Newton converges, the same root (it stops at 1e-6).
+                newton, _ = _matrix_functions.matrix_inverse_pth_root(tf.constant(m), p, 1e-6, True)
+                np.testing.assert_allclose(root, newton.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(errors.numpy(), 0.0)
+    bad = a.copy()
+    bad[1, 0, 0] = np.nan
+    roots, errors = _eigh_root.eigh_inverse_pth_root(tf.constant(bad), 4, 1e-6, True)
+    assert np.isnan(errors.numpy()[1]) and not np.isnan(errors.numpy()[[0, 2]]).any()
+
+
 def test_inverse_failure_keeps_previous_roots():
     optimizer = tfopt.Shampoo(0.05, **CONFIGS["inverse_failure"])
     params, grads = _problem(steps=3, shapes=SMALL_SHAPES)
@@ -312,6 +356,7 @@ BAD = [
     ("precondition_frequency", 0), ("graft_type", "adagrad_normalized"),
     ("inverse_failure_threshold", 0.0), ("skip_preconditioning_rank_lt", -1),
     ("nesterov", "yes"), ("merge_small_dims_block_size", 0), ("coupled_weight_decay", -0.1),
+    ("root_method", "lobpcg"),
 ]  # fmt: skip
 
 
