@@ -45,9 +45,10 @@ from tfopt import _fused
 
 _SOURCE = Path(__file__).parent / "native" / "trust_ratio_ops.cc"
 DTYPES = ("float32", "float64")
-# Optimization flags, part of the cache key. No -march=native: the cache may be
+# Optimization flags, part of the cache key. -fno-math-errno lets sqrt vectorize
+# (it changes no result). No -march=native: the cache may be
 # shared (an NFS home) by machines with different CPUs.
-_OPT_FLAGS = ("-O3", "-fPIC", "-shared", "-w")
+_OPT_FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-shared", "-w")
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "module" (or None), "reason": this process's one answer.

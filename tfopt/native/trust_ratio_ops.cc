@@ -111,6 +111,148 @@ absl::Status VariableTensors(OpKernelContext* ctx,
   return absl::OkStatus();
 }
 
+// --- The element loops, one chunk at a time -----------------------------
+//
+// Restrict-qualified, branch-free loops that the compiler vectorizes. Each is
+// compiled twice: for the baseline ISA and for AVX2, chosen at run time. Both
+// give the same bits: vector and scalar IEEE operations round alike, no
+// -ffast-math, no FMA contraction (ISO C++ mode), and the sums' order is set
+// by the kLanes accumulators, not by the vector width.
+
+template <typename T>
+inline __attribute__((always_inline)) Norms LarsNormsChunk(
+    const T* __restrict w, const T* __restrict g, T decay, int64_t n) {
+  double sw[kLanes] = {}, su[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const T u = g[i + j] + decay * w[i + j];
+      sw[j] += static_cast<double>(w[i + j]) * static_cast<double>(w[i + j]);
+      su[j] += static_cast<double>(u) * static_cast<double>(u);
+    }
+  }
+  for (int j = 0; i < n; ++i, ++j) {
+    const T u = g[i] + decay * w[i];
+    sw[j] += static_cast<double>(w[i]) * static_cast<double>(w[i]);
+    su[j] += static_cast<double>(u) * static_cast<double>(u);
+  }
+  Norms part;
+  for (int j = 0; j < kLanes; ++j) {
+    part.a += sw[j];
+    part.b += su[j];
+  }
+  return part;
+}
+
+template <typename T, bool kNesterov>
+inline __attribute__((always_inline)) void LarsApplyChunk(
+    T* __restrict w, T* __restrict m, const T* __restrict g, T step,
+    T momentum, T decay, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T u = -step * (g[i] + decay * w[i]);
+    const T m_new = momentum * m[i] + u;
+    m[i] = m_new;
+    w[i] += kNesterov ? u + momentum * m_new : m_new;
+  }
+}
+
+template <typename T>
+struct LambScalars {
+  T one_minus_beta_1, one_minus_beta_2, inv_bias_1, inv_bias_2, epsilon, decay;
+};
+
+// (m / bias_1) / (sqrt(v / bias_2) + epsilon) + decay * w, with the bias
+// corrections as products by their reciprocals: one division per element
+// instead of three (divisions, not memory, bound this loop on AVX2); within
+// an ulp of the quotients.
+template <typename T>
+inline __attribute__((always_inline)) T LambUpdate(T m, T v, T w,
+                                                   const LambScalars<T>& s) {
+  return (m * s.inv_bias_1) / (std::sqrt(v * s.inv_bias_2) + s.epsilon) +
+         s.decay * w;
+}
+
+template <typename T>
+inline __attribute__((always_inline)) Norms LambMomentsChunk(
+    const T* __restrict w, T* __restrict m, T* __restrict v,
+    const T* __restrict g, const LambScalars<T> s, int64_t n) {
+  double sw[kLanes] = {}, su[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const int64_t k = i + j;
+      const T m_new = m[k] + (g[k] - m[k]) * s.one_minus_beta_1;
+      const T v_new = v[k] + (g[k] * g[k] - v[k]) * s.one_minus_beta_2;
+      m[k] = m_new;
+      v[k] = v_new;
+      const T u = LambUpdate(m_new, v_new, w[k], s);
+      sw[j] += static_cast<double>(w[k]) * static_cast<double>(w[k]);
+      su[j] += static_cast<double>(u) * static_cast<double>(u);
+    }
+  }
+  for (int j = 0; i < n; ++i, ++j) {
+    const T m_new = m[i] + (g[i] - m[i]) * s.one_minus_beta_1;
+    const T v_new = v[i] + (g[i] * g[i] - v[i]) * s.one_minus_beta_2;
+    m[i] = m_new;
+    v[i] = v_new;
+    const T u = LambUpdate(m_new, v_new, w[i], s);
+    sw[j] += static_cast<double>(w[i]) * static_cast<double>(w[i]);
+    su[j] += static_cast<double>(u) * static_cast<double>(u);
+  }
+  Norms part;
+  for (int j = 0; j < kLanes; ++j) {
+    part.a += sw[j];
+    part.b += su[j];
+  }
+  return part;
+}
+
+template <typename T>
+inline __attribute__((always_inline)) void LambApplyChunk(
+    T* __restrict w, const T* __restrict m, const T* __restrict v, T step,
+    const LambScalars<T> s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) w[i] -= step * LambUpdate(m[i], v[i], w[i], s);
+}
+
+// One set of the loops above, compiled for one ISA.
+#define TFOPT_CHUNK_KERNELS(NS, ATTR)                                          \
+  namespace NS {                                                               \
+  template <typename T>                                                        \
+  ATTR Norms LarsNorms(const T* w, const T* g, T decay, int64_t n) {           \
+    return LarsNormsChunk<T>(w, g, decay, n);                                  \
+  }                                                                            \
+  template <typename T>                                                        \
+  ATTR void LarsApply(T* w, T* m, const T* g, T step, T momentum, T decay,     \
+                      bool nesterov, int64_t n) {                              \
+    if (nesterov) {                                                            \
+      LarsApplyChunk<T, true>(w, m, g, step, momentum, decay, n);              \
+    } else {                                                                   \
+      LarsApplyChunk<T, false>(w, m, g, step, momentum, decay, n);             \
+    }                                                                          \
+  }                                                                            \
+  template <typename T>                                                        \
+  ATTR Norms LambMoments(const T* w, T* m, T* v, const T* g,                   \
+                         const LambScalars<T> s, int64_t n) {                  \
+    return LambMomentsChunk<T>(w, m, v, g, s, n);                              \
+  }                                                                            \
+  template <typename T>                                                        \
+  ATTR void LambApply(T* w, const T* m, const T* v, T step,                    \
+                      const LambScalars<T> s, int64_t n) {                     \
+    LambApplyChunk<T>(w, m, v, step, s, n);                                    \
+  }                                                                            \
+  }  // namespace NS
+
+TFOPT_CHUNK_KERNELS(baseline, )
+#if defined(__x86_64__)
+TFOPT_CHUNK_KERNELS(avx2, __attribute__((target("avx2"))))
+const bool kAvx2 = __builtin_cpu_supports("avx2");
+#define TFOPT_DISPATCH(FN, ...) \
+  (kAvx2 ? avx2::FN(__VA_ARGS__) : baseline::FN(__VA_ARGS__))
+#else
+#define TFOPT_DISPATCH(FN, ...) baseline::FN(__VA_ARGS__)
+#endif
+#undef TFOPT_CHUNK_KERNELS
+
 // LARS (tfopt/_lars.py):
 //   g = grad + weight_decay * w
 //   r = trust_coefficient * ||w|| / (||g|| + eps)   (1 on a zero norm, or if
@@ -142,30 +284,11 @@ class LarsUpdateOp : public OpKernel {
 
     double ratio = 1.0;
     if (adapt_) {
-      // Pass 1: ||w||^2 and ||g + decay * w||^2, directly (an expansion
-      // ||g||^2 + 2 decay <g, w> + ... cancels).
+      // Pass 1: ||w||^2 and ||g + decay * w||^2, directly (the expansion
+      // ||g||^2 + 2 decay <g, w> + decay^2 ||w||^2 cancels).
       std::vector<Norms> parts((n + kChunk - 1) / kChunk);
       ForEachChunk(ctx, n, 2 * sizeof(T), [&](int64_t c, int64_t b, int64_t e) {
-        double sw[kLanes] = {}, su[kLanes] = {};
-        int64_t i = b;
-        for (; i + kLanes <= e; i += kLanes) {
-          for (int j = 0; j < kLanes; ++j) {
-            const T u = g[i + j] + decay * w[i + j];
-            sw[j] += static_cast<double>(w[i + j]) * w[i + j];
-            su[j] += static_cast<double>(u) * u;
-          }
-        }
-        for (; i < e; ++i) {
-          const T u = g[i] + decay * w[i];
-          sw[0] += static_cast<double>(w[i]) * w[i];
-          su[0] += static_cast<double>(u) * u;
-        }
-        Norms part;
-        for (int j = 0; j < kLanes; ++j) {
-          part.a += sw[j];
-          part.b += su[j];
-        }
-        parts[c] = part;
+        parts[c] = TFOPT_DISPATCH(LarsNorms<T>, w + b, g + b, decay, e - b);
       });
       ratio = TrustRatio(SumInOrder(parts), trust_coefficient, eps);
     }
@@ -173,12 +296,8 @@ class LarsUpdateOp : public OpKernel {
     // Pass 2: the momentum update (ResourceApplyKerasMomentum's rule).
     const bool nesterov = nesterov_;
     ForEachChunk(ctx, n, 5 * sizeof(T), [&](int64_t, int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const T u = -step * (g[i] + decay * w[i]);
-        const T m_new = momentum * m[i] + u;
-        m[i] = m_new;
-        w[i] += nesterov ? u + momentum * m_new : m_new;
-      }
+      TFOPT_DISPATCH(LarsApply<T>, w + b, m + b, g + b, step, momentum, decay,
+                     nesterov, e - b);
     });
   }
 
@@ -211,44 +330,22 @@ class LambUpdateOp : public OpKernel {
     const T* g = ctx->input(3).flat<T>().data();
     const int64_t n = ctx->input(3).NumElements();
     const double lr = Scalar<T>(ctx, 4);
-    const T one_minus_beta_1 = Scalar<T>(ctx, 5);
-    const T one_minus_beta_2 = Scalar<T>(ctx, 6);
-    const T bias_1 = Scalar<T>(ctx, 7);
-    const T bias_2 = Scalar<T>(ctx, 8);
-    const T epsilon = Scalar<T>(ctx, 9);
-    const T decay = Scalar<T>(ctx, 10);
+    const LambScalars<T> s{Scalar<T>(ctx, 5),     Scalar<T>(ctx, 6),
+                           T(1) / Scalar<T>(ctx, 7), T(1) / Scalar<T>(ctx, 8),
+                           Scalar<T>(ctx, 9),     Scalar<T>(ctx, 10)};
 
-    auto update = [&](int64_t i) {
-      return (m[i] / bias_1) / (std::sqrt(v[i] / bias_2) + epsilon) +
-             decay * w[i];
-    };
-    // Pass 1: the moments, and ||w||^2 and ||u||^2 of the new moments.
+    // Pass 1: the moments, and ||w||^2 and ||u||^2 with the new moments
+    // (summed even when adapt is false: one code path, and the pass must read
+    // and write the moments anyway).
     std::vector<Norms> parts((n + kChunk - 1) / kChunk);
-    const bool adapt = adapt_;
     ForEachChunk(ctx, n, 6 * sizeof(T), [&](int64_t c, int64_t b, int64_t e) {
-      double sw[kLanes] = {}, su[kLanes] = {};
-      for (int64_t i = b; i < e; ++i) {
-        m[i] = m[i] + (g[i] - m[i]) * one_minus_beta_1;
-        v[i] = v[i] + (g[i] * g[i] - v[i]) * one_minus_beta_2;
-        if (adapt) {
-          const T u = update(i);
-          const int j = static_cast<int>(i % kLanes);
-          sw[j] += static_cast<double>(w[i]) * w[i];
-          su[j] += static_cast<double>(u) * u;
-        }
-      }
-      Norms part;
-      for (int j = 0; j < kLanes; ++j) {
-        part.a += sw[j];
-        part.b += su[j];
-      }
-      parts[c] = part;
+      parts[c] = TFOPT_DISPATCH(LambMoments<T>, w + b, m + b, v + b, g + b, s, e - b);
     });
-    const double ratio = adapt ? TrustRatio(SumInOrder(parts), 1.0, 0.0) : 1.0;
+    const double ratio = adapt_ ? TrustRatio(SumInOrder(parts), 1.0, 0.0) : 1.0;
     const T step = static_cast<T>(lr * ratio);
     // Pass 2: the update.
     ForEachChunk(ctx, n, 4 * sizeof(T), [&](int64_t, int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) w[i] -= step * update(i);
+      TFOPT_DISPATCH(LambApply<T>, w + b, m + b, v + b, step, s, e - b);
     });
   }
 
