@@ -57,7 +57,7 @@ SHAPES = [(6, 3), (4,)]
 
 def _make(case, fused, **overrides):
     name, kwargs, _ = CASES[case]
-    return tfopt.get(name, fused=fused, **kwargs, **overrides)
+    return tfopt.get(name, fused=fused, **{**kwargs, **overrides})
 
 
 def _variables(dtype="float32"):
