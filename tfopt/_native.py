@@ -22,7 +22,8 @@ optimizers then take their previous path.
 
 :func:`applies` says where the ops are correct: TensorFlow backend, not inside
 an XLA context (the ops have no XLA kernel), float32/float64 variables and
-slots with resource handles, placed on a CPU.
+slots with resource handles, placed on a CPU of this process (not on a
+parameter server, another process that may not have loaded the library).
 """
 
 from __future__ import annotations
@@ -141,8 +142,14 @@ def unsupported_reason(variable: Any, *slots: Any) -> str | None:
     if reason is not None:
         return reason
     for v in (variable, *slots):
-        if not _on_cpu(v.handle.device):
-            return f"{_fused._name(v)!r} is placed on {v.handle.device}, and the kernels are CPU-only"
+        device = v.handle.device
+        if not _on_cpu(device):
+            return f"{_fused._name(v)!r} is placed on {device}, and the kernels are CPU-only"
+        if _job(device) == "ps":
+            # The op runs where the variable lives; a parameter server is another
+            # process, which may never have loaded the library (its kernels are
+            # registered per process).
+            return f"{_fused._name(v)!r} lives on a parameter server ({device})"
     return unavailable_reason()
 
 
@@ -162,6 +169,12 @@ def applies(optimizer: Any, variable: Any, *slots: Any, required: bool = False) 
             "keras.ops path. Received: fused=True."
         )
     return reason is None
+
+
+def _job(device: str) -> str | None:
+    import tensorflow as tf
+
+    return tf.DeviceSpec.from_string(device).job if device else None
 
 
 def _on_cpu(device: str) -> bool:
