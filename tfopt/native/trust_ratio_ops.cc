@@ -245,7 +245,13 @@ inline __attribute__((always_inline)) void LambApplyChunk(
 TFOPT_CHUNK_KERNELS(baseline, )
 #if defined(__x86_64__)
 TFOPT_CHUNK_KERNELS(avx2, __attribute__((target("avx2"))))
-const bool kAvx2 = __builtin_cpu_supports("avx2");
+// __builtin_cpu_init first: this runs in a static initializer, possibly
+// before libgcc's own, and __builtin_cpu_supports reads its CPU model.
+bool HasAvx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+const bool kAvx2 = HasAvx2();
 #define TFOPT_DISPATCH(FN, ...) \
   (kAvx2 ? avx2::FN(__VA_ARGS__) : baseline::FN(__VA_ARGS__))
 #else
