@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import keras
-from keras import initializers, ops
+import numpy as np
+from keras import ops
 
 from tfopt import _fused, _sparse, _torch_inplace
 from tfopt._registry import register
@@ -82,8 +84,11 @@ class Adagrad(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        # Stores accumulator + epsilon (see the class docstring).
-        start = initializers.Constant(self.initial_accumulator_value + self.epsilon)
+        # Stores accumulator + epsilon (see the class docstring). Built with
+        # NumPy in the variable's dtype: keras.initializers.Constant casts a
+        # Python float through float32 on TensorFlow (tf.cast of a float32
+        # tensor), which put 1e-9-relative float32 rounding into float64 runs.
+        start = functools.partial(_constant, self.initial_accumulator_value + self.epsilon)
         self._accumulators = self.add_optimizer_variables(
             variables, "accumulator", initializer=start
         )
@@ -118,3 +123,8 @@ class Adagrad(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _constant(value: float, shape: Any, dtype: Any = None) -> np.ndarray:
+    """``value`` everywhere, rounded once, to ``dtype``."""
+    return np.full(shape, value, dtype=keras.backend.standardize_dtype(dtype))

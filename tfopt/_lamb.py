@@ -8,12 +8,13 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _sparse, _torch_inplace
+from tfopt import _native, _sparse, _torch_inplace
 from tfopt._exclusion import compile_patterns, is_excluded
 from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
 from tfopt._trust_ratio import trust_ratio
 from tfopt._validation import (
+    check_fused,
     check_learning_rate,
     check_non_negative,
     check_positive,
@@ -64,6 +65,12 @@ class LAMB(keras.optimizers.Optimizer):
         (``None`` means 0).
       exclude_from_layer_adaptation: regexes of variables that keep ``r = 1``,
         e.g. ``["bias", "LayerNorm"]``.
+      fused: ``"auto"`` (default) runs the whole rule in two passes over
+        memory with tfopt's native CPU kernel (``tfopt/_native.py``:
+        TensorFlow, float32/float64 variables on a CPU, no XLA, the kernel
+        built); elsewhere, and with ``False``, ``keras.ops``. ``True`` raises
+        a ``ValueError`` where the native kernel cannot be used.
+        On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the Keras optimizer options (``clipnorm``, ``use_ema``,
         ``name``...).
 
@@ -88,6 +95,7 @@ class LAMB(keras.optimizers.Optimizer):
         epsilon: float = 1e-6,
         weight_decay: float | None = 0.0,
         exclude_from_layer_adaptation: Sequence[str] | None = None,
+        fused: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         check_learning_rate(learning_rate)
@@ -96,6 +104,7 @@ class LAMB(keras.optimizers.Optimizer):
         check_positive("epsilon", epsilon)
         if weight_decay is not None:
             check_non_negative("weight_decay", weight_decay)
+        check_fused(fused)
         adaptation_pattern = compile_patterns(
             "exclude_from_layer_adaptation", exclude_from_layer_adaptation
         )
@@ -104,6 +113,7 @@ class LAMB(keras.optimizers.Optimizer):
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.epsilon = float(epsilon)
+        self.fused = fused
         self.exclude_from_layer_adaptation = (
             None if exclude_from_layer_adaptation is None else list(exclude_from_layer_adaptation)
         )
@@ -152,6 +162,12 @@ class LAMB(keras.optimizers.Optimizer):
             _torch_inplace.lamb(variable, m, v, g, lr, s.beta_1, s.beta_2, bias_1, bias_2,
                                 self.epsilon, decay, self._adapts[index])  # fmt: skip
             return
+        if _native.applies(self, variable, m, v, required=self.fused is True):
+            # The whole rule below in two passes over memory (tfopt/_native.py).
+            decay = self.weight_decay if self._decays[index] else 0.0
+            _native.lamb(variable, m, v, g, lr, s.beta_1, s.beta_2, bias_1, bias_2,
+                         self.epsilon, decay, self._adapts[index])  # fmt: skip
+            return
         # m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g**2
         update_moments(self, m, v, g, s.beta_1, s.beta_2)
         # u = m_hat / (sqrt(v_hat) + epsilon) + weight_decay * w
@@ -171,6 +187,7 @@ class LAMB(keras.optimizers.Optimizer):
                 "beta_2": self.beta_2,
                 "epsilon": self.epsilon,
                 "exclude_from_layer_adaptation": self.exclude_from_layer_adaptation,
+                "fused": self.fused,
             }
         )
         return config

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _sparse, _torch_inplace
+from tfopt import _fused, _native, _sparse, _torch_inplace
 from tfopt._exclusion import compile_patterns, is_excluded
 from tfopt._registry import register
 from tfopt._trust_ratio import trust_ratio
@@ -74,11 +74,14 @@ class LARS(keras.optimizers.Optimizer):
       nesterov: use Nesterov momentum.
       exclude_from_layer_adaptation: regexes of variables that keep ``r = 1``,
         e.g. ``["bias", "batch_normalization"]``.
-      fused: ``"auto"`` (default) takes the last two lines in one pass with
-        TensorFlow's ``ResourceApplyKerasMomentum`` kernel (learning rate
-        ``learning_rate * r``) on float32/float64 variables; elsewhere, and
-        with ``False``, ``keras.ops``. ``True`` raises a ``ValueError`` where
-        the kernel cannot be used.
+      fused: ``"auto"`` (default) runs the whole rule in two passes over memory
+        with tfopt's native CPU kernel (``tfopt/_native.py``: TensorFlow,
+        float32/float64 variables on a CPU, no XLA, the kernel built); where
+        only that build is missing or the variable is on an accelerator, it
+        takes the last two lines in one pass with TensorFlow's
+        ``ResourceApplyKerasMomentum`` kernel (learning rate
+        ``learning_rate * r``); elsewhere, and with ``False``, ``keras.ops``.
+        ``True`` raises a ``ValueError`` where neither kernel can be used.
         On PyTorch, ``"auto"`` writes the same rule in place (``tfopt/_torch_inplace.py``).
       **kwargs: the Keras optimizer options (``clipnorm``, ``use_ema``,
         ``name``...).
@@ -167,6 +170,12 @@ class LARS(keras.optimizers.Optimizer):
             decay = self.weight_decay if self._decays[index] else None
             _torch_inplace.lars(variable, m, g, lr, self.momentum, decay, self._adapts[index],
                                 self.trust_coefficient, self.eps, self.nesterov)  # fmt: skip
+            return
+        if _native.applies(self, variable, m):
+            # The whole rule below in two passes over memory (tfopt/_native.py).
+            decay = self.weight_decay if self._decays[index] else 0.0
+            _native.lars(variable, m, g, lr, self.momentum, decay, self.trust_coefficient,
+                         self.eps, self.nesterov, self._adapts[index])  # fmt: skip
             return
         # g = g + weight_decay * w
         if self._decays[index]:

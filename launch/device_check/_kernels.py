@@ -57,7 +57,8 @@ OPTIMIZERS: dict[str, tuple[Callable[[Any], Any], Callable[[], Any] | None, int]
     "adagrad": (lambda fused: tfopt.get("adagrad", fused=fused), keras.optimizers.Adagrad, 2),
     "adam": (lambda fused: tfopt.get("adam", fused=fused), keras.optimizers.Adam, 3),
     "lars": (lambda fused: tfopt.get("lars", weight_decay=1e-4, fused=fused), None, 2),
-    # tfopt.LAMB has no fused kernel: `fused` is not one of its arguments.
+    # tfopt.LAMB's only fused kernel is the native CPU one (tfopt/_native.py), none on
+    # an accelerator: it runs as "auto" here and is reported as having no fused kernel.
     "lamb": (lambda fused: tfopt.get("lamb", weight_decay=1e-2), keras.optimizers.Lamb, 3),
     "radam": (lambda fused: tfopt.get("radam", fused=fused), None, 3),
     "lookahead": (lambda fused: tfopt.Lookahead(tfopt.get("adam", fused=fused),

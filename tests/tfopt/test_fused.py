@@ -1,4 +1,7 @@
-"""The fused TensorFlow kernels: used where they apply, equal to the keras.ops spec.
+"""The fused kernels: used where they apply, equal to the keras.ops spec.
+
+TensorFlow's training kernels, and tfopt's native LARS/LAMB kernels (which
+must build here: with ``TFOPT_NATIVE=0`` their rows fail, on purpose).
 
 fused="auto" and fused=False must agree to 1e-6: dense and sparse gradients,
 float32 and float64, with Keras' inherited options, and per replica under
@@ -34,7 +37,13 @@ CASES = {
     "adagrad": ("adagrad", {"learning_rate": 0.1}, "ResourceApplyAdagradV2"),
     "adam": ("adam", {"learning_rate": 0.01}, "ResourceApplyAdam"),
     "amsgrad": ("adam", {"learning_rate": 0.01, "amsgrad": True}, "ResourceApplyAdamWithAmsgrad"),
-    "lars": ("lars", {"learning_rate": 1.0, "weight_decay": 0.01}, "ResourceApplyKerasMomentum"),
+    # LARS and LAMB: tfopt's native kernels (tfopt/_native.py, tests/tfopt/test_native.py).
+    "lars": ("lars", {"learning_rate": 1.0, "weight_decay": 0.01}, "TfoptLarsUpdate"),
+    "lars_nesterov": (
+        "lars", {"learning_rate": 0.5, "weight_decay": 0.01, "nesterov": True, "eps": 1e-3},
+        "TfoptLarsUpdate",
+    ),
+    "lamb": ("lamb", {"learning_rate": 0.01, "weight_decay": 0.01}, "TfoptLambUpdate"),
     "lazy_adam": ("lazy_adam", {"learning_rate": 0.01}, "ResourceApplyAdam"),
     "radam": ("radam", {"learning_rate": 0.01}, "ResourceApplyAdam"),
 }  # fmt: skip
@@ -48,7 +57,7 @@ SHAPES = [(6, 3), (4,)]
 
 def _make(case, fused, **overrides):
     name, kwargs, _ = CASES[case]
-    return tfopt.get(name, fused=fused, **kwargs, **overrides)
+    return tfopt.get(name, fused=fused, **{**kwargs, **overrides})
 
 
 def _variables(dtype="float32"):
@@ -192,7 +201,9 @@ _OPTIONS = {
 
 
 @pytest.mark.parametrize("option", _OPTIONS)
-@pytest.mark.parametrize("case", ["sgd_momentum", "dynamic_gradient_descent", "adagrad", "adam"])
+@pytest.mark.parametrize(
+    "case", ["sgd_momentum", "dynamic_gradient_descent", "adagrad", "adam", "lars", "lamb"]
+)
 def test_fused_equals_keras_ops_with_keras_options(case, option):
     fused = _make(case, True, **_OPTIONS[option])
     unfused = _make(case, False, **_OPTIONS[option])
