@@ -10,7 +10,7 @@ from keras import ops
 
 from tfopt import _compiled, _soap_blocks, _sparse
 from tfopt._registry import register
-from tfopt._soap_basis import SOAPBasis, _t
+from tfopt._soap_basis import SOAPBasis, _broadcast, _t
 from tfopt._validation import (
     check_bool,
     check_int,
@@ -361,6 +361,25 @@ class SOAP(SOAPBasis, keras.optimizers.Optimizer):
              for axis, s in enumerate(statistics)]
             for g, statistics in zip(g_pieces, self._statistics[index], strict=True)
         ]  # fmt: skip
+
+    def refresh_eigenbasis(self, statistic: Any, basis: Any) -> tuple[Any, Any]:
+        """One power iteration and QR: returns ``(new basis, order)``.
+
+        ``order`` sorts the estimated eigenvalues ``diag(Q.T S Q)`` in
+        descending order; the second moment is permuted by it. Either one
+        ``n x n`` pair or stacks of them ``(count, n, n)`` (then ``order`` is
+        ``(count, n)``). This is the unit a sharded refresh distributes (one
+        per statistic).
+        """
+        product = ops.matmul(statistic, basis)
+        estimated = ops.sum(basis * product, axis=-2)
+        order = ops.argsort(-estimated, axis=-1)
+        if len(statistic.shape) == 2:
+            power = ops.take(product, order, axis=1)
+        else:
+            power = ops.take_along_axis(product, _broadcast(order, 2, product.shape), axis=-1)
+        basis, _ = ops.qr(power)
+        return basis, order
 
     # Measured off (docs/benchmarks/second_order.md, 2026-12-02): compiled,
     # XLA's CPU matmuls made the 784-wide autoencoder's step 7.5x AdamW's

@@ -3,14 +3,15 @@
 ``tfopt._soap`` holds the rule (``SOAP``: its state and the rotated Adam
 step ``_moments_step``). This mixin holds what keeps the rotation current
 on one device, or on every replica when the work is not split: the initial
-eigendecomposition, the refresh (one power iteration and QR,
-``refresh_eigenbasis``) and the re-expression of the moments in the new
-basis (``m`` rotated by ``Q_new.T Q_old``, ``v`` permuted to the new
-eigenvalue order). ``tfopt._soap_split`` splits the same units over replicas.
+eigendecomposition at step 1, the refresh every ``precondition_frequency``
+steps after it, and the re-expression of the moments in the new basis
+(``m`` rotated by ``Q_new.T Q_old``, ``v`` permuted to the new eigenvalue
+order). ``tfopt._soap_split`` splits the same units over replicas.
 
 It relies on ``SOAP``'s state (``_exp_avgs``, ``_exp_avg_sqs``,
-``_statistics``, ``_bases``, ``precondition_frequency``) and on Keras'
-optimizer API.
+``_statistics``, ``_bases``, ``precondition_frequency``), on its public
+``refresh_eigenbasis`` (one power iteration and QR, kept on ``SOAP`` where
+the API reference shows it) and on Keras' optimizer API.
 """
 
 from __future__ import annotations
@@ -24,25 +25,6 @@ from keras import ops
 
 class SOAPBasis:
     """``SOAP``'s eigenbasis computation and refresh (module docstring)."""
-
-    def refresh_eigenbasis(self, statistic: Any, basis: Any) -> tuple[Any, Any]:
-        """One power iteration and QR: returns ``(new basis, order)``.
-
-        ``order`` sorts the estimated eigenvalues ``diag(Q.T S Q)`` in
-        descending order; the second moment is permuted by it. Either one
-        ``n x n`` pair or stacks of them ``(count, n, n)`` (then ``order`` is
-        ``(count, n)``). This is the unit a sharded refresh distributes (one
-        per statistic).
-        """
-        product = ops.matmul(statistic, basis)
-        estimated = ops.sum(basis * product, axis=-2)
-        order = ops.argsort(-estimated, axis=-1)
-        if len(statistic.shape) == 2:
-            power = ops.take(product, order, axis=1)
-        else:
-            power = ops.take_along_axis(product, _broadcast(order, 2, product.shape), axis=-1)
-        basis, _ = ops.qr(power)
-        return basis, order
 
     @staticmethod
     def _initial_basis(statistic: Any) -> Any:
