@@ -9,7 +9,7 @@ Measured on this project's 2-core CPU (2026-12-02, docs/benchmarks/second_order.
 batched Newton loop's 460-880 ms under XLA.
 
 XLA's own CPU ``eigh`` (a Jacobi loop) took 9-10 s on the same batch, so the
-compiled Shampoo step runs this refresh outside XLA (``tfopt._shampoo``).
+compiled Shampoo step runs this refresh outside XLA (``tfopt._shampoo_step``).
 """
 
 from __future__ import annotations
