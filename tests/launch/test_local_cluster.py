@@ -127,7 +127,16 @@ def test_a_failed_parameter_server_stops_the_cluster():
 
 def _cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "launch.local_cluster", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
+
+
+def _sigint_as_in_a_terminal() -> None:
+    # A suite started as a background job (`make test &`, `nohup`) runs with
+    # SIGINT ignored, and children inherit that: Python then installs no
+    # KeyboardInterrupt handler and the launcher, rightly, ignores Ctrl-C. The
+    # launcher under test gets the disposition a terminal's foreground job has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _started_pids(launcher: subprocess.Popen[str], n: int) -> list[int]:
