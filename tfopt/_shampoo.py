@@ -74,7 +74,7 @@ class Shampoo(ShampooStep, keras.optimizers.Optimizer):
         S_i = beta_2 * S_i + (1 - beta_2) * G_(i) G_(i)ᵀ     # (1 - beta_2) -> 1 if beta_2 == 1
         if t % precondition_frequency == 0:
             eps = matrix_epsilon * max(λ_max(S_i), 1e-6)      # matrix_epsilon if not relative
-            R, error = (S_i + eps I)^(-1/(2k))                # coupled Newton iteration (root_method)
+            R, error = (S_i + eps I)^(-1/(2k))                # by root_method (below)
             P_i = R unless error >= inverse_failure_threshold or NaN (keep the old P_i)
         u = graft(g)          # sgd: g; adagrad: g / (sqrt(Σ g²) + diagonal_epsilon);
                               # rmsprop: EMA of g² (beta_2) instead of Σ; *_normalized:
@@ -136,15 +136,20 @@ class Shampoo(ShampooStep, keras.optimizers.Optimizer):
     coupled_weight_decay=0           weight_decay, with
                                      decoupled_weight_decay=False
     split_preconditioner_work=True   (batch_axis_name under pmap)
-    root_method="newton"             (its only method: coupled Newton)
+    root_method="eigh"               (none: its only root is "newton")
     ===============================  ===================================
 
-    ``root_method="eigh"`` computes each root from an eigendecomposition
-    instead (``tfopt._eigh_root``: ``λ_max`` exact rather than by power
-    iteration, the error 0 unless the root is not finite): the same root up to
-    the Newton tolerance and float rounding, about 10x cheaper on a CPU, not
-    optax-shampoo's numbers bit for bit. On the compiled one-device step it
-    runs outside XLA, whose CPU ``eigh`` is far slower.
+    **The inverse root.** ``root_method="eigh"`` (the default) computes each
+    root from an eigendecomposition (``tfopt._eigh_root``: ``λ_max`` exact
+    rather than by power iteration, the error 0 unless the root is not
+    finite): the same root as optax's up to its Newton tolerance and float
+    rounding, about 10x cheaper on a CPU, and the same steps to target in
+    ``launch.bench.convergence``. On the compiled one-device step it runs
+    outside XLA, whose CPU ``eigh`` is far slower. ``root_method="newton"``
+    is optax-shampoo's coupled Newton iteration, for its numbers to float
+    rounding (and a failed iteration keeps the old root, as there). A config
+    saved before ``root_method`` existed (every key of ``get_config`` then but
+    this one) loads as ``"newton"``, the method that run used.
 
     Args:
       learning_rate: float, ``LearningRateSchedule`` or callable.
@@ -169,8 +174,8 @@ class Shampoo(ShampooStep, keras.optimizers.Optimizer):
       best_effort_shape_interpretation: merge small dimensions first.
       merge_small_dims_block_size: the largest merged dimension.
       split_preconditioner_work: split the root computation over replicas.
-      root_method: ``"newton"`` (optax-shampoo's coupled Newton iteration) or
-        ``"eigh"`` (an eigendecomposition; see above).
+      root_method: ``"eigh"`` (an eigendecomposition; the default) or
+        ``"newton"`` (optax-shampoo's coupled Newton iteration); see above.
       coupled_weight_decay: optax-shampoo's default weight decay, added to
         both directions before the momenta (``exclude_from_weight_decay``
         applies), >= 0. Keras' ``weight_decay`` is the decoupled one.
@@ -211,7 +216,7 @@ class Shampoo(ShampooStep, keras.optimizers.Optimizer):
         merge_small_dims_block_size: int = 4096,
         split_preconditioner_work: bool = True,
         coupled_weight_decay: float = 0.0,
-        root_method: str = "newton",
+        root_method: str = "eigh",
         **kwargs: Any,
     ) -> None:
         check_rejected(kwargs, _OPTAX_NAMES)
@@ -464,6 +469,25 @@ class Shampoo(ShampooStep, keras.optimizers.Optimizer):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Shampoo:
+        if "root_method" not in config and _BEFORE_ROOT_METHOD <= set(config):
+            # Written by get_config before root_method existed, when every root
+            # was Newton's: load the same optimizer, not today's default.
+            config = {**config, "root_method": "newton"}
+        return super().from_config(config, custom_objects=custom_objects)
+
+
+# The keys get_config has written since tfopt.Shampoo's first version (710f4ac),
+# before coupled_weight_decay (3146436) and root_method (c795aa1) joined them.
+_BEFORE_ROOT_METHOD = frozenset({
+    "block_size", "beta_1", "beta_2", "diagonal_epsilon", "matrix_epsilon",
+    "relative_matrix_epsilon", "start_preconditioning_step", "precondition_frequency",
+    "graft_type", "nesterov", "inverse_failure_threshold", "skip_preconditioning_dim_size_gt",
+    "skip_preconditioning_rank_lt", "best_effort_shape_interpretation",
+    "merge_small_dims_block_size", "split_preconditioner_work",
+})  # fmt: skip
 
 
 def _norm(x: Any) -> Any:

@@ -14,6 +14,10 @@ the run) to show what the refresh itself costs, and prints the on-paper
 scaling to 8 and 64 replicas: the busiest replica's share of the root work
 (greedy balance of these matrices) and the bytes of the one collective.
 
+The roots are Shampoo's default (``--root_method=eigh``); ``--root_method=newton``
+times optax's coupled Newton iteration, the default when the README's ratio
+was measured.
+
 Two logical CPUs share the same physical cores, so "every replica computes
 everything" here costs twice the CPU work, not twice the wall time of an
 idle accelerator: the ratio measures the work saved on a shared machine.
@@ -37,6 +41,11 @@ _SHAPES = flags.DEFINE_list(
     "shapes", ["256x256", "256x128", "128x64"], "Variable shapes (AxB); blocks of --block_size."
 )
 _BLOCK = flags.DEFINE_integer("block_size", 64, "Shampoo block_size.")
+# tfopt._shampoo.ROOT_METHODS and tfopt.Shampoo's default, written out: tfopt is
+# imported late, once the logical devices are set (tests/launch/test_bench_shampoo.py
+# pins them equal).
+_ROOT_METHOD = flags.DEFINE_enum("root_method", "eigh", ["eigh", "newton"],
+                                 "Shampoo root_method: how each inverse root is computed.")
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds (each runs every variant once).")
 _STEPS = flags.DEFINE_integer("steps_per_round", 3, "Steps per timed call.")
 _OUTPUT = flags.DEFINE_string("output_json", None, "Optional JSON file for every number.")
@@ -61,7 +70,8 @@ def _variant(strategy, shapes, split: bool, frequency: int):
         variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in shapes]
         optimizer = tfopt.Shampoo(1e-3, block_size=_BLOCK.value, precondition_frequency=frequency,
                                   best_effort_shape_interpretation=False,
-                                  split_preconditioner_work=split)  # fmt: skip
+                                  split_preconditioner_work=split,
+                                  root_method=_ROOT_METHOD.value)  # fmt: skip
         optimizer.build(variables)
     targets = [tf.constant(rng.normal(size=s).astype("float32")) for s in shapes]
 
@@ -122,13 +132,15 @@ def main(argv: list[str]) -> None:
     refresh = {k: median[k] - median["no_refresh"] for k in ("split", "every_replica")}
     result = {
         "machine": _provenance.machine(devices="2 logical CPU devices"),
-        "shapes": _SHAPES.value, "block_size": _BLOCK.value, "statistics": sizes,
+        "shapes": _SHAPES.value, "block_size": _BLOCK.value, "root_method": _ROOT_METHOD.value,
+        "statistics": sizes,
         "median_step_s": median, "all_step_s": times,
         "step_ratio_split_over_every_replica": median["split"] / median["every_replica"],
         "refresh_ratio_split_over_every_replica": refresh["split"] / refresh["every_replica"],
         "paper_scaling": _paper_scaling(sizes),
     }  # fmt: skip
-    print(f"{len(sizes)} statistics, sizes {sorted(set(sizes))}, block_size {_BLOCK.value}")
+    print(f"{len(sizes)} statistics, sizes {sorted(set(sizes))}, block_size {_BLOCK.value}, "
+          f"root_method {_ROOT_METHOD.value}")
     for name, value in median.items():
         print(f"  {name:14s} median step {value * 1e3:8.1f} ms")
     print(f"  step ratio split / every_replica:    {result['step_ratio_split_over_every_replica']:.2f}")

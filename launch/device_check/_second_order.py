@@ -4,7 +4,8 @@ A short form of `launch.bench.second_order_profile` (issue #22's yardstick):
 one ``tf.function`` train step (forward, backward, ``optimizer.apply``) per
 optimizer, on one device with TF's default strategy, so Shampoo takes its
 one-device compiled step where it would in a user's ``model.fit``. Keras'
-AdamW, Shampoo (``graft_type="rmsprop"``) and SOAP run at
+AdamW, Shampoo (``graft_type="rmsprop"``; its default roots, ``root_method="eigh"``,
+refreshed outside XLA on the compiled step) and SOAP run at
 ``precondition_frequency=10``, defaults otherwise, on random inputs (a step's
 cost does not depend on the data). Every round times each optimizer in turn,
 and a ratio is the median over rounds of that round's time over AdamW's.

@@ -6,12 +6,17 @@ TensorFlow starts, which this test process has already done its own way.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+import tfopt
+from launch.bench import shampoo as bench_shampoo
+from tfopt import _shampoo
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
@@ -28,6 +33,7 @@ def test_tiny_bench_reports_both_variants_and_the_paper_scaling(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(output.read_text())
     assert report["statistics"] == [8] * 12  # 16x16: 2x2 blocks x 2 axes; 16x8: 2 blocks x 2.
+    assert report["root_method"] == "eigh"  # tfopt.Shampoo's default.
     assert set(report["median_step_s"]) == {"split", "every_replica", "no_refresh"}
     assert all(t > 0 for t in report["median_step_s"].values())
     ratio = report["median_step_s"]["split"] / report["median_step_s"]["every_replica"]
@@ -44,3 +50,9 @@ def test_crosscheck_skips_cleanly_without_optax_shampoo():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("SKIPPED: no optax-shampoo interpreter at /nonexistent/python")
+
+
+def test_root_method_flag_is_tfopt_s_list_and_default():
+    flag = bench_shampoo._ROOT_METHOD._flagvalues[bench_shampoo._ROOT_METHOD.name]
+    assert sorted(flag.parser.enum_values) == sorted(_shampoo.ROOT_METHODS)
+    assert flag.default == inspect.signature(tfopt.Shampoo).parameters["root_method"].default

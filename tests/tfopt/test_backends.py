@@ -48,6 +48,20 @@ TOLERANCE = 1e-5  # Of the motion: max |w_backend - w_tf| / max |w_tf - w_start|
 # of them starts to pass, so that it leaves this table.
 NOT_YET: dict[str, dict[str, str]] = {}
 
+# Optimizers held to a looser tolerance on a backend: (tolerance, reason). The
+# test fails if one holds to TOLERANCE everywhere there, so that it leaves this table.
+LOOSER: dict[str, dict[str, tuple[float, str]]] = {
+    "jax": {
+        "shampoo": (5e-5, (
+            "Shampoo's default eigh roots in float32: the statistics of these tiny layers are "
+            "rank-deficient, and their near-zero eigenvalues, which float32 resolves only to "
+            "about n * 1.2e-7 of the largest (above the 1e-6 relative ridge), come out "
+            "differently from TensorFlow's eigh (Eigen) and JAX's (LAPACK): 2.1e-5 of the "
+            "motion on 2026-12-02; optax's Newton roots (root_method='newton') are the same "
+            "matmuls on both and held to 1e-5. PyTorch's holds to 1e-5 (8.1e-6).")),
+    },
+}
+
 
 def _load(path: str) -> dict[str, np.ndarray]:
     with np.load(path) as data:
@@ -143,9 +157,18 @@ def test_every_optimizer_matches_tensorflow(backend, tensorflow_run):
         for name, value in deviations(reference, _view(run, "stateless")).items():
             found[f"{name} (stateless_apply)"] = value
     assert {name.split(" ")[0] for name in found} == set(backend_run.names())  # Every name ran.
+    looser = LOOSER.get(backend, {})
+
+    def tolerance(name: str) -> float:
+        return looser.get(name.split(" ")[0], (TOLERANCE, ""))[0]
+
     failing = {name: value for name, value in found.items()
-               if isinstance(value, str) or not value <= TOLERANCE}
+               if isinstance(value, str) or not value <= tolerance(name)}
     expected = NOT_YET.get(backend, {})
     report = "\n".join(f"  {name}: {value}" for name, value in sorted(found.items()))
     print(f"{backend} vs tensorflow (max |Δw| / max motion):\n{report}")
     assert set(failing) == set(expected), f"{backend} vs tensorflow:\n{report}"
+    for name in looser:  # Still needed: some run of it is beyond TOLERANCE.
+        assert any(n.split(" ")[0] == name and v > TOLERANCE for n, v in found.items()
+                   if not isinstance(v, str)), f"{name} holds to {TOLERANCE} on {backend}: " \
+            f"remove it from LOOSER\n{report}"

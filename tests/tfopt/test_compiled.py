@@ -39,16 +39,18 @@ def _run(cls, compiled: bool, steps: int = 4, **kwargs):
 @pytest.mark.parametrize(
     "cls, kwargs",
     [
+        # The default root_method, "eigh": two compiled halves, the refresh
+        # between them outside XLA.
         (tfopt.Shampoo, dict(learning_rate=0.1, block_size=4, precondition_frequency=3,
                              start_preconditioning_step=1, graft_type="rmsprop")),
-        # Two compiled halves, the eigh refresh between them outside XLA.
+        # One compiled function, the batched Newton loop inside it.
         (tfopt.Shampoo, dict(learning_rate=0.1, block_size=4, precondition_frequency=3,
                              start_preconditioning_step=1, graft_type="rmsprop",
-                             root_method="eigh")),
+                             root_method="newton")),
         (type("CompiledSOAP", (tfopt.SOAP,), {"_compile_update": True}),
          dict(learning_rate=0.1, precondition_frequency=3)),  # Off by default: measured slower.
     ],
-    ids=["shampoo", "shampoo-eigh", "soap"],
+    ids=["shampoo", "shampoo-newton", "soap"],
 )  # fmt: skip
 def test_compiled_step_equals_the_keras_ops_step(cls, kwargs):
     assert _compiled.eligible(cls())
@@ -57,6 +59,9 @@ def test_compiled_step_equals_the_keras_ops_step(cls, kwargs):
     assert optimizer.__dict__.get("_tfopt_compiled_whole") or optimizer.__dict__.get(
         "_tfopt_compiled_steps"
     )
+    if isinstance(optimizer, tfopt.Shampoo):  # Which step: eigh's two halves, or Newton's one.
+        names = {key[0] for key in optimizer.__dict__["_tfopt_compiled_whole"]}
+        assert names == ({"step"} if optimizer.root_method == "newton" else {"statistics", "apply"})
     plain, _ = _run(cls, False, **kwargs)
     start = [np.random.default_rng(0).normal(size=s) for s in SHAPES]
     for a, b, w0 in zip(compiled, plain, start, strict=True):
@@ -73,11 +78,12 @@ def test_not_eligible_under_a_strategy_or_when_opted_out():
     assert not _compiled.eligible(tfopt.SOAP())  # SOAP opts out: measured slower compiled.
 
 
-def test_one_device_strategy_replica_context_is_compiled():
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_one_device_strategy_replica_context_is_compiled(root_method):
     """``strategies.fit(strategy="one_device")`` and ``strategy.run``: the compiled step,
     the same weights as without a strategy."""
     kwargs = dict(learning_rate=0.1, block_size=4, precondition_frequency=3,
-                  start_preconditioning_step=1)  # fmt: skip
+                  start_preconditioning_step=1, root_method=root_method)  # fmt: skip
     expected, _ = _run(tfopt.Shampoo, True, **kwargs)
     strategy = tf.distribute.OneDeviceStrategy("CPU:0")
     rng = np.random.default_rng(0)

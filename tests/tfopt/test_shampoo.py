@@ -3,8 +3,10 @@
 The reference below is written from the paper (Anil et al. 2020, Algorithm 1
 with grafting and blocking) and optax-shampoo's pseudo-code, in float64 and
 plain NumPy: its own reshaping and blocking, its own coupled Newton iteration
-(Higham, "Functions of Matrices", eq. 7.18), its own power iteration. The
-optimizer runs in float64 variables, so the two agree to ~1e-9. The float32
+(Higham, "Functions of Matrices", eq. 7.18), its own power iteration, and
+(``root_method="eigh"``, tfopt's default) roots from ``np.linalg.eigh``. The
+optimizer runs in float64 variables, so the two agree to ~1e-9. Every test
+that stands for optax's rule passes ``root_method="newton"``. The float32
 cross-check against the real optax-shampoo is launch/bench/crosscheck_shampoo.py
 (numbers in docs/shampoo.md).
 """
@@ -107,7 +109,7 @@ def _inverse_root_eigh(a, p, eps, relative):
     return (v * (w + ridge) ** (-1.0 / p)) @ v.T, 0.0
 
 
-def shampoo_reference(params, grads, *, learning_rate=1e-3, root_method="newton", block_size=128, beta_1=0.9,
+def shampoo_reference(params, grads, *, learning_rate=1e-3, root_method="eigh", block_size=128, beta_1=0.9,
                       beta_2=0.999, diagonal_epsilon=1e-10, matrix_epsilon=1e-6,
                       relative_matrix_epsilon=True, start_preconditioning_step=5,
                       precondition_frequency=1, graft_type="sgd", nesterov=True,
@@ -115,7 +117,10 @@ def shampoo_reference(params, grads, *, learning_rate=1e-3, root_method="newton"
                       skip_preconditioning_rank_lt=1, best_effort_shape_interpretation=True,
                       merge_small_dims_block_size=4096, weight_decay=0.0,
                       coupled_weight_decay=0.0):  # fmt: skip
-    """Trajectory (one list of float64 arrays per step) of distributed_shampoo."""
+    """Trajectory (one list of float64 arrays per step) of distributed_shampoo.
+
+    Its defaults are tfopt.Shampoo's: ``root_method="newton"`` is optax's rule.
+    """
     thetas = [np.array(p, np.float64) for p in params]
     states = []
     for theta in thetas:
@@ -260,27 +265,45 @@ def _assert_close_to_motion(actual, expected, params, tolerance):
 
 
 @pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
-def test_matches_reference_float64(config):
-    """12 steps, four shapes, float64: every step within 1e-6 of the reference's motion."""
-    kwargs = CONFIGS[config]
+def test_newton_matches_reference_float64(config):
+    """optax's rule (coupled Newton roots), 12 steps, four shapes, float64: every
+    step within 1e-6 of the reference's motion."""
+    kwargs = {**CONFIGS[config], "root_method": "newton"}
     params, grads = _problem(steps=12)
     expected = shampoo_reference(params, grads, learning_rate=0.05, **kwargs)
     actual = _run(tfopt.Shampoo(0.05, **kwargs), params, grads)
     _assert_close_to_motion(actual, expected, params, 1e-6)
 
 
-EIGH_CONFIGS = ["defaults", "unmerged-adagrad-freq3", "rmsprop_normalized-sum",
-                "rmsprop-coupled_weight_decay"]  # fmt: skip
+# inverse_failure is Newton's: an eigh root's error is 0 unless it is not finite.
+EIGH_CONFIGS = [c for c in CONFIGS if c != "inverse_failure"]
 
 
 @pytest.mark.parametrize("config", EIGH_CONFIGS, ids=EIGH_CONFIGS)
-def test_eigh_roots_match_reference_float64(config):
-    """root_method="eigh" against the NumPy rule with np.linalg.eigh roots."""
-    kwargs = {**CONFIGS[config], "root_method": "eigh"}
+def test_default_eigh_roots_match_reference_float64(config):
+    """The default root_method ("eigh", not passed) against the NumPy rule with
+    np.linalg.eigh roots."""
+    kwargs = CONFIGS[config]
     params, grads = _problem(steps=12)
-    expected = shampoo_reference(params, grads, learning_rate=0.05, **kwargs)
+    expected = shampoo_reference(params, grads, learning_rate=0.05, root_method="eigh", **kwargs)
     actual = _run(tfopt.Shampoo(0.05, **kwargs), params, grads)
     _assert_close_to_motion(actual, expected, params, 1e-6)
+
+
+def test_the_default_root_is_eigh():
+    """The default really takes eigh roots: an eigh root's error is 0, so a
+    failure threshold of 1e-14 that fails every Newton root (they stay I) keeps none."""
+    assert tfopt.Shampoo().root_method == "eigh"
+    assert tfopt.get("shampoo").get_config()["root_method"] == "eigh"
+    params, grads = _problem(steps=3, shapes=SMALL_SHAPES)
+    kwargs = dict(block_size=16, best_effort_shape_interpretation=False, inverse_failure_threshold=1e-14)
+    roots = {}
+    for method, optimizer in (("default", tfopt.Shampoo(0.05, **kwargs)),
+                              ("newton", tfopt.Shampoo(0.05, root_method="newton", **kwargs))):  # fmt: skip
+        _run(optimizer, params, grads)
+        roots[method] = [v.numpy() for v in optimizer.variables if "_root_" in v.path and v.shape[0] > 1]
+    assert roots["newton"] and all(np.array_equal(r, np.eye(len(r))) for r in roots["newton"])
+    assert not any(np.array_equal(r, np.eye(len(r))) for r in roots["default"])
 
 
 def test_eigh_root_is_the_root_and_flags_non_finite_input():
@@ -305,12 +328,13 @@ def test_eigh_root_is_the_root_and_flags_non_finite_input():
 
 
 def test_inverse_failure_keeps_previous_roots():
-    optimizer = tfopt.Shampoo(0.05, **CONFIGS["inverse_failure"])
+    kwargs = {**CONFIGS["inverse_failure"], "root_method": "newton"}
+    optimizer = tfopt.Shampoo(0.05, **kwargs)
     params, grads = _problem(steps=3, shapes=SMALL_SHAPES)
     _run(optimizer, params, grads)
     roots = [v.numpy() for v in optimizer.variables if "_root_" in v.path]
     assert roots and all(np.array_equal(r, np.eye(len(r))) or r.shape == (1, 1) for r in roots)
-    working = tfopt.Shampoo(0.05, **{**CONFIGS["inverse_failure"], "inverse_failure_threshold": 0.1})
+    working = tfopt.Shampoo(0.05, **{**kwargs, "inverse_failure_threshold": 0.1})
     _run(working, params, grads)
     assert not all(
         np.array_equal(v.numpy(), np.eye(len(v.numpy()))) for v in working.variables
@@ -318,10 +342,11 @@ def test_inverse_failure_keeps_previous_roots():
     )  # fmt: skip
 
 
-def test_float32_close_to_float64_reference():
-    """The float32 run stays near the float64 reference (float32 Newton, 15 steps)."""
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_float32_close_to_float64_reference(root_method):
+    """The float32 run stays near the float64 reference (float32 roots, 15 steps)."""
     params, grads = _problem(steps=15, shapes=SMALL_SHAPES)
-    kwargs = dict(block_size=8, best_effort_shape_interpretation=False)
+    kwargs = dict(block_size=8, best_effort_shape_interpretation=False, root_method=root_method)
     expected = shampoo_reference(params, grads, learning_rate=0.05, **kwargs)
     actual = _run(tfopt.Shampoo(0.05, **kwargs), params, grads, dtype="float32")
     _assert_close_to_motion(actual, expected, params, 1e-3)
@@ -380,6 +405,50 @@ def test_get_by_name():
     assert (optimizer.block_size, optimizer.graft_type) == (64, "rmsprop")
 
 
+# get_config as tfopt.Shampoo wrote it before coupled_weight_decay (3146436) and
+# root_method (c795aa1) existed, when every root was Newton's: the optimizer of
+# tests/fixtures/old_checkpoints/096621c/*-shampoo/model.keras.
+OLD_CONFIG = {
+    "name": "shampoo", "learning_rate": 0.001, "weight_decay": None, "clipnorm": None,
+    "global_clipnorm": None, "clipvalue": None, "use_ema": False, "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None, "loss_scale_factor": None, "gradient_accumulation_steps": None,
+    "block_size": 32, "beta_1": 0.9, "beta_2": 0.999, "diagonal_epsilon": 1e-10,
+    "matrix_epsilon": 1e-06, "relative_matrix_epsilon": True, "start_preconditioning_step": 5,
+    "precondition_frequency": 1, "graft_type": "sgd", "nesterov": True,
+    "inverse_failure_threshold": 0.1, "skip_preconditioning_dim_size_gt": 4096,
+    "skip_preconditioning_rank_lt": 1, "best_effort_shape_interpretation": True,
+    "merge_small_dims_block_size": 4096, "split_preconditioner_work": True,
+}  # fmt: skip
+
+
+def test_a_config_from_before_root_method_loads_as_newton():
+    """An old saved optimizer is the same run: Newton roots, as when it was saved;
+    through from_config, Keras' deserialize (what .keras loading calls) and tfopt.get."""
+    assert tfopt.Shampoo.from_config(dict(OLD_CONFIG)).root_method == "newton"
+    with_decay = {**OLD_CONFIG, "coupled_weight_decay": 0.0}  # 3146436 to c795aa1.
+    assert tfopt.Shampoo.from_config(with_decay).root_method == "newton"
+    serialized = {"module": "tfopt._shampoo", "class_name": "Shampoo", "config": dict(OLD_CONFIG),
+                  "registered_name": "tfopt>Shampoo"}  # fmt: skip
+    assert keras.optimizers.deserialize(serialized).root_method == "newton"
+    assert tfopt.get(serialized).root_method == "newton"
+    # Not the caller's dict edited.
+    assert "root_method" not in OLD_CONFIG
+
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_get_config_round_trips_root_method(root_method):
+    config = tfopt.Shampoo(root_method=root_method).get_config()
+    assert config["root_method"] == root_method
+    assert set(config) >= set(OLD_CONFIG)  # What from_config tells an old config by.
+    assert tfopt.Shampoo.from_config(config).root_method == root_method
+
+
+def test_a_partial_config_takes_the_default_root():
+    """A hand-written config (not get_config's) without root_method takes today's default."""
+    assert tfopt.get({"class_name": "shampoo", "config": {"learning_rate": 0.1}}).root_method == "eigh"
+    assert tfopt.Shampoo.from_config({"learning_rate": 0.1, "block_size": 32}).root_method == "eigh"
+
+
 # --- Split over replicas ------------------------------------------------------------
 
 
@@ -426,7 +495,7 @@ def test_sharded_map_computes_each_matrix_on_its_owner_only():
                 np.testing.assert_array_equal(value.numpy(), np.full((sizes[i],) * 2, expect(i)))
 
 
-def _fit(strategy, split, epochs=3):
+def _fit(strategy, split, epochs=3, **kwargs):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 6)).astype("float32")
     y = np.tanh(x @ rng.normal(size=(6, 2))).astype("float32")
@@ -438,7 +507,7 @@ def _fit(strategy, split, epochs=3):
         model.compile(
             optimizer=tfopt.Shampoo(0.05, block_size=16, best_effort_shape_interpretation=False,
                                     start_preconditioning_step=1, precondition_frequency=2,
-                                    split_preconditioner_work=split),  # 11 statistics.
+                                    split_preconditioner_work=split, **kwargs),  # 11 statistics.
             loss="mse",
         )  # fmt: skip
     initial = model.get_weights()
@@ -446,21 +515,33 @@ def _fit(strategy, split, epochs=3):
     return initial, model.get_weights()
 
 
-@pytest.mark.slow  # 18-30 s each on a busy 2-core machine: tracing 11 Newton loops, 4 times.
-@pytest.mark.parametrize("split", [True, False], ids=["split", "every_replica"])
-def test_mirrored_matches_one_device(split):
-    """Keras' own model.fit over two logical CPUs, roots split or not, equals one device."""
-    initial, on_two = _fit(mirrored.two_cpus(), split)
-    _, on_one = _fit(tf.distribute.OneDeviceStrategy("CPU:0"), split)
+@pytest.mark.slow  # 18-30 s each on a busy 2-core machine (Newton: tracing 11 loops, 4 times).
+@pytest.mark.parametrize("split, kwargs", [(True, {}), (False, {}), (True, {"root_method": "newton"})],
+                         ids=["split", "every_replica", "split-newton"])  # fmt: skip
+def test_mirrored_matches_one_device(split, kwargs):
+    """Keras' own model.fit over two logical CPUs, roots split or not, equals one
+    device: with the default eigh refresh, and with optax's Newton one."""
+    initial, on_two = _fit(mirrored.two_cpus(), split, **kwargs)
+    _, on_one = _fit(tf.distribute.OneDeviceStrategy("CPU:0"), split, **kwargs)
     for w0, w2, w1 in zip(initial, on_two, on_one, strict=True):
         assert not np.allclose(w1, w0)
         np.testing.assert_allclose(w2, w1, rtol=1e-5, atol=1e-5)
 
 
-def test_xla_matches_no_xla():
-    """The step compiles under XLA (while_loop Newton, cond refresh) and takes the same steps."""
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_xla_matches_no_xla(root_method):
+    """The step compiles under XLA (XLA's eigh or a while_loop Newton, cond refresh)
+    and takes the same steps.
+
+    Without the outer jit the eigh refresh runs outside XLA, in TensorFlow's
+    eigh; inside it, XLA's CPU eigh, a Jacobi loop that stops near 1e-6
+    relative (its float64 roots 2e-6 to 8e-6 from NumPy's, TensorFlow's 1e-11;
+    2026-12-02): 3.4e-4 of the motion apart here, in float32 and float64
+    alike. Newton is the same XLA loop in both runs.
+    """
     params, grads = _problem(steps=3, shapes=SMALL_SHAPES)
-    kwargs = dict(block_size=8, best_effort_shape_interpretation=False, start_preconditioning_step=1)
+    kwargs = dict(block_size=8, best_effort_shape_interpretation=False, start_preconditioning_step=1,
+                  root_method=root_method)
     expected = _run(tfopt.Shampoo(0.05, **kwargs), params, grads, dtype="float32")
     optimizer = tfopt.Shampoo(0.05, **kwargs)
     variables = [keras.Variable(p, dtype="float32") for p in params]
@@ -470,7 +551,13 @@ def test_xla_matches_no_xla():
     def step(g):
         optimizer.apply(g, variables)
 
-    for g, want in zip(grads, expected, strict=True):
+    actual = []
+    for g in grads:
         step([tf.constant(x, tf.float32) for x in g])
-        for v, w in zip(variables, want, strict=True):
-            np.testing.assert_allclose(v.numpy(), w, rtol=1e-4, atol=1e-5)
+        actual.append([v.numpy().astype(np.float64) for v in variables])
+    if root_method == "newton":
+        for got, want in zip(actual, expected, strict=True):
+            for a, w in zip(got, want, strict=True):
+                np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5)
+    else:
+        _assert_close_to_motion(actual, expected, params, 1e-3)
