@@ -119,29 +119,89 @@ absl::Status VariableTensors(OpKernelContext* ctx,
 // -ffast-math, no FMA contraction (ISO C++ mode), and the sums' order is set
 // by the kLanes accumulators, not by the vector width.
 
+// The squared norms, in double, in kLanes = 8 lanes: element i of a chunk goes
+// to lane i % 8, and each lane adds its elements in increasing i. The lanes
+// are GCC generic vectors of 4 doubles (one ymm register with AVX2, two SSE2
+// registers for the baseline), written out because GCC's own vectorization
+// of 8 scalar accumulators shuffled single elements in and out of registers
+// (profile in docs/benchmarks/index.md, item 5). Element-wise IEEE operations
+// round as scalar code does.
+typedef double V4d __attribute__((vector_size(32)));
+
+// Four consecutive elements as doubles (built element-wise: GCC 12 turns this
+// into one vcvtps2pd ymm, where __builtin_convertvector took two and a shuffle).
+template <typename T>
+inline __attribute__((always_inline)) V4d Load4(const T* p) {
+  return V4d{static_cast<double>(p[0]), static_cast<double>(p[1]),
+             static_cast<double>(p[2]), static_cast<double>(p[3])};
+}
+
+struct Lanes {
+  V4d a[2] = {};  // sum of x^2: lane j is a[j / 4][j % 4]
+  V4d b[2] = {};  // sum of y^2
+
+  // The lanes added in lane order.
+  Norms Sum() const {
+    Norms total;
+    for (int j = 0; j < kLanes; ++j) {
+      total.a += a[j / 4][j % 4];
+      total.b += b[j / 4][j % 4];
+    }
+    return total;
+  }
+};
+
+// Adds x[i]^2 and y[i]^2 to `lanes`, i in [0, n). n is a multiple of kLanes
+// except at a chunk's end, so a chunk may come in pieces. The last partial
+// round is zero-padded and goes through the same body: a lane's sum is >= +0,
+// and adding +0 to it changes no bit.
+template <typename T>
+inline __attribute__((always_inline)) void AddSquares(const T* __restrict x,
+                                                      const T* __restrict y,
+                                                      int64_t n, Lanes* lanes) {
+  V4d a0 = lanes->a[0], a1 = lanes->a[1], b0 = lanes->b[0], b1 = lanes->b[1];
+  auto round = [&](const T* xr, const T* yr) {
+    const V4d x0 = Load4(xr), x1 = Load4(xr + 4);
+    const V4d y0 = Load4(yr), y1 = Load4(yr + 4);
+    a0 += x0 * x0;
+    a1 += x1 * x1;
+    b0 += y0 * y0;
+    b1 += y1 * y1;
+  };
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) round(x + i, y + i);
+  if (i < n) {
+    T xr[kLanes] = {}, yr[kLanes] = {};
+    std::copy(x + i, x + n, xr);
+    std::copy(y + i, y + n, yr);
+    round(xr, yr);
+  }
+  lanes->a[0] = a0;
+  lanes->a[1] = a1;
+  lanes->b[0] = b0;
+  lanes->b[1] = b1;
+}
+
+// The norms' passes go kBlock elements at a time: a plain loop (which GCC
+// vectorizes along i) writes the update direction u to a block buffer in L1,
+// then AddSquares reads it. One loop doing both left GCC vectorizing across
+// the 8 lanes: scalar updates, spilled and reloaded as vectors.
+constexpr int64_t kBlock = 512;  // A multiple of kLanes: lanes stay i % kLanes.
+
 template <typename T>
 inline __attribute__((always_inline)) Norms LarsNormsChunk(
     const T* __restrict w, const T* __restrict g, T decay, int64_t n) {
-  double sw[kLanes] = {}, su[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const T u = g[i + j] + decay * w[i + j];
-      sw[j] += static_cast<double>(w[i + j]) * static_cast<double>(w[i + j]);
-      su[j] += static_cast<double>(u) * static_cast<double>(u);
-    }
+  static_assert(kBlock % kLanes == 0, "a block must hold whole lane rounds");
+  alignas(64) T u[kBlock];
+  Lanes lanes;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    const T* __restrict wb = w + b;
+    const T* __restrict gb = g + b;
+    for (int64_t i = 0; i < len; ++i) u[i] = gb[i] + decay * wb[i];
+    AddSquares(wb, u, len, &lanes);
   }
-  for (int j = 0; i < n; ++i, ++j) {
-    const T u = g[i] + decay * w[i];
-    sw[j] += static_cast<double>(w[i]) * static_cast<double>(w[i]);
-    su[j] += static_cast<double>(u) * static_cast<double>(u);
-  }
-  Norms part;
-  for (int j = 0; j < kLanes; ++j) {
-    part.a += sw[j];
-    part.b += su[j];
-  }
-  return part;
+  return lanes.Sum();
 }
 
 template <typename T, bool kNesterov>
@@ -173,38 +233,32 @@ inline __attribute__((always_inline)) T LambUpdate(T m, T v, T w,
 }
 
 template <typename T>
-inline __attribute__((always_inline)) Norms LambMomentsChunk(
+inline __attribute__((always_inline)) void LambMomentsBlock(
     const T* __restrict w, T* __restrict m, T* __restrict v,
-    const T* __restrict g, const LambScalars<T> s, int64_t n) {
-  double sw[kLanes] = {}, su[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const int64_t k = i + j;
-      const T m_new = m[k] + (g[k] - m[k]) * s.one_minus_beta_1;
-      const T v_new = v[k] + (g[k] * g[k] - v[k]) * s.one_minus_beta_2;
-      m[k] = m_new;
-      v[k] = v_new;
-      const T u = LambUpdate(m_new, v_new, w[k], s);
-      sw[j] += static_cast<double>(w[k]) * static_cast<double>(w[k]);
-      su[j] += static_cast<double>(u) * static_cast<double>(u);
-    }
-  }
-  for (int j = 0; i < n; ++i, ++j) {
+    const T* __restrict g, const LambScalars<T>& s, T* __restrict u,
+    int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
     const T m_new = m[i] + (g[i] - m[i]) * s.one_minus_beta_1;
     const T v_new = v[i] + (g[i] * g[i] - v[i]) * s.one_minus_beta_2;
     m[i] = m_new;
     v[i] = v_new;
-    const T u = LambUpdate(m_new, v_new, w[i], s);
-    sw[j] += static_cast<double>(w[i]) * static_cast<double>(w[i]);
-    su[j] += static_cast<double>(u) * static_cast<double>(u);
+    u[i] = LambUpdate(m_new, v_new, w[i], s);
   }
-  Norms part;
-  for (int j = 0; j < kLanes; ++j) {
-    part.a += sw[j];
-    part.b += su[j];
+}
+
+template <typename T>
+inline __attribute__((always_inline)) Norms LambMomentsChunk(
+    const T* __restrict w, T* __restrict m, T* __restrict v,
+    const T* __restrict g, const LambScalars<T> s, int64_t n) {
+  static_assert(kBlock % kLanes == 0, "a block must hold whole lane rounds");
+  alignas(64) T u[kBlock];
+  Lanes lanes;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    LambMomentsBlock(w + b, m + b, v + b, g + b, s, u, len);
+    AddSquares(w + b, u, len, &lanes);
   }
-  return part;
+  return lanes.Sum();
 }
 
 template <typename T>
