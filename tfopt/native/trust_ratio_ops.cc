@@ -5,7 +5,9 @@
 // step. These kernels take two passes:
 //   pass 1 reads w and g (LAMB: also updates m and v) and sums the two squared
 //          norms, in double, per fixed-size chunk;
-//   pass 2 applies the update with the trust ratio of the summed norms.
+//   pass 2 applies the update with the trust ratio of the summed norms
+//          (LAMB: from the update direction that pass 1 kept in a scratch
+//          array, see ScratchArray).
 // The rules are those of tfopt/_lars.py and tfopt/_lamb.py (their keras.ops
 // code is the spec; tests/tfopt/test_native.py checks one against the other).
 //
@@ -20,6 +22,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
+#include <new>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -246,26 +251,28 @@ inline __attribute__((always_inline)) void LambMomentsBlock(
   }
 }
 
+// Pass 1 of LAMB: the moments, u into the scratch array (ScratchArray), and
+// the norms from the block of u just written (still in L1).
 template <typename T>
 inline __attribute__((always_inline)) Norms LambMomentsChunk(
     const T* __restrict w, T* __restrict m, T* __restrict v,
-    const T* __restrict g, const LambScalars<T> s, int64_t n) {
-  static_assert(kBlock % kLanes == 0, "a block must hold whole lane rounds");
-  alignas(64) T u[kBlock];
+    const T* __restrict g, const LambScalars<T> s, T* __restrict u,
+    int64_t n) {
   Lanes lanes;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t len = std::min(kBlock, n - b);
-    LambMomentsBlock(w + b, m + b, v + b, g + b, s, u, len);
-    AddSquares(w + b, u, len, &lanes);
+    LambMomentsBlock(w + b, m + b, v + b, g + b, s, u + b, len);
+    AddSquares(w + b, u + b, len, &lanes);
   }
   return lanes.Sum();
 }
 
+// Pass 2 of LAMB: w -= step * u, u from pass 1.
 template <typename T>
-inline __attribute__((always_inline)) void LambApplyChunk(
-    T* __restrict w, const T* __restrict m, const T* __restrict v, T step,
-    const LambScalars<T> s, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) w[i] -= step * LambUpdate(m[i], v[i], w[i], s);
+inline __attribute__((always_inline)) void LambApplyChunk(T* __restrict w,
+                                                          const T* __restrict u,
+                                                          T step, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) w[i] -= step * u[i];
 }
 
 // One set of the loops above, compiled for one ISA.
@@ -286,13 +293,12 @@ inline __attribute__((always_inline)) void LambApplyChunk(
   }                                                                            \
   template <typename T>                                                        \
   ATTR Norms LambMoments(const T* w, T* m, T* v, const T* g,                   \
-                         const LambScalars<T> s, int64_t n) {                  \
-    return LambMomentsChunk<T>(w, m, v, g, s, n);                              \
+                         const LambScalars<T> s, T* u, int64_t n) {            \
+    return LambMomentsChunk<T>(w, m, v, g, s, u, n);                           \
   }                                                                            \
   template <typename T>                                                        \
-  ATTR void LambApply(T* w, const T* m, const T* v, T step,                    \
-                      const LambScalars<T> s, int64_t n) {                     \
-    LambApplyChunk<T>(w, m, v, step, s, n);                                    \
+  ATTR void LambApply(T* w, const T* u, T step, int64_t n) {                   \
+    LambApplyChunk<T>(w, u, step, n);                                          \
   }                                                                            \
   }  // namespace NS
 
@@ -366,6 +372,50 @@ class LarsUpdateOp : public OpKernel {
   bool adapt_;
 };
 
+// A scratch array of n elements for LAMB's update direction u between its two
+// passes, leased for one op call from a process-wide free list. Reading u in
+// pass 2, instead of computing it again from m and v, saves a division and a
+// square root per element, which bound the loop on two cores (profile in
+// docs/benchmarks/index.md, item 5); the bytes moved stay 40 per parameter.
+// The arrays are kept between steps, because an allocation of that size is
+// page-faulted in (and zeroed by the kernel) on every step: the memory held is
+// at most (LAMB ops running at once) x (the largest variable updated).
+template <typename T>
+class ScratchArray {
+ public:
+  explicit ScratchArray(int64_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        array_ = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (array_.size < n) {
+      array_.data.reset(new (std::nothrow) T[n]);
+      array_.size = array_.data ? n : 0;
+    }
+  }
+  ~ScratchArray() {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(array_));
+  }
+  ScratchArray(const ScratchArray&) = delete;
+  ScratchArray& operator=(const ScratchArray&) = delete;
+
+  // Null if the allocation failed.
+  T* data() { return array_.data.get(); }
+
+ private:
+  struct Array {
+    std::unique_ptr<T[]> data;
+    int64_t size = 0;
+  };
+  static inline std::mutex mu_;
+  static inline std::vector<Array> free_;
+  Array array_;
+};
+
 // LAMB (tfopt/_lamb.py), with one_minus_beta_* = 1 - beta_* and
 // bias_* = 1 - beta_*^t computed by the caller:
 //   m = m + (g - m) * one_minus_beta_1;  v = v + (g^2 - v) * one_minus_beta_2
@@ -397,15 +447,23 @@ class LambUpdateOp : public OpKernel {
     // Pass 1: the moments, and ||w||^2 and ||u||^2 with the new moments
     // (summed even when adapt is false: one code path, and the pass must read
     // and write the moments anyway).
+    // u goes to a scratch array, so that pass 2 reads it instead of computing
+    // it again from m and v.
+    ScratchArray<T> scratch(n);
+    T* u = scratch.data();
+    OP_REQUIRES(ctx, u != nullptr || n == 0,
+                errors::ResourceExhausted("TfoptLambUpdate: no memory for a ",
+                                          n, "-element scratch array"));
     std::vector<Norms> parts((n + kChunk - 1) / kChunk);
-    ForEachChunk(ctx, n, 6 * sizeof(T), [&](int64_t c, int64_t b, int64_t e) {
-      parts[c] = TFOPT_DISPATCH(LambMoments<T>, w + b, m + b, v + b, g + b, s, e - b);
+    ForEachChunk(ctx, n, 7 * sizeof(T), [&](int64_t c, int64_t b, int64_t e) {
+      parts[c] = TFOPT_DISPATCH(LambMoments<T>, w + b, m + b, v + b, g + b, s,
+                                u + b, e - b);
     });
     const double ratio = adapt_ ? TrustRatio(SumInOrder(parts), 1.0, 0.0) : 1.0;
     const T step = static_cast<T>(lr * ratio);
     // Pass 2: the update.
-    ForEachChunk(ctx, n, 4 * sizeof(T), [&](int64_t, int64_t b, int64_t e) {
-      TFOPT_DISPATCH(LambApply<T>, w + b, m + b, v + b, step, s, e - b);
+    ForEachChunk(ctx, n, 3 * sizeof(T), [&](int64_t, int64_t b, int64_t e) {
+      TFOPT_DISPATCH(LambApply<T>, w + b, u + b, step, e - b);
     });
   }
 
