@@ -188,9 +188,11 @@ inline __attribute__((always_inline)) void AddSquares(const T* __restrict x,
 }
 
 // The norms' passes go kBlock elements at a time: a plain loop (which GCC
-// vectorizes along i) writes the update direction u to a block buffer in L1,
-// then AddSquares reads it. One loop doing both left GCC vectorizing across
-// the 8 lanes: scalar updates, spilled and reloaded as vectors.
+// vectorizes along i) writes the block's update direction u (LARS: to a
+// buffer; LAMB: to its scratch array), then AddSquares reads it back from L1.
+// One loop doing both left GCC vectorizing across the 8 lanes instead: scalar
+// moment updates, spilled to the stack and reloaded as vectors, which made
+// LAMB's pass 1 take 5x its pass 2.
 constexpr int64_t kBlock = 512;  // A multiple of kLanes: lanes stay i % kLanes.
 
 template <typename T>
@@ -228,8 +230,8 @@ struct LambScalars {
 
 // (m / bias_1) / (sqrt(v / bias_2) + epsilon) + decay * w, with the bias
 // corrections as products by their reciprocals: one division per element
-// instead of three (divisions, not memory, bound this loop on AVX2); within
-// an ulp of the quotients.
+// instead of three (the divider bounds this loop on one core); within an ulp
+// of the quotients.
 template <typename T>
 inline __attribute__((always_inline)) T LambUpdate(T m, T v, T w,
                                                    const LambScalars<T>& s) {
