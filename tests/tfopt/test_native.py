@@ -127,6 +127,29 @@ def test_exclusions(dtype):
     assert_trajectories_close(got, expected, **TOLERANCES[dtype])
 
 
+def test_lamb_scratch_arrays_are_leased_to_one_op_at_a_time():
+    """LAMB keeps u between its passes in arrays leased from one process-wide list.
+
+    Eight variables of mixed sizes in one step: TensorFlow runs their update
+    ops concurrently, and the arrays grow as larger variables come. An array
+    shared by two ops at once, or one too short, would mix their updates.
+    """
+    rng = np.random.default_rng(11)
+    shapes = [(3,), (70_001,), (17, 5), (250, 130), (1,), (9_999,), (40_000,), (2, 3)]
+    params = [rng.normal(size=s) for s in shapes]
+    grads = [[rng.normal(size=s) for s in shapes] for _ in range(3)]
+    variables = [keras.Variable(p, dtype="float64") for p in params]
+    optimizer = tfopt.LAMB(1e-2, weight_decay=1e-2)
+    step = tf.function(lambda gs: optimizer.apply(gs, variables))
+    got = []
+    for step_grads in grads:
+        step([tf.constant(g) for g in step_grads])
+        got.append([v.numpy() for v in variables])
+    assert "TfoptLambUpdate" in _op_types(step, grads)
+    expected = lamb(params, grads, **keras_lr(dict(learning_rate=1e-2, weight_decay=1e-2)))
+    assert_trajectories_close(got, expected, **TOLERANCES["float64"])
+
+
 def test_zero_norms_fall_back_to_a_ratio_of_one():
     # A zero bias, and a zero gradient: optax's safe ratio, in the kernel.
     bias = keras.Variable(np.zeros(5, np.float32))

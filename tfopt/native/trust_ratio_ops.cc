@@ -5,7 +5,9 @@
 // step. These kernels take two passes:
 //   pass 1 reads w and g (LAMB: also updates m and v) and sums the two squared
 //          norms, in double, per fixed-size chunk;
-//   pass 2 applies the update with the trust ratio of the summed norms.
+//   pass 2 applies the update with the trust ratio of the summed norms
+//          (LAMB: from the update direction that pass 1 kept in a scratch
+//          array, see ScratchArray).
 // The rules are those of tfopt/_lars.py and tfopt/_lamb.py (their keras.ops
 // code is the spec; tests/tfopt/test_native.py checks one against the other).
 //
@@ -20,6 +22,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
+#include <new>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -119,29 +124,91 @@ absl::Status VariableTensors(OpKernelContext* ctx,
 // -ffast-math, no FMA contraction (ISO C++ mode), and the sums' order is set
 // by the kLanes accumulators, not by the vector width.
 
+// The squared norms, in double, in kLanes = 8 lanes: element i of a chunk goes
+// to lane i % 8, and each lane adds its elements in increasing i. The lanes
+// are GCC generic vectors of 4 doubles (one ymm register with AVX2, two SSE2
+// registers for the baseline), written out because GCC's own vectorization
+// of 8 scalar accumulators shuffled single elements in and out of registers
+// (profile in docs/benchmarks/index.md, item 5). Element-wise IEEE operations
+// round as scalar code does.
+typedef double V4d __attribute__((vector_size(32)));
+
+// Four consecutive elements as doubles (built element-wise: GCC 12 turns this
+// into one vcvtps2pd ymm, where __builtin_convertvector took two and a shuffle).
+template <typename T>
+inline __attribute__((always_inline)) V4d Load4(const T* p) {
+  return V4d{static_cast<double>(p[0]), static_cast<double>(p[1]),
+             static_cast<double>(p[2]), static_cast<double>(p[3])};
+}
+
+struct Lanes {
+  V4d a[2] = {};  // sum of x^2: lane j is a[j / 4][j % 4]
+  V4d b[2] = {};  // sum of y^2
+
+  // The lanes added in lane order.
+  Norms Sum() const {
+    Norms total;
+    for (int j = 0; j < kLanes; ++j) {
+      total.a += a[j / 4][j % 4];
+      total.b += b[j / 4][j % 4];
+    }
+    return total;
+  }
+};
+
+// Adds x[i]^2 and y[i]^2 to `lanes`, i in [0, n). n is a multiple of kLanes
+// except at a chunk's end, so a chunk may come in pieces. The last partial
+// round is zero-padded and goes through the same body: a lane's sum is >= +0,
+// and adding +0 to it changes no bit.
+template <typename T>
+inline __attribute__((always_inline)) void AddSquares(const T* __restrict x,
+                                                      const T* __restrict y,
+                                                      int64_t n, Lanes* lanes) {
+  V4d a0 = lanes->a[0], a1 = lanes->a[1], b0 = lanes->b[0], b1 = lanes->b[1];
+  auto round = [&](const T* xr, const T* yr) {
+    const V4d x0 = Load4(xr), x1 = Load4(xr + 4);
+    const V4d y0 = Load4(yr), y1 = Load4(yr + 4);
+    a0 += x0 * x0;
+    a1 += x1 * x1;
+    b0 += y0 * y0;
+    b1 += y1 * y1;
+  };
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) round(x + i, y + i);
+  if (i < n) {
+    T xr[kLanes] = {}, yr[kLanes] = {};
+    std::copy(x + i, x + n, xr);
+    std::copy(y + i, y + n, yr);
+    round(xr, yr);
+  }
+  lanes->a[0] = a0;
+  lanes->a[1] = a1;
+  lanes->b[0] = b0;
+  lanes->b[1] = b1;
+}
+
+// The norms' passes go kBlock elements at a time: a plain loop (which GCC
+// vectorizes along i) writes the block's update direction u (LARS: to a
+// buffer; LAMB: to its scratch array), then AddSquares reads it back from L1.
+// One loop doing both left GCC vectorizing across the 8 lanes instead: scalar
+// moment updates, spilled to the stack and reloaded as vectors, which made
+// LAMB's pass 1 take 5x its pass 2.
+constexpr int64_t kBlock = 512;  // A multiple of kLanes: lanes stay i % kLanes.
+
 template <typename T>
 inline __attribute__((always_inline)) Norms LarsNormsChunk(
     const T* __restrict w, const T* __restrict g, T decay, int64_t n) {
-  double sw[kLanes] = {}, su[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const T u = g[i + j] + decay * w[i + j];
-      sw[j] += static_cast<double>(w[i + j]) * static_cast<double>(w[i + j]);
-      su[j] += static_cast<double>(u) * static_cast<double>(u);
-    }
+  static_assert(kBlock % kLanes == 0, "a block must hold whole lane rounds");
+  alignas(64) T u[kBlock];
+  Lanes lanes;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    const T* __restrict wb = w + b;
+    const T* __restrict gb = g + b;
+    for (int64_t i = 0; i < len; ++i) u[i] = gb[i] + decay * wb[i];
+    AddSquares(wb, u, len, &lanes);
   }
-  for (int j = 0; i < n; ++i, ++j) {
-    const T u = g[i] + decay * w[i];
-    sw[j] += static_cast<double>(w[i]) * static_cast<double>(w[i]);
-    su[j] += static_cast<double>(u) * static_cast<double>(u);
-  }
-  Norms part;
-  for (int j = 0; j < kLanes; ++j) {
-    part.a += sw[j];
-    part.b += su[j];
-  }
-  return part;
+  return lanes.Sum();
 }
 
 template <typename T, bool kNesterov>
@@ -163,8 +230,8 @@ struct LambScalars {
 
 // (m / bias_1) / (sqrt(v / bias_2) + epsilon) + decay * w, with the bias
 // corrections as products by their reciprocals: one division per element
-// instead of three (divisions, not memory, bound this loop on AVX2); within
-// an ulp of the quotients.
+// instead of three (the divider bounds this loop on one core); within an ulp
+// of the quotients.
 template <typename T>
 inline __attribute__((always_inline)) T LambUpdate(T m, T v, T w,
                                                    const LambScalars<T>& s) {
@@ -173,45 +240,41 @@ inline __attribute__((always_inline)) T LambUpdate(T m, T v, T w,
 }
 
 template <typename T>
-inline __attribute__((always_inline)) Norms LambMomentsChunk(
+inline __attribute__((always_inline)) void LambMomentsBlock(
     const T* __restrict w, T* __restrict m, T* __restrict v,
-    const T* __restrict g, const LambScalars<T> s, int64_t n) {
-  double sw[kLanes] = {}, su[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const int64_t k = i + j;
-      const T m_new = m[k] + (g[k] - m[k]) * s.one_minus_beta_1;
-      const T v_new = v[k] + (g[k] * g[k] - v[k]) * s.one_minus_beta_2;
-      m[k] = m_new;
-      v[k] = v_new;
-      const T u = LambUpdate(m_new, v_new, w[k], s);
-      sw[j] += static_cast<double>(w[k]) * static_cast<double>(w[k]);
-      su[j] += static_cast<double>(u) * static_cast<double>(u);
-    }
-  }
-  for (int j = 0; i < n; ++i, ++j) {
+    const T* __restrict g, const LambScalars<T>& s, T* __restrict u,
+    int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
     const T m_new = m[i] + (g[i] - m[i]) * s.one_minus_beta_1;
     const T v_new = v[i] + (g[i] * g[i] - v[i]) * s.one_minus_beta_2;
     m[i] = m_new;
     v[i] = v_new;
-    const T u = LambUpdate(m_new, v_new, w[i], s);
-    sw[j] += static_cast<double>(w[i]) * static_cast<double>(w[i]);
-    su[j] += static_cast<double>(u) * static_cast<double>(u);
+    u[i] = LambUpdate(m_new, v_new, w[i], s);
   }
-  Norms part;
-  for (int j = 0; j < kLanes; ++j) {
-    part.a += sw[j];
-    part.b += su[j];
-  }
-  return part;
 }
 
+// Pass 1 of LAMB: the moments, u into the scratch array (ScratchArray), and
+// the norms from the block of u just written (still in L1).
 template <typename T>
-inline __attribute__((always_inline)) void LambApplyChunk(
-    T* __restrict w, const T* __restrict m, const T* __restrict v, T step,
-    const LambScalars<T> s, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) w[i] -= step * LambUpdate(m[i], v[i], w[i], s);
+inline __attribute__((always_inline)) Norms LambMomentsChunk(
+    const T* __restrict w, T* __restrict m, T* __restrict v,
+    const T* __restrict g, const LambScalars<T> s, T* __restrict u,
+    int64_t n) {
+  Lanes lanes;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    LambMomentsBlock(w + b, m + b, v + b, g + b, s, u + b, len);
+    AddSquares(w + b, u + b, len, &lanes);
+  }
+  return lanes.Sum();
+}
+
+// Pass 2 of LAMB: w -= step * u, u from pass 1.
+template <typename T>
+inline __attribute__((always_inline)) void LambApplyChunk(T* __restrict w,
+                                                          const T* __restrict u,
+                                                          T step, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) w[i] -= step * u[i];
 }
 
 // One set of the loops above, compiled for one ISA.
@@ -232,13 +295,12 @@ inline __attribute__((always_inline)) void LambApplyChunk(
   }                                                                            \
   template <typename T>                                                        \
   ATTR Norms LambMoments(const T* w, T* m, T* v, const T* g,                   \
-                         const LambScalars<T> s, int64_t n) {                  \
-    return LambMomentsChunk<T>(w, m, v, g, s, n);                              \
+                         const LambScalars<T> s, T* u, int64_t n) {            \
+    return LambMomentsChunk<T>(w, m, v, g, s, u, n);                           \
   }                                                                            \
   template <typename T>                                                        \
-  ATTR void LambApply(T* w, const T* m, const T* v, T step,                    \
-                      const LambScalars<T> s, int64_t n) {                     \
-    LambApplyChunk<T>(w, m, v, step, s, n);                                    \
+  ATTR void LambApply(T* w, const T* u, T step, int64_t n) {                   \
+    LambApplyChunk<T>(w, u, step, n);                                          \
   }                                                                            \
   }  // namespace NS
 
@@ -312,6 +374,50 @@ class LarsUpdateOp : public OpKernel {
   bool adapt_;
 };
 
+// A scratch array of n elements for LAMB's update direction u between its two
+// passes, leased for one op call from a process-wide free list. Reading u in
+// pass 2, instead of computing it again from m and v, saves a division and a
+// square root per element, which bound the loop on two cores (profile in
+// docs/benchmarks/index.md, item 5); the bytes moved stay 40 per parameter.
+// The arrays are kept between steps, because an allocation of that size is
+// page-faulted in (and zeroed by the kernel) on every step: the memory held is
+// at most (LAMB ops running at once) x (the largest variable updated).
+template <typename T>
+class ScratchArray {
+ public:
+  explicit ScratchArray(int64_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        array_ = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (array_.size < n) {
+      array_.data.reset(new (std::nothrow) T[n]);
+      array_.size = array_.data ? n : 0;
+    }
+  }
+  ~ScratchArray() {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(array_));
+  }
+  ScratchArray(const ScratchArray&) = delete;
+  ScratchArray& operator=(const ScratchArray&) = delete;
+
+  // Null if the allocation failed.
+  T* data() { return array_.data.get(); }
+
+ private:
+  struct Array {
+    std::unique_ptr<T[]> data;
+    int64_t size = 0;
+  };
+  static inline std::mutex mu_;
+  static inline std::vector<Array> free_;
+  Array array_;
+};
+
 // LAMB (tfopt/_lamb.py), with one_minus_beta_* = 1 - beta_* and
 // bias_* = 1 - beta_*^t computed by the caller:
 //   m = m + (g - m) * one_minus_beta_1;  v = v + (g^2 - v) * one_minus_beta_2
@@ -343,15 +449,23 @@ class LambUpdateOp : public OpKernel {
     // Pass 1: the moments, and ||w||^2 and ||u||^2 with the new moments
     // (summed even when adapt is false: one code path, and the pass must read
     // and write the moments anyway).
+    // u goes to a scratch array, so that pass 2 reads it instead of computing
+    // it again from m and v.
+    ScratchArray<T> scratch(n);
+    T* u = scratch.data();
+    OP_REQUIRES(ctx, u != nullptr || n == 0,
+                errors::ResourceExhausted("TfoptLambUpdate: no memory for a ",
+                                          n, "-element scratch array"));
     std::vector<Norms> parts((n + kChunk - 1) / kChunk);
-    ForEachChunk(ctx, n, 6 * sizeof(T), [&](int64_t c, int64_t b, int64_t e) {
-      parts[c] = TFOPT_DISPATCH(LambMoments<T>, w + b, m + b, v + b, g + b, s, e - b);
+    ForEachChunk(ctx, n, 7 * sizeof(T), [&](int64_t c, int64_t b, int64_t e) {
+      parts[c] = TFOPT_DISPATCH(LambMoments<T>, w + b, m + b, v + b, g + b, s,
+                                u + b, e - b);
     });
     const double ratio = adapt_ ? TrustRatio(SumInOrder(parts), 1.0, 0.0) : 1.0;
     const T step = static_cast<T>(lr * ratio);
     // Pass 2: the update.
-    ForEachChunk(ctx, n, 4 * sizeof(T), [&](int64_t, int64_t b, int64_t e) {
-      TFOPT_DISPATCH(LambApply<T>, w + b, m + b, v + b, step, s, e - b);
+    ForEachChunk(ctx, n, 3 * sizeof(T), [&](int64_t, int64_t b, int64_t e) {
+      TFOPT_DISPATCH(LambApply<T>, w + b, u + b, step, e - b);
     });
   }
 
