@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _sparse, _torch_inplace
+from tfopt import _dtypes, _fused, _sparse, _torch_inplace
 from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
 from tfopt._validation import (
@@ -143,7 +143,7 @@ class Adam(keras.optimizers.Optimizer):
         update_moments(self, m, v, g, s.beta_1, s.beta_2)
         if v_hat is not None:
             # v̂ ← max(v̂, v)
-            self.assign(v_hat, ops.maximum(v_hat, v))
+            self.assign(v_hat, _dtypes.maximum(v_hat, v))
             v = v_hat
         # θ ← θ − α_t · m / (√v + epsilon)
         epsilon = ops.convert_to_tensor(self.epsilon, dtype)

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _torch_inplace
+from tfopt import _dtypes, _fused, _torch_inplace
 from tfopt._registry import register
 from tfopt._validation import (
     check_fused,
@@ -117,7 +117,7 @@ class DynamicGradientDescent(keras.optimizers.Optimizer):
         """One step of the rule in the class docstring."""
         gradient = ops.cast(gradient, variable.dtype)
         # α_t in float32 or wider: bfloat16 would round 0.99 to 0.98828125.
-        scalar_dtype = keras.backend.result_type(variable.dtype, "float32")
+        scalar_dtype = _dtypes.scalar_dtype(variable.dtype)
         t = ops.cast(self.iterations, scalar_dtype)
         decay = ops.convert_to_tensor(self.learning_rate_decay, scalar_dtype)
         # α_t = learning_rate · learning_rate_decay^t

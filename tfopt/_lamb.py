@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _native, _sparse, _torch_inplace
+from tfopt import _dtypes, _native, _sparse, _torch_inplace
 from tfopt._exclusion import compile_patterns, is_excluded
 from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
@@ -146,7 +146,7 @@ class LAMB(keras.optimizers.Optimizer):
         dtype = variable.dtype
         # Scalars in float32 or wider: bfloat16 rounds beta_2 = 0.999 to 1, and
         # the trust ratio overflows float16.
-        scalar_dtype = keras.backend.result_type(dtype, "float32")
+        scalar_dtype = _dtypes.scalar_dtype(dtype)
         s = adam_scalars(self, variable, learning_rate)
         lr = s.learning_rate
         # The trust ratio needs the whole-layer update norm: densify slices.

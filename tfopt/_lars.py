@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _native, _sparse, _torch_inplace
+from tfopt import _dtypes, _fused, _native, _sparse, _torch_inplace
 from tfopt._exclusion import compile_patterns, is_excluded
 from tfopt._registry import register
 from tfopt._trust_ratio import trust_ratio
@@ -158,7 +158,7 @@ class LARS(keras.optimizers.Optimizer):
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
         # The trust ratio is float32 or wider: it overflows float16.
-        scalar_dtype = keras.backend.result_type(dtype, "float32")
+        scalar_dtype = _dtypes.scalar_dtype(dtype)
         lr = ops.cast(learning_rate, scalar_dtype)
         # The trust ratio needs the whole-layer gradient norm: densify slices.
         g = ops.cast(_sparse.densify(gradient), dtype)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from tfopt import _sparse
+from tfopt import _dtypes, _sparse
 
 
 class AdamScalars(NamedTuple):
@@ -50,7 +50,7 @@ def adam_scalars(
       variable: the variable being updated.
       learning_rate: the rate Keras passes to ``update_step``.
     """
-    scalar_dtype = keras.backend.result_type(variable.dtype, "float32")
+    scalar_dtype = _dtypes.scalar_dtype(variable.dtype)
     beta_1 = ops.convert_to_tensor(optimizer.beta_1, scalar_dtype)
     beta_2 = ops.convert_to_tensor(optimizer.beta_2, scalar_dtype)
     t = ops.cast(optimizer.iterations + 1, scalar_dtype)

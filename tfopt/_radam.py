@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _fused, _sparse, _torch_inplace
+from tfopt import _dtypes, _fused, _sparse, _torch_inplace
 from tfopt._moments import adam_scalars, update_moments
 from tfopt._registry import register
 from tfopt._validation import (
@@ -134,9 +134,10 @@ class RAdam(keras.optimizers.Optimizer):
         rho_t = rho_inf - 2 * t * beta_2_power / (1 - beta_2_power)
         rectified = ops.greater_equal(rho_t, self.threshold)
         # Clamped so the untaken branch never takes the root of a negative.
+        zero = ops.zeros((), rho_t.dtype)
         r_t = ops.sqrt(
-            ops.maximum(rho_t - 4, 0)
-            * ops.maximum(rho_t - 2, 0)
+            _dtypes.maximum(rho_t - 4, zero)
+            * _dtypes.maximum(rho_t - 2, zero)
             * rho_inf
             / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
         )

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfopt import _compiled, _sparse
+from tfopt import _compiled, _dtypes, _sparse
 from tfopt._eigh_root import eigh_inverse_pth_root
 from tfopt._matrix_functions import BlockLayout, matrix_inverse_pth_root
 from tfopt._registry import register
@@ -278,7 +278,7 @@ class Shampoo(ShampooStep, keras.optimizers.Optimizer):
         merge_to = self.merge_small_dims_block_size if self.best_effort_shape_interpretation else None
         for var in var_list:
             shape = tuple(var.shape)
-            dtype = keras.backend.result_type(var.dtype, "float32")
+            dtype = _dtypes.scalar_dtype(var.dtype)
             name = var.path.replace("/", "_") if hasattr(var, "path") else var.name
             layout = None if self._skips(shape) else BlockLayout(shape, self.block_size, merge_to)
             self._layouts.append(layout)

@@ -153,3 +153,21 @@ def test_float16_variables_keep_float32_step_scalars():
 def test_invalid_hyperparameters_name_the_received_value(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         tfopt.RAdam(**kwargs)
+
+
+@pytest.mark.parametrize("fused", ["auto", False], ids=["fused", "keras_ops"])
+@pytest.mark.parametrize("hparams", CASES.values(), ids=CASES.keys())
+def test_float64_matches_the_reference_to_1e_12(hparams, fused):
+    # Every step scalar stays float64 on every backend (tfopt/_dtypes.py: on
+    # JAX and PyTorch, Keras' result_type and PyTorch's ops.maximum made them
+    # float32, 1e-7 away). The reference takes Keras' float32 learning rate.
+    params, grads = _problem()
+    optimizer = tfopt.RAdam(**hparams, fused=fused)
+    variables = [keras.Variable(p, dtype="float64") for p in params]
+    got = []
+    for step_grads in grads:
+        optimizer.apply([_tensor(g, "float64") for g in step_grads], variables)
+        got.append([ops.convert_to_numpy(v) for v in variables])
+    assert all(v.dtype == "float64" for v in variables)
+    expected = radam(params, grads, **{**hparams, "learning_rate": float(optimizer.learning_rate)})
+    assert_trajectories_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -5,10 +5,13 @@ path (``fused="auto"``: TensorFlow's fused kernels, PyTorch's in-place ops)
 and the keras.ops path: 1e-12 relative in float64, 1e-5 in float32.
 In float64 the reference takes the learning rate as Keras gives it to every
 optimizer, its own included: a constant rate lives in a floatx (float32)
-variable, and a schedule computes in float32 (``keras_learning_rate``). Every
-other scalar must be float64: a float32 constant leaking into the float64
-math (tfopt's Adagrad accumulator start did, through keras.initializers.Constant)
-shows as ~1e-9 relative and fails here.
+variable, and a schedule computes in the dtype Keras gives a Python float
+(``keras_learning_rate``): float32, but float64 on JAX with ``jax_enable_x64``.
+Every other scalar must be float64, on every backend: a float32 constant
+leaking into the float64 math shows as 1e-10 to 1e-7 relative and fails here
+(tfopt's Adagrad accumulator start did, through keras.initializers.Constant;
+on JAX and PyTorch, ``keras.backend.result_type`` and PyTorch's
+``ops.maximum`` did, see tfopt/_dtypes.py).
 The gradients shrink over the steps, so that AMSGrad's running maximum and
 the accumulators' history matter.
 
@@ -34,17 +37,29 @@ def _inverse_time(t):  # Matches InverseTimeDecay(0.1, decay_steps=1, decay_rate
     return 0.1 / (1 + 0.5 * t)
 
 
-def _inverse_time_float32(t):  # The same schedule, in float32 as Keras computes it.
-    f = np.float32
-    return float(f(0.1) / (f(1) + f(0.5) * (f(t) / f(1))))
+def _inverse_time_in(dtype):
+    """The same schedule, in ``dtype``, step by step as Keras computes it."""
+    f = np.dtype(dtype).type
+
+    def rate(t):
+        return float(f(0.1) / (f(1) + f(0.5) * (f(t) / f(1))))
+
+    return rate
 
 
 def keras_learning_rate(optimizer, reference_kwargs):
-    """``reference_kwargs`` with the learning rate Keras passes to ``optimizer``'s steps."""
+    """``reference_kwargs`` with the learning rate Keras passes to ``optimizer``'s steps.
+
+    A constant rate is Keras' float32 variable. A schedule computes in the
+    dtype of ``ops.convert_to_tensor(initial_learning_rate)``: floatx
+    (float32), except on JAX with ``jax_enable_x64``, where a Python float
+    becomes float64.
+    """
     rate = reference_kwargs.get("learning_rate")
     if callable(rate):
-        assert rate is _inverse_time, "a new schedule needs its float32 twin here"
-        return {**reference_kwargs, "learning_rate": _inverse_time_float32}
+        assert rate is _inverse_time, "a new schedule needs its twin here"
+        dtype = keras.backend.standardize_dtype(ops.convert_to_tensor(0.1).dtype)
+        return {**reference_kwargs, "learning_rate": _inverse_time_in(dtype)}
     return {**reference_kwargs, "learning_rate": float(optimizer.learning_rate)}
 
 
@@ -111,12 +126,13 @@ _FUSED = pytest.param(
 )
 
 
-# float64 to 1e-12 on TensorFlow, where every float32 scalar left in the path
-# (Keras' learning rate) is fed to the reference too. On JAX the float64 runs
-# come out 1e-10 to 1.6e-7 from the reference (2026-12-02, Keras 3.15.1: the
-# schedules, dynamic gradient descent and Adam cases), so some scalar is still
-# float32 on that path: not traced yet, and held to the previous 1e-6 there.
-_FLOAT64_RTOL = 1e-12 if keras.backend.backend() == "tensorflow" else 1e-6
+# float64 to 1e-12 on every backend: every float32 scalar left in the path
+# (Keras' learning rate) is fed to the reference too. The worst case measured
+# is 1.4e-15 (sgd_nesterov) on TensorFlow, JAX and PyTorch alike (2026-12-02,
+# Keras 3.15.1). Before tfopt/_dtypes.py, JAX and PyTorch were 1e-10 to 2e-7
+# away (dynamic gradient descent, Adam, AMSGrad), and JAX's schedule rows
+# 5e-9 to 9e-9 against a float32 schedule twin.
+_FLOAT64_RTOL = 1e-12
 
 
 @pytest.mark.parametrize("fused", [_FUSED, pytest.param(False, id="keras_ops")])
