@@ -51,8 +51,12 @@ $(STAMP): setup.cfg pyproject.toml
 train: $(STAMP)
 	$(BIN)/python -m launch.train $(ARGS)
 
-# Unit + numerics + single-process tests run on 2 xdist workers; the
-# multi-process cluster tests run after, alone, so they get whole cores.
+# Unit + numerics + single-process tests run on 2 xdist workers. The
+# multi-process cluster tests run after them, also on 2 workers but one test
+# file per worker (--dist loadfile: a module's cluster fixture runs once): they
+# wait on sockets, heartbeats and restarts, and used one core of two when run
+# serially (870 CPU-s in 900 s). The equivalence fixture, a third of the
+# phase, is marked `longest` and starts first.
 # Each phase prints the time it starts, so a log shows where the minutes went.
 phase = @date -u +"make test: %T UTC: $(1)"
 test: $(STAMP)
@@ -62,7 +66,7 @@ test: $(STAMP)
 	$(call phase,the suite without the cluster tests)
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster" --durations=15
 	$(call phase,the cluster tests)
-	$(BIN)/python -m pytest -q -m cluster --durations=10
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m cluster --durations=10
 	$(call phase,nox $(CORNERS) $(BACKENDS))
 	$(NOX) -s $(CORNERS) $(BACKENDS)
 	$(call phase,done)
@@ -76,7 +80,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster and not notebook and not slow"
 
 test-cluster: $(STAMP)
-	$(BIN)/python -m pytest -q -m cluster
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m cluster
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

@@ -50,11 +50,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "tensorflow_only(reason): runs on the TensorFlow backend only (reason names what is "
         "TensorFlow's); skipped under another KERAS_BACKEND",
     )
+    config.addinivalue_line(
+        "markers",
+        "longest: one of the suite's longest tests; collected first, so that xdist's "
+        "workers start it first and finish together (longest first)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import keras
 
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)  # stable
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return

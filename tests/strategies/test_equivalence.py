@@ -289,6 +289,7 @@ def cluster_results(request, tmp_path_factory):
 
 @pytest.mark.cluster
 @pytest.mark.slow
+@pytest.mark.longest  # its fixture is a third of the cluster phase: `make test` starts it first
 @pytest.mark.parametrize("strategy", list(CLUSTERS))
 def test_cluster_equals_one_device(cluster_results, strategy):
     references, results = cluster_results
