@@ -23,7 +23,12 @@ from strategies import cluster as cluster_lib
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-DEADLINE_S = 50  # Per test; real runs take ~10-20 s on 2 shared cores.
+# Per test. Real runs take 10-20 s on 2 idle cores, but `make test` runs the
+# cluster tests on two xdist workers, beside the equivalence fixture's five
+# processes: there (load ~8) importing TensorFlow alone took one task 45 s.
+# Every wait below is a guard against a hang, sized for that load.
+DEADLINE_S = 150
+CLUSTER_TIMEOUT_S = 120
 
 _MWM_TASK = """
 import json, sys
@@ -32,7 +37,7 @@ import strategies
 from strategies import flags as strategy_flags
 
 # Worker 0 takes its cluster from TF_CONFIG, worker 1 from flags: both paths.
-config = strategy_flags.parse_notebook_flags(sys.argv, strategy="multi_worker_mirrored", cluster_timeout=30)
+config = strategy_flags.parse_notebook_flags(sys.argv, strategy="multi_worker_mirrored", cluster_timeout=CLUSTER_TIMEOUT_S)
 strategy = strategies.build(config)
 
 @tf.function
@@ -45,14 +50,14 @@ def step():
 total = float(strategy.experimental_local_results(step())[0])
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "sum": total,
                   "chief": strategy.extended.should_checkpoint, "describe": strategies.describe(strategy)}))
-"""
+""".replace("CLUSTER_TIMEOUT_S", str(CLUSTER_TIMEOUT_S))
 
 _PS_CHIEF = """
 import json
 import tensorflow as tf
 import strategies
 
-strategy = strategies.build("parameter_server", cluster_timeout=30)
+strategy = strategies.build("parameter_server", cluster_timeout=CLUSTER_TIMEOUT_S)
 coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
 with strategy.scope():
     counter = tf.Variable(0.0)
@@ -66,20 +71,20 @@ for _ in range(6):
     coordinator.schedule(step)
 coordinator.join()
 print(json.dumps({"counter": float(counter.numpy()), "describe": strategies.describe(strategy)}))
-"""
+""".replace("CLUSTER_TIMEOUT_S", str(CLUSTER_TIMEOUT_S))
 
 _PS_SERVER = """
 import sys
 import strategies
 
 try:
-    strategies.serve_forever(strategies.StrategyConfig(strategy="parameter_server", cluster_timeout=40),
-                             timeout=45, poll_interval=0.5)
+    strategies.serve_forever(strategies.StrategyConfig(strategy="parameter_server", cluster_timeout=CLUSTER_TIMEOUT_S),
+                             timeout=CLUSTER_TIMEOUT_S + 10, poll_interval=0.5)
 except strategies.StrategyError as e:
     print(e)
     sys.exit(3)
 print("served")
-"""
+""".replace("CLUSTER_TIMEOUT_S", str(CLUSTER_TIMEOUT_S))
 
 
 def _env(tf_config=None):
