@@ -134,6 +134,7 @@ def test_every_name_and_wrapper_is_trained():
         assert f"{wrapper}(adam)" in names
 
 
+@pytest.mark.slow  # 60-72 s each (a process per backend trains every name): `make test` runs it
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_every_optimizer_matches_tensorflow(backend, tensorflow_run):
     if importlib.util.find_spec(backend) is None:
