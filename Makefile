@@ -57,6 +57,7 @@ train: $(STAMP)
 # wait on sockets, heartbeats and restarts, and used one core of two when run
 # serially (870 CPU-s in 900 s). The equivalence fixture, a third of the
 # phase, is marked `longest` and starts first.
+CLUSTER_TESTS := -m cluster -n 2 --dist loadfile
 # Each phase prints the time it starts, so a log shows where the minutes went.
 phase = @date -u +"make test: %T UTC: $(1)"
 test: $(STAMP)
@@ -66,7 +67,7 @@ test: $(STAMP)
 	$(call phase,the suite without the cluster tests)
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster" --durations=15
 	$(call phase,the cluster tests)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m cluster --durations=10
+	$(BIN)/python -m pytest -q $(CLUSTER_TESTS) --durations=10
 	$(call phase,nox $(CORNERS) $(BACKENDS))
 	$(NOX) -s $(CORNERS) $(BACKENDS)
 	$(call phase,done)
@@ -80,7 +81,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not cluster and not notebook and not slow"
 
 test-cluster: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m cluster
+	$(BIN)/python -m pytest -q $(CLUSTER_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
