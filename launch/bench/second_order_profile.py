@@ -32,7 +32,16 @@ Per model, the variants are:
 
   Shampoo's rows take its default roots (``root_method="eigh"``); its last
   rows, ``root_method=newton`` (optax's coupled Newton iteration) and
-  ``block_size=64``, are its ``full`` with one setting changed. A phase's cost
+  ``block_size=64``, are its ``full`` with one setting changed;
+* ``shampoo floor`` and ``soap floor``: ``forward_backward`` plus only the
+  block matrix products one step of that optimizer cannot do without, on
+  stacks of the model's own 128-blocks, in TensorFlow's graph (oneDNN, every
+  core) and nothing else: Shampoo's two Gram matrices and two
+  preconditioning products per 2-D block (every variable's blocks, as its
+  ``BlockLayout``), SOAP's two Grams and four rotations (in and back) per
+  tile of its 2-D variables only. No optimizer state, no elementwise work, no
+  refresh: a lower bound on the step, so a target below its ratio cannot be
+  met by any implementation on this machine at these settings. A phase's cost
   is the difference of the medians of two neighbouring rows;
   what is left in the last row is the momentum, the step, and Keras' own
   per-variable overhead.
@@ -45,6 +54,7 @@ process in tests/launch/test_entry_points.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -88,6 +98,50 @@ def _model(name: str):
         x = keras.layers.Dense(units, activation="relu")(x)
     outputs = keras.layers.Dense(784, activation="sigmoid")(x)
     return keras.Model(inputs, outputs, name="autoencoder_784"), (784,), "reconstruction"
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulFloor:
+    """A variant that runs the model's gradient and one step's block matrix
+    products of ``optimizer`` (module docstring), in place of an optimizer."""
+
+    optimizer: str  # "shampoo" or "soap"
+    block_size: int = 128
+
+    def products(self, variables: list[Any]) -> Callable[[], Any]:
+        """A function computing those products on random stacks of blocks; returns a
+        scalar that depends on every product (so that none is pruned)."""
+        import numpy as np
+        import tensorflow as tf
+
+        from tfopt._matrix_functions import BlockLayout, batched_contract_first, batched_gram
+
+        rng = np.random.default_rng(0)
+        stacks = []
+        for variable in variables:
+            shape = tuple(variable.shape)
+            if self.optimizer == "soap" and len(shape) != 2:
+                continue  # SOAP's floor: its 2-D variables only (module docstring).
+            layout = BlockLayout(shape, self.block_size, 4096)
+            for block_shape, picked in layout.block_groups().items():
+                blocks = tf.constant(rng.standard_normal((len(picked), *block_shape)), tf.float32)
+                roots = [tf.constant(rng.standard_normal((len(picked), d, d)), tf.float32) for d in block_shape]
+                stacks.append((blocks, roots))
+        passes = 1 if self.optimizer == "shampoo" else 2  # SOAP rotates in, then back.
+
+        def run() -> Any:
+            total = tf.constant(0.0)
+            for blocks, roots in stacks:
+                for axis in range(len(roots)):
+                    total += tf.reduce_sum(batched_gram(blocks, axis)[:, :1, :1])
+                x = blocks
+                for _ in range(passes):
+                    for root in roots:
+                        x = batched_contract_first(x, root)
+                total += tf.reduce_sum(x[:, :1])
+            return total
+
+        return run
 
 
 def uncompiled(cls):
@@ -171,7 +225,7 @@ def _soap_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int], An
     return out
 
 
-def _variants(phases: bool, uncompiled_phases: bool) -> dict[str, Callable[[int], Any] | None]:
+def _variants(phases: bool, uncompiled_phases: bool) -> dict[str, Callable[[int], Any] | MatmulFloor | None]:
     import keras
 
     return {
@@ -182,6 +236,7 @@ def _variants(phases: bool, uncompiled_phases: bool) -> dict[str, Callable[[int]
         **(_shampoo_variants(False, uncompiled_phases) if "shampoo" in _OPTIMIZERS.value else {}),
         **(_soap_variants(True, phases) if "soap" in _OPTIMIZERS.value else {}),
         **(_soap_variants(False, uncompiled_phases) if "soap" in _OPTIMIZERS.value else {}),
+        **{f"{name} floor": MatmulFloor(name) for name in _OPTIMIZERS.value},
     }
 
 
@@ -203,7 +258,8 @@ def step_fn(model_name: str, make_optimizer, pf: int, batch: int):
         y = x
         loss_fn = keras.losses.MeanSquaredError()
     variables = model.trainable_variables
-    optimizer = None if make_optimizer is None else make_optimizer(pf)
+    floor = make_optimizer.products(variables) if isinstance(make_optimizer, MatmulFloor) else None
+    optimizer = None if make_optimizer is None or floor else make_optimizer(pf)
     if optimizer is not None:
         optimizer.build(variables)
 
@@ -214,6 +270,8 @@ def step_fn(model_name: str, make_optimizer, pf: int, batch: int):
         grads = tape.gradient(loss, variables)
         if optimizer is not None:
             optimizer.apply(grads, variables)
+        if floor is not None:
+            loss += 0.0 * floor()
         return loss, grads[0]
 
     def run(steps: int) -> float:
