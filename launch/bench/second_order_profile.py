@@ -108,26 +108,39 @@ class MatmulFloor:
     optimizer: str  # "shampoo" or "soap"
     block_size: int = 128
 
-    def products(self, variables: list[Any]) -> Callable[[], Any]:
-        """A function computing those products on random stacks of blocks; returns a
-        scalar that depends on every product (so that none is pruned)."""
+    def stacks(self, variables: list[Any]) -> list[tuple[Any, list[Any]]]:
+        """Per block shape of every counted variable: a random stack of its blocks
+        ``(count, *shape)`` and one random ``(count, d, d)`` matrix per axis (NumPy, float32)."""
         import numpy as np
-        import tensorflow as tf
 
-        from tfopt._matrix_functions import BlockLayout, batched_contract_first, batched_gram
+        from tfopt._matrix_functions import BlockLayout
 
         rng = np.random.default_rng(0)
-        stacks = []
+        out = []
         for variable in variables:
             shape = tuple(variable.shape)
             if self.optimizer == "soap" and len(shape) != 2:
                 continue  # SOAP's floor: its 2-D variables only (module docstring).
             layout = BlockLayout(shape, self.block_size, 4096)
             for block_shape, picked in layout.block_groups().items():
-                blocks = tf.constant(rng.standard_normal((len(picked), *block_shape)), tf.float32)
-                roots = [tf.constant(rng.standard_normal((len(picked), d, d)), tf.float32) for d in block_shape]
-                stacks.append((blocks, roots))
-        passes = 1 if self.optimizer == "shampoo" else 2  # SOAP rotates in, then back.
+                blocks = rng.standard_normal((len(picked), *block_shape)).astype("float32")
+                roots = [rng.standard_normal((len(picked), d, d)).astype("float32") for d in block_shape]
+                out.append((blocks, roots))
+        return out
+
+    @property
+    def passes(self) -> int:
+        """Contractions of a block with its matrices per step: SOAP rotates in, then back."""
+        return 1 if self.optimizer == "shampoo" else 2
+
+    def products(self, variables: list[Any]) -> Callable[[], Any]:
+        """A function computing those products on :meth:`stacks`; returns the sum of
+        one entry of every product (so that none is pruned)."""
+        import tensorflow as tf
+
+        from tfopt._matrix_functions import batched_contract_first, batched_gram
+
+        stacks = [(tf.constant(b), [tf.constant(r) for r in rs]) for b, rs in self.stacks(variables)]
 
         def run() -> Any:
             total = tf.constant(0.0)
@@ -135,7 +148,7 @@ class MatmulFloor:
                 for axis in range(len(roots)):
                     total += tf.reduce_sum(batched_gram(blocks, axis)[:, :1, :1])
                 x = blocks
-                for _ in range(passes):
+                for _ in range(self.passes):
                     for root in roots:
                         x = batched_contract_first(x, root)
                 total += tf.reduce_sum(x[:, :1])
