@@ -33,15 +33,18 @@ Per model, the variants are:
   Shampoo's rows take its default roots (``root_method="eigh"``); its last
   rows, ``root_method=newton`` (optax's coupled Newton iteration) and
   ``block_size=64``, are its ``full`` with one setting changed;
-* ``shampoo floor`` and ``soap floor``: ``forward_backward`` plus only the
+* ``shampoo floor`` and ``soap floor``: the ``adamw`` step plus only the
   block matrix products one step of that optimizer cannot do without, on
   stacks of the model's own 128-blocks, in TensorFlow's graph (oneDNN, every
-  core) and nothing else: Shampoo's two Gram matrices and two
-  preconditioning products per 2-D block (every variable's blocks, as its
-  ``BlockLayout``), SOAP's two Grams and four rotations (in and back) per
-  tile of its 2-D variables only. No optimizer state, no elementwise work, no
-  refresh: a lower bound on the step, so a target below its ratio cannot be
-  met by any implementation on this machine at these settings. A phase's cost
+  core): Shampoo's two Gram matrices and two preconditioning products per
+  block (every variable's blocks, as its ``BlockLayout``), SOAP's two Grams
+  and four rotations (in and back) per tile of its 2-D variables only. No
+  refresh, no statistics' EMA, no block copies. Each optimizer's elementwise
+  work is at least AdamW's (Shampoo reads and writes two momenta, a graft
+  accumulator and the weights; SOAP, Adam's two moments in the rotated basis
+  and the weights), so the row is a lower bound on its step: a target below
+  the row's ratio cannot be met by any implementation of that step on this
+  machine at these settings. A phase's cost
   is the difference of the medians of two neighbouring rows;
   what is left in the last row is the momentum, the step, and Keras' own
   per-variable overhead.
@@ -102,8 +105,8 @@ def _model(name: str):
 
 @dataclasses.dataclass(frozen=True)
 class MatmulFloor:
-    """A variant that runs the model's gradient and one step's block matrix
-    products of ``optimizer`` (module docstring), in place of an optimizer."""
+    """A variant that runs AdamW's step and one step's block matrix products of
+    ``optimizer`` (module docstring)."""
 
     optimizer: str  # "shampoo" or "soap"
     block_size: int = 128
@@ -238,13 +241,20 @@ def _soap_variants(compiled: bool, phases: bool) -> dict[str, Callable[[int], An
     return out
 
 
+def _adamw(pf: int) -> Any:
+    import keras
+
+    del pf
+    return keras.optimizers.AdamW(1e-3)
+
+
 def _variants(phases: bool, uncompiled_phases: bool) -> dict[str, Callable[[int], Any] | MatmulFloor | None]:
     import keras
 
     return {
         "forward_backward": None,
         "keras_sgd": lambda pf: keras.optimizers.SGD(1e-3),
-        "adamw": lambda pf: keras.optimizers.AdamW(1e-3),
+        "adamw": _adamw,
         **(_shampoo_variants(True, phases) if "shampoo" in _OPTIMIZERS.value else {}),
         **(_shampoo_variants(False, uncompiled_phases) if "shampoo" in _OPTIMIZERS.value else {}),
         **(_soap_variants(True, phases) if "soap" in _OPTIMIZERS.value else {}),
@@ -271,8 +281,10 @@ def step_fn(model_name: str, make_optimizer, pf: int, batch: int):
         y = x
         loss_fn = keras.losses.MeanSquaredError()
     variables = model.trainable_variables
-    floor = make_optimizer.products(variables) if isinstance(make_optimizer, MatmulFloor) else None
-    optimizer = None if make_optimizer is None or floor else make_optimizer(pf)
+    floor = None
+    if isinstance(make_optimizer, MatmulFloor):  # AdamW's step and the products.
+        floor, make_optimizer = make_optimizer.products(variables), _adamw
+    optimizer = None if make_optimizer is None else make_optimizer(pf)
     if optimizer is not None:
         optimizer.build(variables)
 
