@@ -68,11 +68,15 @@ def split_basis_steps(optimizer: Any, indices: list[int]) -> None:
     def sliced(parts: list[tf.Tensor]) -> list[tf.Tensor]:
         return [r[:, : int(u.statistic.shape[-1])] for u, r in zip(units, parts, strict=True)]
 
-    # The bases change only on a refresh (else the all-reduce returned zeros).
-    new_bases = tf.cond(refreshing, lambda: sliced(results), lambda: [u.basis for u in units])
-    for unit, basis in zip(units, new_bases, strict=True):
-        optimizer.assign(optimizer._bases[unit.index][unit.piece][unit.axis],
-                         basis if unit.batched else basis[0])  # fmt: skip
+    # The bases change only on a refresh (else the all-reduce returned zeros),
+    # and are written only then (the writes inside the branch).
+    def write_bases() -> tf.Tensor:
+        for unit, basis in zip(units, sliced(results), strict=True):
+            optimizer.assign(optimizer._bases[unit.index][unit.piece][unit.axis],
+                             basis if unit.batched else basis[0])  # fmt: skip
+        return tf.constant(True)
+
+    tf.cond(refreshing, write_bases, lambda: tf.constant(False))
     _rebase_moments(optimizer, units, results, refreshing, first)
 
 
@@ -177,7 +181,7 @@ def _rebase_moments(optimizer: Any, units: list[_Unit], results: list[tf.Tensor]
         m, v = optimizer._exp_avgs[index][j], optimizer._exp_avg_sqs[index][j]
         current = [tf.convert_to_tensor(m), tf.convert_to_tensor(v)]
 
-        def rebased(pairs: list = pairs, current: list = current) -> list[tf.Tensor]:
+        def rebased(pairs: list = pairs, current: list = current, m: Any = m, v: Any = v) -> tf.Tensor:
             first_moment, second_moment = current
             for unit, result in pairs:
                 n = int(unit.statistic.shape[-1])
@@ -186,8 +190,9 @@ def _rebase_moments(optimizer: Any, units: list[_Unit], results: list[tf.Tensor]
                     transition, order = transition[0], order[0]
                 first_moment = optimizer._rebase(first_moment, transition, unit.axis)
                 second_moment = optimizer._permute(second_moment, order, unit.axis)
-            return [first_moment, second_moment]
+            optimizer.assign(m, first_moment)
+            optimizer.assign(v, second_moment)
+            return tf.constant(True)
 
-        new_m, new_v = tf.cond(rebasing, rebased, lambda current=current: current)
-        optimizer.assign(m, new_m)
-        optimizer.assign(v, new_v)
+        # Written only when rebased: between refreshes m and v stay as they are.
+        tf.cond(rebasing, rebased, lambda: tf.constant(False))
