@@ -44,12 +44,25 @@ NOTEBOOKS = os.path.join(ROOT, "notebooks")
 FAST = ["-m", "not cluster and not notebook and not slow"]
 # The launcher tests whose subject does not depend on the TensorFlow version:
 # flag and input validation, printed install commands and engine specs,
-# benchmark entry points, console formatting. `fast_tf_min` leaves them to the
-# full suite (on the newest TensorFlow); every other test, and every new test
-# module, runs on the oldest TensorFlow too.
+# benchmark entry points, console formatting, and device_check's harness (its
+# fast tests check time boxes, injected faults, SIGTERM and the report, around
+# checks that fail, hang or never start; the --quick profile, which measures
+# TensorFlow itself, is slow-marked and so not in the fast suite anyway).
+# `fast_tf_min` leaves them to the full suite (on the newest TensorFlow); every
+# other test, and every new test module, runs on the oldest TensorFlow too.
+#
+# What stays is what the TensorFlow version can change: tfopt's native and
+# fused kernels (compiled against the installed TensorFlow's headers), its
+# XLA and tf.function paths and the TensorFlow ops in Shampoo, SOAP and the
+# sparse and trust-ratio updates; everything in strategies (tf.distribute, and
+# the version-gated workarounds of strategies/compat/_keras_compat.py);
+# checkpoints and model files (the formats, the old-checkpoint fixtures, the
+# write-error and resume paths); TFDS data; launch.train and launch.tpu_vm
+# (the TPU build stops at 2.20). tfopt's pure registry and docstring tests are
+# cheap and stay too, rather than start a second list.
 TF_VERSION_FREE = [os.path.join("tests", "launch", f"test_{name}.py") for name in (
     "bad_inputs", "fuzz_inputs", "bench_convergence", "bench_fit", "bench_optimizers",
-    "bench_shampoo", "cluster_job", "console", "entry_points", "install_resolution",
+    "bench_shampoo", "cluster_job", "console", "device_check", "entry_points", "install_resolution",
     "kubernetes", "vertex")]
 
 nox.options.sessions = ["fast", "colab", "fast_tf_min"]

@@ -81,6 +81,11 @@ _HEARTBEAT = flags.DEFINE_float(
     lower_bound=0.0)
 _WORK_DIR = flags.DEFINE_string("work_dir", None, "Where runs go (default: a new temporary directory).")
 _DATA_DIR = flags.DEFINE_string("digits_dir", None, "TFDS data_dir for the digits (default: under work_dir).")
+_REUSE = flags.DEFINE_boolean(
+    "reuse_reference", False,
+    "Reuse an uninterrupted reference run that an earlier launch.chaos left in --work_dir, when it ran "
+    "the same job (the same launch.train flags and cluster shape); otherwise run it. Several soaks of "
+    "one job (--kill=worker, ps, chief) then share one reference.")
 # --workers (2) and --timeout (seconds per job; 0: 900) are launch.local_cluster's own flags.
 _WORKERS, _TIMEOUT = local_cluster._WORKERS, local_cluster._TIMEOUT
 
@@ -370,17 +375,33 @@ def max_abs_difference(model_dir: str, reference_dir: str) -> float:
 
 def _reference(name: str, strategy: str, work: str, data_dir: str, *, ps: bool,
                evaluator: bool = False) -> tuple[str, float]:
-    """Runs the job uninterrupted; returns its model_dir and wall time."""
+    """Runs the job uninterrupted (or, with --reuse_reference, finds that run); returns its model_dir and wall time."""
+    import json
+
     reference_dir = os.path.join(work, f"{name}-reference")
+    args = train_args(reference_dir, data_dir, strategy)
+    job = {"args": args, "workers": _WORKERS.value, "ps": ps, "evaluator": evaluator}
+    record = os.path.join(work, f"{name}-reference.json")  # Beside the run: written once it succeeded.
+    if _REUSE.value and os.path.exists(record) and _final_steps(reference_dir) is not None:
+        with open(record) as f:
+            earlier = json.load(f)
+        if earlier["job"] == job:
+            return reference_dir, earlier["seconds"]
+    shutil.rmtree(reference_dir, ignore_errors=True)
+    if os.path.exists(record):
+        os.remove(record)
     start = time.monotonic()
     reference = local_cluster.run_cluster(
-        [sys.executable, "-m", "launch.train", *train_args(reference_dir, data_dir, strategy)],
+        [sys.executable, "-m", "launch.train", *args],
         workers=_WORKERS.value, ps=1 if ps else 0, chief=ps, timeout=_timeout(), output=None,
         env={"TF_CPP_MIN_LOG_LEVEL": "2"}, evaluator=evaluator)  # fmt: skip
     if reference.returncode != 0:
         raise RuntimeError(f"the reference run failed: {reference.reason}\n" +
                            "\n".join(line for lines in reference.output.values() for line in lines[-10:]))
-    return reference_dir, time.monotonic() - start
+    seconds = time.monotonic() - start
+    with open(record, "w") as f:
+        json.dump({"job": job, "seconds": seconds}, f)
+    return reference_dir, seconds
 
 
 def run_chaos(work: str, data_dir: str) -> list[Report]:
@@ -421,7 +442,8 @@ def main(argv: Sequence[str]) -> int:
     _console.check_no_positional(PROG, argv)
     work = _WORK_DIR.value or tempfile.mkdtemp(prefix="chaos-")
     os.makedirs(work, exist_ok=True)
-    for name in ("mwms-chaos", "mwms-progress", "ps-chaos", "ps-progress", "mwms-reference", "ps-reference"):
+    # A reference is cleared by _reference itself, unless --reuse_reference finds it reusable.
+    for name in ("mwms-chaos", "mwms-progress", "ps-chaos", "ps-progress"):
         shutil.rmtree(os.path.join(work, name), ignore_errors=True)
     data_dir = _DATA_DIR.value or os.path.join(work, "data")
     from launch import _data

@@ -54,7 +54,7 @@ MAX_STEPS = 2
 # How many runs that reach training get their MAX_STEPS steps; later ones are
 # stopped when training begins (model, optimizer, checkpoint and callbacks
 # built, no step taken): tracing a train step costs ~1 s per run. The budget
-# comes from the command line (make test: 25; make fuzz: every run).
+# comes from the command line (make test: 8, test_fuzz_inputs.FULL_RUNS; make fuzz: every run).
 FULL_RUNS = {"left": 0}
 UNCREATABLE = "/proc/1/tfopt-fuzz/run"  # /proc/1 refuses new entries, even for root.
 UNWRITABLE = "/proc/sys"  # A read-only mount.

@@ -9,6 +9,11 @@ kills and must end with exactly its 20 steps (its eval accuracy is reported besi
 an uninterrupted PS run's). The same PS job loses its ps task, or its chief, in
 `test_parameter_server_job_survives_losing_its`. The full soak (300 steps, 5
 kills) is ``python -m launch.chaos``; its table is in docs/reliability.md.
+
+The three soaks of the PS job share one work directory, so that its
+uninterrupted reference run (4 processes, there only for the accuracy beside
+the soak's) runs once, not three times: ``--reuse_reference`` reuses it when
+the job's flags are the same, as they are here.
 """
 
 from __future__ import annotations
@@ -25,12 +30,18 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_short_chaos_soak_loses_nothing(tmp_path, digits_dir):
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory):
+    """One --work_dir for the module's soaks (each clears its own chaos runs; see --reuse_reference)."""
+    return tmp_path_factory.mktemp("chaos")
+
+
+def test_short_chaos_soak_loses_nothing(work_dir, digits_dir):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TF_CONFIG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "launch.chaos", "--epochs=2", "--steps_per_epoch=10",
-         "--save_every_steps=5", "--kills=2", "--chaos_seed=3", f"--work_dir={tmp_path}",
+         "--save_every_steps=5", "--kills=2", "--chaos_seed=3", f"--work_dir={work_dir}", "--reuse_reference",
          f"--digits_dir={digits_dir}", "--timeout=300"],
         cwd=str(REPO), env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     out = proc.stdout
@@ -48,7 +59,7 @@ def test_short_chaos_soak_loses_nothing(tmp_path, digits_dir):
 
 
 @pytest.mark.parametrize("target", ["ps", "chief"])
-def test_parameter_server_job_survives_losing_its(target, tmp_path, digits_dir):
+def test_parameter_server_job_survives_losing_its(target, work_dir, digits_dir):
     """A PS job under --max_restarts loses its ps task (or its chief) at a step: every task restarts,
     resumes from the newest checkpoint and ends with exactly its 20 steps; its eval accuracy is
     reported beside an uninterrupted PS run's (the fault table in docs/reliability.md)."""
@@ -56,7 +67,7 @@ def test_parameter_server_job_survives_losing_its(target, tmp_path, digits_dir):
     env.pop("TF_CONFIG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "launch.chaos", f"--kill={target}", "--epochs=2", "--steps_per_epoch=10",
-         "--save_every_steps=5", "--kills=1", "--chaos_seed=3", f"--work_dir={tmp_path}",
+         "--save_every_steps=5", "--kills=1", "--chaos_seed=3", f"--work_dir={work_dir}", "--reuse_reference",
          f"--digits_dir={digits_dir}", "--timeout=400"],
         cwd=str(REPO), env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
     out = proc.stdout

@@ -6,12 +6,18 @@ later epoch, ``model.keras`` after the last checkpoint, ``summary.json``. The
 run exits with one line naming the path and "File too large", no traceback;
 nothing half-written is left; the previous checkpoint stays the newest and a
 restart resumes from it.
+
+The two runs that write first start from one finished 1-epoch run (trained
+once per module, copied into each test's directory): the checkpoint manager
+records its checkpoints by relative path, so the copy is that run as it
+would be left in any directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +47,21 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.rglob("*") if "_temp" in p.name or ".tmp" in p.name)
 
 
-def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resumes(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory) -> Path:
+    """A finished 1-epoch run: ckpt-2, model.keras, summary.json."""
+    run = tmp_path_factory.mktemp("one_epoch") / "run"
     first = _run(run, epochs=1)
-    assert first.returncode == 0, first.stderr[-2000:]  # ckpt-2, model.keras, summary.json.
+    assert first.returncode == 0, first.stderr[-2000:]
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resumes(one_epoch, tmp_path):
+    run = _copy(one_epoch, tmp_path)
     data_file = next((run / "checkpoints").glob("ckpt-2.data-*"))
     model_before = (run / "model.keras").read_bytes()
     # Half the checkpoint's size: the logs and the restore still work, ckpt-4 cannot be written.
@@ -61,10 +78,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resumes(tmp_path):
     assert "steps 4" in resumed.stdout
 
 
-def test_a_failed_model_keras_write_keeps_the_previous_model(tmp_path):
-    run = tmp_path / "run"
-    first = _run(run, epochs=1)
-    assert first.returncode == 0, first.stderr[-2000:]
+def test_a_failed_model_keras_write_keeps_the_previous_model(one_epoch, tmp_path):
+    run = _copy(one_epoch, tmp_path)
     model_before = (run / "model.keras").read_bytes()
     failed = _run(run, epochs=2, limit=len(model_before) // 2, when="train_end")
     line = _one_error_line(failed)
