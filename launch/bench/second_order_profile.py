@@ -37,7 +37,7 @@ Per model, the variants are:
   block matrix products one step of that optimizer cannot do without, on
   stacks of the model's own 128-blocks, in TensorFlow's graph (oneDNN, every
   core): Shampoo's two Gram matrices and two preconditioning products per
-  block (every variable's blocks, as its ``BlockLayout``), SOAP's two Grams
+  block (every variable's blocks, by Shampoo's rule), SOAP's two Grams
   and four rotations (in and back) per tile of its 2-D variables only. No
   refresh, no statistics' EMA, no block copies. Each optimizer's elementwise
   work is at least AdamW's (Shampoo reads and writes two momenta, a graft
@@ -58,6 +58,7 @@ process in tests/launch/test_entry_points.py.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import statistics
 import time
@@ -113,21 +114,28 @@ class MatmulFloor:
 
     def stacks(self, variables: list[Any]) -> list[tuple[Any, list[Any]]]:
         """Per block shape of every counted variable: a random stack of its blocks
-        ``(count, *shape)`` and one random ``(count, d, d)`` matrix per axis (NumPy, float32)."""
-        import numpy as np
+        ``(count, *shape)`` and one random ``(count, d, d)`` matrix per axis (NumPy, float32).
 
-        from tfopt._matrix_functions import BlockLayout
+        The blocks follow the rule tfopt.Shampoo states (optax-shampoo's):
+        neighbouring dimensions merged while their product stays <= 4096, then
+        each axis cut into pieces of ``block_size``, the remainder last. Written
+        here from that rule, not taken from tfopt, so that the floor does not
+        depend on the code it bounds.
+        """
+        import numpy as np
 
         rng = np.random.default_rng(0)
         out = []
         for variable in variables:
-            shape = tuple(variable.shape)
+            shape = tuple(int(d) for d in variable.shape)
             if self.optimizer == "soap" and len(shape) != 2:
                 continue  # SOAP's floor: its 2-D variables only (module docstring).
-            layout = BlockLayout(shape, self.block_size, 4096)
-            for block_shape, picked in layout.block_groups().items():
-                blocks = rng.standard_normal((len(picked), *block_shape)).astype("float32")
-                roots = [rng.standard_normal((len(picked), d, d)).astype("float32") for d in block_shape]
+            counts: dict[tuple[int, ...], int] = {}
+            for block in itertools.product(*(_pieces(d, self.block_size) for d in _merged(shape))):
+                counts[block] = counts.get(block, 0) + 1
+            for block_shape, count in counts.items():
+                blocks = rng.standard_normal((count, *block_shape)).astype("float32")
+                roots = [rng.standard_normal((count, d, d)).astype("float32") for d in block_shape]
                 out.append((blocks, roots))
         return out
 
@@ -141,23 +149,44 @@ class MatmulFloor:
         one entry of every product (so that none is pruned)."""
         import tensorflow as tf
 
-        from tfopt._matrix_functions import batched_contract_first, batched_gram
-
         stacks = [(tf.constant(b), [tf.constant(r) for r in rs]) for b, rs in self.stacks(variables)]
 
         def run() -> Any:
             total = tf.constant(0.0)
             for blocks, roots in stacks:
-                for axis in range(len(roots)):
-                    total += tf.reduce_sum(batched_gram(blocks, axis)[:, :1, :1])
+                axes = _LETTERS[: len(roots)]
+                for axis in range(len(roots)):  # The Gram matrix along `axis`.
+                    other = axes[:axis] + "Z" + axes[axis + 1 :]
+                    gram = tf.einsum(f"z{axes},z{other}->z{axes[axis]}Z", blocks, blocks)
+                    total += tf.reduce_sum(gram[:, :1, :1])
                 x = blocks
                 for _ in range(self.passes):
-                    for root in roots:
-                        x = batched_contract_first(x, root)
+                    for root in roots:  # Contract the first axis; the new one goes last.
+                        x = tf.einsum(f"z{axes},z{axes[0]}Z->z{axes[1:]}Z", x, root)
                 total += tf.reduce_sum(x[:, :1])
             return total
 
         return run
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxy"
+
+
+def _merged(shape: tuple[int, ...], max_dim: int = 4096) -> list[int]:
+    """Neighbouring dimensions merged while their product stays <= ``max_dim``."""
+    merged, product = [], 1
+    for d in shape:
+        if product * d > max_dim and product > 1:
+            merged.append(product)
+            product = 1
+        product *= d
+    return [*merged, product] if product > 1 or not merged else merged
+
+
+def _pieces(d: int, block_size: int) -> list[int]:
+    """``d`` cut into pieces of ``block_size``, the remainder last."""
+    full = (d - 1) // block_size
+    return [block_size] * full + [d - block_size * full]
 
 
 def uncompiled(cls):
