@@ -79,9 +79,9 @@ class SOAPBasis:
 
         if keras.backend.backend() == "tensorflow":
             # The writes inside the branch: between refreshes nothing is
-            # written (m, v and every basis were written back each step; the
-            # digits CNN's step 0.91x, the 784-wide autoencoder's 1.00x without
-            # it, 9 interleaved rounds; docs/benchmarks/second_order.md).
+            # written. (m, v and every basis used to be written back each step;
+            # without that the digits CNN's step takes 0.91x its time, the
+            # 784-wide autoencoder's 1.00x, in 9 interleaved rounds; docs/soap.md.)
             def write() -> Any:
                 for target, value in zip(targets, changed(), strict=True):
                     self.assign(target, value)
